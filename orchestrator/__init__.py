@@ -1,0 +1,3 @@
+"""Distributed large-model training orchestrator: Hydra config -> plan -> Ray Train + DeepSpeed."""
+
+__version__ = "0.1.0"

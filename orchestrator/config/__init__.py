@@ -1,0 +1,1 @@
+"""Config composition (Hydra), the typed schema and validation."""

@@ -1,0 +1,133 @@
+"""Compose the config with Hydra's compose API and turn every failure into a one-line problem.
+
+We use the compose API rather than ``@hydra.main`` so that the driver owns error handling
+(one line per problem, exit code 2, nothing written) and Hydra never creates output folders.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from orchestrator.config.schema import Config
+from orchestrator.errors import ConfigError
+
+_PACKAGE_CONF = Path(__file__).resolve().parents[1] / "conf"  # installed wheel
+_REPO_CONF = Path(__file__).resolve().parents[2] / "conf"  # source checkout
+
+
+def config_dir() -> Path:
+    """The folder holding config.yaml and one sub-folder per config group."""
+    return _PACKAGE_CONF if _PACKAGE_CONF.is_dir() else _REPO_CONF
+
+
+def groups() -> dict[str, list[str]]:
+    """Config group name -> its option names, read from the conf folder."""
+    root = config_dir()
+    return {
+        d.name: sorted(p.stem for p in d.glob("*.yaml"))
+        for d in sorted(root.iterdir())
+        if d.is_dir()
+    }
+
+
+def _quote_group_choices(overrides: list[str], group_names: set[str]) -> list[str]:
+    """Hydra parses `zero=3` as the integer 3 and refuses it as a group choice; quote it."""
+    quoted = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if sep and key in group_names and re.fullmatch(r"[\w.\-]+", value):
+            item = f"{key}='{value}'"
+        quoted.append(item)
+    return quoted
+
+
+def _problem_from_hydra(error: Exception, overrides: list[str], known: dict[str, list[str]]) -> str:
+    """Rewrite a Hydra/OmegaConf exception as `key=value: what is wrong`."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    text = str(error)
+    missing = re.search(r"Could not find '([\w\-]+)/([^']+)'", text)
+    if missing:
+        group, option = missing.groups()
+        choices = ", ".join(known.get(group, []))
+        return f"{group}={option}: no such option; choose one of: {choices}"
+    cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        key = cause.full_key
+        given = next((o for o in overrides if o.lstrip("+~").partition("=")[0] == key), None)
+        reason = str(getattr(cause, "msg", "") or text).splitlines()[0]
+        if "could not be converted to" in reason:
+            wanted = reason.rsplit(" ", 1)[-1].lower()
+            reason = f"expected {'an integer' if wanted == 'integer' else 'a ' + wanted}"
+        if "not in" in reason or "Could not override" in text:
+            return f"{key}: unknown key (see `orchestrator train --cfg job` for the valid keys)"
+        return f"{given or key}: {reason}"
+    first = text.splitlines()[0] if text else type(error).__name__
+    return first
+
+
+def compose_dictconfig(overrides: list[str]):
+    """Compose conf/config.yaml with the overrides into a typed, resolved DictConfig."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    known = groups()
+    overrides = _quote_group_choices(list(overrides), set(known))
+    ConfigStore.instance().store(name="base_config", node=Config)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = hydra_compose("config", overrides=overrides)
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise ConfigError([f"{key}: required, set it on the command line ({key}=...)" for key in missing])
+        # Merging into the struct-mode schema refuses keys added with `+key=...`.
+        schema = OmegaConf.structured(Config)
+        OmegaConf.set_struct(schema, True)
+        cfg = OmegaConf.merge(schema, OmegaConf.to_container(cfg))  # plain dict: struct checks apply
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException, ValueError) as error:
+        raise ConfigError([_problem_from_hydra(error, overrides, known)]) from None
+    finally:
+        GlobalHydra.instance().clear()
+    return cfg
+
+
+def compose(overrides: list[str]) -> Config:
+    """Compose, type-check and validate. Raises ConfigError listing every problem."""
+    from omegaconf import OmegaConf
+
+    from orchestrator.config.validate import validate
+
+    cfg: Config = OmegaConf.to_object(compose_dictconfig(overrides))  # type: ignore[assignment]
+    problems = validate(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML, as written to <run_dir>/config.yaml."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: Config) -> dict:
+    """Plain JSON-serialisable dict (enums as their values), for workers and trackers."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)  # type: ignore[return-value]
+
+
+def from_dict(data: dict) -> Config:
+    """Inverse of to_dict: rebuild typed instances inside a worker."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), data))  # type: ignore[return-value]

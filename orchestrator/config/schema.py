@@ -1,0 +1,185 @@
+"""The typed schema: the one definition of every config key.
+
+The YAML files under ``conf/`` only pick options and override values; Hydra merges them
+into these dataclasses, so a wrong type (``optim.lr=abc``) or an unknown key is refused
+during composition, and ``OmegaConf.to_object`` turns the result into real instances.
+Cross-field and range checks live in ``config/validate.py``. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Optional
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Offload(str, Enum):
+    none = "none"
+    cpu = "cpu"
+
+
+class Arch(str, Enum):
+    gpt2 = "gpt2"
+    llama = "llama"
+
+
+class WandbMode(str, Enum):
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+class DataFormat(str, Enum):
+    auto = "auto"
+    text = "text"
+    json = "json"
+    parquet = "parquet"
+
+
+@dataclass
+class ClusterConfig:
+    name: str = "local"
+    """Backend: `local` starts an embedded Ray cluster inside the driver process."""
+    num_workers: int = 2
+    """Ray Train workers (ranks). World size = num_workers."""
+    cpus_per_worker: int = 1
+    """CPUs reserved per worker; also the worker's torch/OMP thread count."""
+    gpus_per_worker: Optional[int] = None
+    """GPUs per worker. null = 1 when Ray sees at least num_workers GPUs, else 0 (CPU + gloo)."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    arch: Arch = Arch.gpt2
+    """Model family; picks the transformers config class (GPT2Config, LlamaConfig)."""
+    num_layers: int = 2
+    hidden_size: int = 128
+    num_heads: int = 4
+    num_kv_heads: Optional[int] = None
+    """Key/value heads for grouped-query attention (llama). null = num_heads."""
+    intermediate_size: Optional[int] = None
+    """MLP width. null = 4 x hidden_size."""
+    vocab_size: Optional[int] = None
+    """Embedding rows. null = the tokenizer's vocabulary size."""
+    max_position_embeddings: Optional[int] = None
+    """Longest sequence the model supports. null = train.seq_len."""
+    dropout: float = 0.0
+    tie_word_embeddings: bool = True
+    pretrained_path: Optional[str] = None
+    """Local Hugging Face checkpoint directory; when set, shapes above are ignored."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "stdlib"
+    path: Optional[str] = None
+    """Local file, directory or glob of .txt/.md/.jsonl/.json/.parquet files.
+    null = the Python standard library's source, present on every machine."""
+    format: DataFormat = DataFormat.auto
+    """How to read `path`; auto decides from the file extension."""
+    text_field: str = "text"
+    """Column holding the text in JSON/Parquet files."""
+    max_bytes: Optional[int] = 8_000_000
+    """Read whole files, in sorted order, until this many bytes are read. null = all files."""
+    tokenizer_path: Optional[str] = None
+    """Local tokenizer directory (AutoTokenizer). null = train a byte-level BPE on the corpus."""
+    vocab_size: int = 4096
+    """Vocabulary of the locally trained tokenizer (ignored with tokenizer_path)."""
+    val_fraction: float = 0.05
+    """Share of packed blocks held out for validation."""
+    cache_dir: str = "${oc.env:ORCHESTRATOR_CACHE,${oc.env:HOME}/.cache/orchestrator}"
+    """Where tokenizers and tokenized datasets are cached between runs."""
+    num_proc: int = 1
+    """Processes used by datasets.map for tokenization."""
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 1e-3
+    """Peak learning rate, reached after warmup_steps."""
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    warmup_steps: int = 10
+    """Linear warmup from 0 to lr over this many optimizer steps."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at lr x min_lr_ratio at train.max_steps."""
+
+
+@dataclass
+class ZeroConfig:
+    stage: int = 2
+    """DeepSpeed ZeRO stage: 0 (plain data parallel), 1 (optimizer states), 2 (+gradients),
+    3 (+parameters) are sharded across ranks."""
+    offload_optimizer: Offload = Offload.none
+    """Keep optimizer states (and the step) in CPU memory. Needs stage >= 1."""
+    offload_param: Offload = Offload.none
+    """Keep parameters in CPU memory. Needs stage 3."""
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "wandb"
+    mode: WandbMode = WandbMode.offline
+    """online needs an account (WANDB_API_KEY); offline writes <run_dir>/wandb for `wandb sync`."""
+    project: str = "orchestrator"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    max_steps: int = 200
+    """Optimizer steps."""
+    micro_batch_size: int = 8
+    """Sequences per worker per forward pass."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step. Global batch = micro x accum x workers."""
+    seq_len: int = 128
+    """Tokens per sequence (packed blocks)."""
+    precision: Precision = Precision.fp32
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+    log_every: int = 10
+    eval_every: int = 50
+    """Steps between validation passes; the last step is always evaluated. 0 = only at the end."""
+    eval_batches: int = 8
+    """Micro-batches per rank in one validation pass."""
+    ckpt_every: int = 100
+    """Steps between checkpoints; the last step is always saved. 0 = only at the end."""
+
+
+class PlanFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+@dataclass
+class PlanConfig:
+    format: PlanFormat = PlanFormat.text
+    """How `orchestrator plan` prints the plan: a readable table or one JSON object."""
+
+
+@dataclass
+class Config:
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    zero: ZeroConfig = field(default_factory=ZeroConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    run_dir: Optional[str] = None
+    """Output folder (see README: the run directory). null = runs/<model>-<timestamp>."""

@@ -1,0 +1,130 @@
+"""Range and cross-field checks on a typed Config.
+
+Every check adds one problem in the form `key=value: what is allowed`, and all problems are
+reported together, before Ray starts or anything is written. Types were already enforced by
+the schema during composition; this module checks what types cannot express.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config.schema import Config, Offload, Precision
+
+
+class _Problems(list):
+    def check(self, ok: bool, key: str, value: Any, allowed: str) -> None:
+        if not ok:
+            self.append(f"{key}={_show(value)}: {allowed}")
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "null"
+    return getattr(value, "value", value) if not isinstance(value, bool) else str(value).lower()
+
+
+def visible_gpus() -> int:
+    """GPUs this machine exposes, without importing torch (NVIDIA driver's /proc entries)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+        return 0
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return len(list(gpus.iterdir())) if gpus.is_dir() else 0
+
+
+def data_files(path: str) -> list[str]:
+    """The files a data.path names: one file, every supported file under a folder, or a glob."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return [str(p)]
+    if p.is_dir():
+        return sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix in DATA_SUFFIXES)
+    return sorted(f for f in glob.glob(str(p), recursive=True) if Path(f).is_file())
+
+
+DATA_SUFFIXES = {".txt", ".md", ".text", ".jsonl", ".json", ".parquet"}
+
+
+def validate(cfg: Config) -> list[str]:
+    """Return every problem found in cfg (empty when it is valid)."""
+    p = _Problems()
+    c, m, d, o, z, t = cfg.cluster, cfg.model, cfg.data, cfg.optim, cfg.zero, cfg.train
+
+    p.check(c.num_workers >= 1, "cluster.num_workers", c.num_workers, "must be >= 1")
+    p.check(c.cpus_per_worker >= 1, "cluster.cpus_per_worker", c.cpus_per_worker, "must be >= 1")
+    p.check(c.gpus_per_worker is None or c.gpus_per_worker >= 0, "cluster.gpus_per_worker", c.gpus_per_worker,
+            "must be >= 0, or null to use GPUs when present")
+
+    if m.pretrained_path is not None:
+        p.check((Path(m.pretrained_path).expanduser() / "config.json").is_file(), "model.pretrained_path",
+                m.pretrained_path, "must be a local Hugging Face model folder holding config.json")
+    else:
+        for key in ("num_layers", "hidden_size", "num_heads"):
+            value = getattr(m, key)
+            p.check(value >= 1, f"model.{key}", value, "must be >= 1")
+        if m.num_heads >= 1:
+            p.check(m.hidden_size % m.num_heads == 0, "model.hidden_size", m.hidden_size,
+                    f"must be divisible by model.num_heads={m.num_heads}")
+        if m.num_kv_heads is not None:
+            p.check(m.num_kv_heads >= 1 and m.num_heads % m.num_kv_heads == 0, "model.num_kv_heads",
+                    m.num_kv_heads, f"must divide model.num_heads={m.num_heads}")
+        p.check(m.intermediate_size is None or m.intermediate_size >= 1, "model.intermediate_size",
+                m.intermediate_size, "must be >= 1 or null")
+        p.check(m.vocab_size is None or m.vocab_size >= 2, "model.vocab_size", m.vocab_size,
+                "must be >= 2, or null for the tokenizer's size")
+        p.check(m.max_position_embeddings is None or m.max_position_embeddings >= t.seq_len,
+                "model.max_position_embeddings", m.max_position_embeddings,
+                f"must be >= train.seq_len={t.seq_len} (or null)")
+        p.check(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "must be in [0, 1)")
+
+    if d.path is None and d.name != "stdlib":
+        p.append(f"data.path: required with data={d.name} (a file, folder or glob of your text)")
+    if d.path is not None:
+        p.check(bool(data_files(d.path)), "data.path", d.path,
+                f"no such file, or no {'/'.join(sorted(DATA_SUFFIXES))} files there")
+    p.check(d.max_bytes is None or d.max_bytes >= 1, "data.max_bytes", d.max_bytes, "must be >= 1 or null")
+    if d.tokenizer_path is not None:
+        p.check(Path(d.tokenizer_path).expanduser().is_dir(), "data.tokenizer_path", d.tokenizer_path,
+                "must be a local tokenizer folder (tokenizer.json or tokenizer_config.json)")
+    else:
+        p.check(d.vocab_size >= 300, "data.vocab_size", d.vocab_size, "must be >= 300 (256 bytes + merges)")
+    p.check(0.0 < d.val_fraction <= 0.5, "data.val_fraction", d.val_fraction, "must be in (0, 0.5]")
+    p.check(d.num_proc >= 1, "data.num_proc", d.num_proc, "must be >= 1")
+    p.check(bool(d.text_field), "data.text_field", d.text_field, "must name a column")
+
+    p.check(o.lr > 0, "optim.lr", o.lr, "must be > 0")
+    p.check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
+    p.check(0 <= o.beta1 < 1, "optim.beta1", o.beta1, "must be in [0, 1)")
+    p.check(0 <= o.beta2 < 1, "optim.beta2", o.beta2, "must be in [0, 1)")
+    p.check(o.eps > 0, "optim.eps", o.eps, "must be > 0")
+    p.check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "must be >= 0")
+    p.check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]")
+
+    p.check(z.stage in (0, 1, 2, 3), "zero.stage", z.stage, "must be 0, 1, 2 or 3")
+    p.check(z.offload_optimizer is Offload.none or z.stage >= 1, "zero.offload_optimizer",
+            z.offload_optimizer, "needs zero.stage >= 1")
+    p.check(z.offload_param is Offload.none or z.stage == 3, "zero.offload_param", z.offload_param,
+            "needs zero.stage=3")
+
+    for key in ("max_steps", "micro_batch_size", "grad_accum", "log_every", "eval_batches"):
+        value = getattr(t, key)
+        p.check(value >= 1, f"train.{key}", value, "must be >= 1")
+    for key in ("seed", "eval_every", "ckpt_every"):
+        value = getattr(t, key)
+        p.check(value >= 0, f"train.{key}", value, "must be >= 0")
+    p.check(t.seq_len >= 8, "train.seq_len", t.seq_len, "must be >= 8")
+    p.check(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "must be >= 0 (0 disables clipping)")
+    if t.precision is Precision.fp16:
+        no_gpu = c.gpus_per_worker == 0 or (c.gpus_per_worker is None and visible_gpus() == 0)
+        p.check(not no_gpu, "train.precision", t.precision,
+                "fp16 with loss scaling needs CUDA GPUs; use train.precision=bf16 or fp32 on CPU")
+
+    if cfg.run_dir is not None:
+        run_dir = Path(cfg.run_dir).expanduser()
+        p.check(not run_dir.exists() or run_dir.is_dir(), "run_dir", cfg.run_dir, "exists and is not a folder")
+        p.check(not (run_dir / "config.yaml").exists(), "run_dir", cfg.run_dir,
+                "already holds a run; pick a new run_dir")
+    return list(p)

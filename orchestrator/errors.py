@@ -1,0 +1,19 @@
+"""The exception types users see. The CLI turns them into one line each and an exit code."""
+
+from __future__ import annotations
+
+
+class ConfigError(Exception):
+    """One or more invalid config values or CLI inputs; nothing has started. Exit code 2."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class TrainingError(Exception):
+    """The job started but failed (a worker raised, Ray gave up). Exit code 1."""
+
+    exit_code = 1

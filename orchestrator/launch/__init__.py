@@ -1,0 +1,1 @@
+"""Backends that give the driver a Ray cluster: one module per backend."""

@@ -1,0 +1,48 @@
+"""The `local` backend: an embedded Ray cluster started inside the driver process.
+
+Ray's dashboard (needed by Ray's state API, which Ray Train's cleanup uses) binds to
+127.0.0.1 only. The cluster gets at least as many logical CPUs as the workers reserve, so
+asking for more workers than cores oversubscribes instead of waiting forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from orchestrator.config.schema import ClusterConfig
+
+
+def start(cluster: ClusterConfig) -> bool:
+    """Start Ray in this process unless it already runs (a test session's shared cluster).
+
+    Returns True when this call started it, so the caller knows to stop it again.
+    """
+    import ray
+
+    # The watcher polls cloud node-preemption notices; on one machine it only adds log noise.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    started = not ray.is_initialized()
+    if started:
+        needed = cluster.num_workers * cluster.cpus_per_worker
+        ray.init(
+            num_cpus=max(os.cpu_count() or 1, needed),
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            logging_level=logging.WARNING,
+            configure_logging=True,
+        )
+    return started
+
+
+def gpus() -> int:
+    import ray
+
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+def stop() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

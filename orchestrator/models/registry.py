@@ -1,0 +1,59 @@
+"""Build the causal LM a ModelConfig names: transformers owns the definitions, we map the shapes.
+
+Models are initialised from a config (random weights, seeded) or loaded with
+`from_pretrained(model.pretrained_path)` from a local folder; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from orchestrator.config.schema import Arch, ModelConfig
+
+
+def hf_config(model: ModelConfig, vocab_size: int, seq_len: int, eos_token_id: int):
+    """The transformers config for these shapes (vocab from the model config, else the tokenizer)."""
+    from transformers import GPT2Config, LlamaConfig
+
+    vocab = model.vocab_size or vocab_size
+    positions = model.max_position_embeddings or seq_len
+    inner = model.intermediate_size or 4 * model.hidden_size
+    if model.arch is Arch.gpt2:
+        return GPT2Config(
+            vocab_size=vocab,
+            n_positions=positions,
+            n_embd=model.hidden_size,
+            n_layer=model.num_layers,
+            n_head=model.num_heads,
+            n_inner=inner,
+            resid_pdrop=model.dropout,
+            embd_pdrop=model.dropout,
+            attn_pdrop=model.dropout,
+            tie_word_embeddings=model.tie_word_embeddings,
+            bos_token_id=eos_token_id,
+            eos_token_id=eos_token_id,
+            pad_token_id=eos_token_id,
+        )
+    return LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=model.hidden_size,
+        intermediate_size=inner,
+        num_hidden_layers=model.num_layers,
+        num_attention_heads=model.num_heads,
+        num_key_value_heads=model.num_kv_heads or model.num_heads,
+        max_position_embeddings=positions,
+        attention_dropout=model.dropout,
+        tie_word_embeddings=model.tie_word_embeddings,
+        bos_token_id=eos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=eos_token_id,
+    )
+
+
+def build_model(model: ModelConfig, vocab_size: int, seq_len: int, eos_token_id: int):
+    """A transformers causal LM in fp32 (DeepSpeed casts for bf16/fp16)."""
+    from transformers import AutoModelForCausalLM
+
+    if model.pretrained_path:
+        return AutoModelForCausalLM.from_pretrained(model.pretrained_path)
+    config = hf_config(model, vocab_size, seq_len, eos_token_id)
+    config.loss_type = "ForCausalLM"  # name it, or transformers warns on every rank
+    return AutoModelForCausalLM.from_config(config)

@@ -1,0 +1,47 @@
+"""Rank 0's tracker: every logged step goes to metrics.jsonl and to the W&B run, identically.
+
+metrics.jsonl is the tool's own record (compare, tests and resume read it); W&B is for people.
+Both receive the same dict, so the two never disagree. Only rank 0 constructs a Tracker.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from orchestrator.config.schema import LoggerConfig, WandbMode
+
+
+class Tracker:
+    def __init__(self, run_dir: Path, logger: LoggerConfig, run_id: str, run_name: str, config: dict):
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self._metrics = self.metrics_path.open("a", buffering=1)  # line-buffered: readable while running
+        self._wandb = None
+        if logger.mode is not WandbMode.disabled:
+            import wandb
+
+            self._wandb = wandb.init(
+                dir=str(run_dir),
+                mode=logger.mode.value,
+                project=logger.project,
+                entity=logger.entity,
+                group=logger.group,
+                tags=list(logger.tags),
+                id=run_id,
+                name=run_name,
+                resume="allow",
+                config=config,
+                settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
+            )
+
+    def log(self, step: int, metrics: dict) -> None:
+        record = {"step": step, **metrics}
+        self._metrics.write(json.dumps(record) + "\n")
+        if self._wandb is not None:
+            self._wandb.log(metrics, step=step)
+
+    def finish(self, summary: dict) -> None:
+        self._metrics.close()
+        if self._wandb is not None:
+            self._wandb.summary.update(summary)
+            self._wandb.finish()

@@ -1,0 +1,1 @@
+"""Running a job: the Ray Train driver, the per-worker loop and the DeepSpeed engine glue."""

@@ -1,0 +1,47 @@
+"""DeepSpeed glue, and the only module that imports deepspeed.
+
+DeepSpeed owns sharding (ZeRO), offload, mixed precision, gradient accumulation and clipping,
+and checkpoint files; this module only chooses the accelerator at run time and wraps the
+few engine calls the loop needs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+
+def use_cpu_accelerator_unless_cuda() -> str:
+    """Pick DeepSpeed's accelerator before deepspeed is imported: cuda when present, else cpu+gloo."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    os.environ.setdefault("DS_ACCELERATOR", device)
+    return device
+
+
+def initialize(model, ds_config: dict, lr_lambda: Callable[[int], float]):
+    """Wrap the model in a DeepSpeed engine with the configured optimizer and our LR schedule."""
+    import deepspeed
+    from torch.optim.lr_scheduler import LambdaLR
+
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=ds_config,
+        lr_scheduler=lambda optimizer: LambdaLR(optimizer, lr_lambda),
+    )
+    return engine
+
+
+def save_checkpoint(engine, checkpoint_dir: Path, step: int, client_state: dict) -> None:
+    """Every rank writes its ZeRO shard; DeepSpeed updates the `latest` tag file."""
+    engine.save_checkpoint(str(checkpoint_dir), tag=f"step_{step:08d}", client_state=client_state)
+
+
+def full_state_dict(engine) -> dict:
+    """The whole model's weights. A collective under ZeRO-3 (all ranks call; rank 0 gets them)."""
+    if engine.zero_optimization_partition_weights():
+        return engine._zero3_consolidated_16bit_state_dict()
+    return engine.module.state_dict()

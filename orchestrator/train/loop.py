@@ -1,0 +1,191 @@
+"""The per-worker training loop, run by every Ray Train worker. Read it top to bottom.
+
+Contract: every rank builds the same model from the same seed, reads its own shard of the
+packed data, and steps a DeepSpeed engine; losses are averaged over ranks before logging.
+Rank 0 alone writes metrics.jsonl, the W&B run, summary.json and the Hugging Face model;
+every rank writes its checkpoint shard. Collectives (all_reduce, ZeRO-3 gathers) are called
+by all ranks in the same order, so no rank ever waits on a branch another rank skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import resource
+import sys
+import time
+import warnings
+from pathlib import Path
+
+
+def train_worker(payload: dict) -> None:
+    """Entry point handed to TorchTrainer; payload = {config, plan, ds_config, run_dir, run_id}."""
+    from orchestrator.train.engine import use_cpu_accelerator_unless_cuda
+
+    device_type = use_cpu_accelerator_unless_cuda()
+    warnings.filterwarnings("ignore", category=FutureWarning)  # torch.distributed's renamed collectives
+
+    import numpy as np
+    import ray.train
+    import torch
+    import torch.distributed as dist
+
+    from orchestrator.config.compose import from_dict
+    from orchestrator.data.loader import ShardedBatches, eval_batches
+    from orchestrator.data.pipeline import prepare
+    from orchestrator.models.registry import build_model
+    from orchestrator.train import engine as ds
+    from orchestrator.train.schedule import lr_factor
+
+    cfg = from_dict(payload["config"])
+    plan = payload["plan"]
+    run_dir = Path(payload["run_dir"])
+    t = cfg.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(cfg.cluster.cpus_per_worker)
+    random.seed(t.seed)
+    np.random.seed(t.seed)
+    torch.manual_seed(t.seed)  # same seed on every rank: identical initial weights
+
+    # --- data: the driver already prepared the cache; this only loads it ---
+    data = prepare(cfg.data, t.seq_len, t.seed)
+    meta = data.meta
+    train_blocks = data.split("train").with_format("torch")["input_ids"]
+    val_blocks = data.split("val").with_format("torch")["input_ids"]
+    batches = ShardedBatches(train_blocks, t.micro_batch_size, rank, world, t.seed)
+
+    # --- model and engine ---
+    model = build_model(cfg.model, meta["vocab_size"], t.seq_len, meta["eos_token_id"])
+    n_params = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions them
+    engine = ds.initialize(
+        model,
+        payload["ds_config"],
+        lambda s: lr_factor(s, cfg.optim.warmup_steps, t.max_steps, cfg.optim.min_lr_ratio),
+    )
+    device = engine.device
+
+    def mean_over_ranks(value: float) -> float:
+        tensor = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.all_reduce(tensor)
+        return tensor.item() / world
+
+    def evaluate() -> float:
+        engine.eval()
+        total = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, batches
+        with torch.no_grad():
+            for batch in eval_batches(val_blocks, t.micro_batch_size, rank, world, t.eval_batches):
+                batch = batch.to(device)
+                total += torch.tensor([engine(input_ids=batch, labels=batch).loss.item(), 1.0],
+                                      dtype=torch.float64, device=device)
+        dist.all_reduce(total)
+        engine.train()
+        return (total[0] / total[1]).item()
+
+    tracker = None
+    if rank == 0:
+        from orchestrator.track.tracker import Tracker
+
+        tracker = Tracker(run_dir, cfg.logger, payload["run_id"], run_dir.name, payload["config"])
+        print(f"plan: {payload['plan_text']}", flush=True)
+
+    # --- the loop ---
+    started = window_start = time.perf_counter()
+    tokens_per_step = plan["tokens_per_step"]
+    window_steps = 0
+    last_loss = val_loss = float("nan")
+    for step in range(1, t.max_steps + 1):
+        lr = engine.get_lr()[0]
+        micro_losses = []
+        for _ in range(t.grad_accum):
+            batch = batches.next().to(device)
+            loss = engine(input_ids=batch, labels=batch).loss
+            engine.backward(loss)
+            engine.step()  # applies the optimizer only at the accumulation boundary
+            micro_losses.append(loss.item())
+        last_loss = mean_over_ranks(sum(micro_losses) / len(micro_losses))
+        window_steps += 1
+
+        is_last = step == t.max_steps
+        record = {}
+        if is_last or step % t.log_every == 0:
+            now = time.perf_counter()
+            record.update(
+                loss=last_loss,
+                lr=lr,
+                tokens_per_s=window_steps * tokens_per_step / (now - window_start),
+                tokens=step * tokens_per_step,
+                elapsed_s=now - started,
+            )
+            window_start, window_steps = now, 0
+        if is_last or (t.eval_every and step % t.eval_every == 0):
+            val_loss = evaluate()
+            record.update(val_loss=val_loss, val_ppl=_perplexity(val_loss))
+        if record and tracker is not None:
+            tracker.log(step, record)
+            if "loss" in record:
+                _progress(step, t.max_steps, record, time.perf_counter() - started)
+        if is_last or (t.ckpt_every and step % t.ckpt_every == 0):
+            ds.save_checkpoint(engine, run_dir / "checkpoints", step,
+                               {"step": step, "tokens": step * tokens_per_step, "data": batches.state()})
+
+    wall_s = time.perf_counter() - started
+
+    # --- final model (Hugging Face format) and summary ---
+    state = ds.full_state_dict(engine)
+    peak = [None] * world
+    dist.all_gather_object(peak, _peak_memory_bytes(device_type))
+    if rank == 0:
+        from orchestrator.data.tokenizer import load_tokenizer
+
+        model_dir = run_dir / "model"
+        engine.module.save_pretrained(str(model_dir), state_dict=state)
+        load_tokenizer(str(data.tokenizer_dir)).save_pretrained(str(model_dir))
+        summary = {
+            "final_train_loss": last_loss,
+            "final_val_loss": val_loss,
+            "final_val_ppl": _perplexity(val_loss),
+            "steps": t.max_steps,
+            "tokens": t.max_steps * tokens_per_step,
+            "wall_s": wall_s,
+            "world_size": world,
+            "device": device_type,
+            "peak_memory_bytes_per_rank": peak,
+            "params": n_params,
+        }
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        tracker.finish(summary)
+    dist.barrier()
+
+
+def _perplexity(loss: float) -> float:
+    import math
+
+    return math.exp(loss) if loss < 50 else float("inf")
+
+
+def _peak_memory_bytes(device_type: str) -> int:
+    """CUDA: peak allocated by torch. CPU: the process's peak resident set size."""
+    if device_type == "cuda":
+        import torch
+
+        return int(torch.cuda.max_memory_allocated())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _progress(step: int, max_steps: int, record: dict, elapsed: float) -> None:
+    eta = elapsed / step * (max_steps - step)
+    line = (
+        f"step {step}/{max_steps} ({100 * step / max_steps:.0f}%) | loss {record['loss']:.4f} | "
+        f"lr {record['lr']:.2e} | {record['tokens_per_s']:,.0f} tok/s | "
+        f"elapsed {_clock(elapsed)} | eta {_clock(eta)}"
+    )
+    if "val_loss" in record:
+        line += f" | val_loss {record['val_loss']:.4f}"
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"
