@@ -1,0 +1,61 @@
+"""Shared fixtures: isolation for every test, one composed-and-shrunk config, one Ray cluster.
+
+Every test runs in its own temporary folder with W&B offline and a per-session data cache
+(so the corpus is tokenized once per test session, not once per test). Tests that need Ray
+share one embedded cluster for the session: starting it costs seconds on these machines.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# The tiny model on the default corpus, shrunk so a distributed test takes seconds of training.
+TINY = [
+    "model=tiny",
+    "data.max_bytes=600000",
+    "data.vocab_size=512",
+    "train.seq_len=64",
+    "train.micro_batch_size=4",
+    "train.log_every=1",
+    "train.eval_batches=4",
+]
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("orchestrator-cache"))
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch, data_cache):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ORCHESTRATOR_CACHE", data_cache)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    yield tmp_path
+
+
+@pytest.fixture
+def compose_tiny():
+    """Compose the real config from conf/, shrunk for tests, with extra overrides on top."""
+    from orchestrator.config.compose import compose
+
+    return lambda *overrides: compose([*TINY, *overrides])
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One embedded Ray cluster (2 CPUs, loopback) shared by every distributed test."""
+    import ray
+
+    from orchestrator.config.schema import ClusterConfig
+    from orchestrator.launch import local
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    started = local.start(ClusterConfig(num_workers=2, cpus_per_worker=1))
+    yield ray
+    if started:
+        local.stop()
