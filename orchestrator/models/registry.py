@@ -53,7 +53,8 @@ def build_model(model: ModelConfig, vocab_size: int, seq_len: int, eos_token_id:
     from transformers import AutoModelForCausalLM
 
     if model.pretrained_path:
-        return AutoModelForCausalLM.from_pretrained(model.pretrained_path)
-    config = hf_config(model, vocab_size, seq_len, eos_token_id)
-    config.loss_type = "ForCausalLM"  # name it, or transformers warns on every rank
-    return AutoModelForCausalLM.from_config(config)
+        built = AutoModelForCausalLM.from_pretrained(model.pretrained_path)
+    else:
+        built = AutoModelForCausalLM.from_config(hf_config(model, vocab_size, seq_len, eos_token_id))
+    built.loss_type = "ForCausalLM"  # name it, or transformers warns on every rank
+    return built
