@@ -29,6 +29,12 @@ class Arch(str, Enum):
     llama = "llama"
 
 
+class ActivationCheckpointing(str, Enum):
+    none = "none"
+    full = "full"
+    every_n = "every_n"
+
+
 class WandbMode(str, Enum):
     online = "online"
     offline = "offline"
@@ -149,6 +155,10 @@ class TrainConfig:
     seq_len: int = 128
     """Tokens per sequence (packed blocks)."""
     precision: Precision = Precision.fp32
+    activation_checkpointing: ActivationCheckpointing = ActivationCheckpointing.none
+    """Recompute activations in the backward pass to save memory: none, full (every layer),
+    or every_n (layers 0, n, 2n, ...; n = activation_checkpointing_every)."""
+    activation_checkpointing_every: int = 2
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value; 0 disables clipping."""
     log_every: int = 10

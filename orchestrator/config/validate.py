@@ -109,7 +109,8 @@ def validate(cfg: Config) -> list[str]:
     p.check(z.offload_param is Offload.none or z.stage == 3, "zero.offload_param", z.offload_param,
             "needs zero.stage=3")
 
-    for key in ("max_steps", "micro_batch_size", "grad_accum", "log_every", "eval_batches"):
+    for key in ("max_steps", "micro_batch_size", "grad_accum", "log_every", "eval_batches",
+                "activation_checkpointing_every"):
         value = getattr(t, key)
         p.check(value >= 1, f"train.{key}", value, "must be >= 1")
     for key in ("seed", "eval_every", "ckpt_every"):

@@ -6,7 +6,7 @@ Models are initialised from a config (random weights, seeded) or loaded with
 
 from __future__ import annotations
 
-from orchestrator.config.schema import Arch, ModelConfig
+from orchestrator.config.schema import ActivationCheckpointing, Arch, ModelConfig
 
 
 def hf_config(model: ModelConfig, vocab_size: int, seq_len: int, eos_token_id: int):
@@ -58,3 +58,17 @@ def build_model(model: ModelConfig, vocab_size: int, seq_len: int, eos_token_id:
         built = AutoModelForCausalLM.from_config(hf_config(model, vocab_size, seq_len, eos_token_id))
     built.loss_type = "ForCausalLM"  # name it, or transformers warns on every rank
     return built
+
+
+def apply_activation_checkpointing(model, mode: ActivationCheckpointing, every: int) -> None:
+    """Turn on transformers' activation checkpointing for every layer or every n-th layer.
+
+    Non-reentrant checkpointing works with every ZeRO stage (ZeRO-3 gathers parameters again
+    during recomputation through its module hooks).
+    """
+    if mode is ActivationCheckpointing.none:
+        return
+    model.config.use_cache = False  # a KV cache is meaningless while training and clashes with recompute
+    model.activation_checkpointing_enable(
+        {"use_reentrant": False}, every_n_layers=1 if mode is ActivationCheckpointing.full else every
+    )

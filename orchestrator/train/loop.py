@@ -33,7 +33,7 @@ def train_worker(payload: dict) -> None:
     from orchestrator.config.compose import from_dict
     from orchestrator.data.loader import ShardedBatches, eval_batches
     from orchestrator.data.pipeline import prepare
-    from orchestrator.models.registry import build_model
+    from orchestrator.models.registry import apply_activation_checkpointing, build_model
     from orchestrator.train import engine as ds
     from orchestrator.train.schedule import lr_factor
 
@@ -58,6 +58,7 @@ def train_worker(payload: dict) -> None:
     # --- model and engine ---
     model = build_model(cfg.model, meta["vocab_size"], t.seq_len, meta["eos_token_id"])
     n_params = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions them
+    apply_activation_checkpointing(model, t.activation_checkpointing, t.activation_checkpointing_every)
     engine = ds.initialize(
         model,
         payload["ds_config"],
