@@ -84,16 +84,19 @@ def _run(args: argparse.Namespace) -> int:
 def _plan(cfg) -> int:
     from orchestrator.config.schema import PlanFormat
     from orchestrator.ds_config import deepspeed_config
-    from orchestrator.plan import make_plan
+    from orchestrator.plan import make_plan, resolved_config
 
     plan = make_plan(cfg)
-    ds = deepspeed_config(cfg, plan)
+    ds = deepspeed_config(resolved_config(cfg, plan), plan)
     if cfg.plan.format is PlanFormat.json:
         print(json.dumps({"plan": plan.to_dict(), "deepspeed": ds}, indent=2))
-    else:
-        print(plan.describe())
-        if plan.flops_per_token:
-            print(f"flops/token={plan.flops_per_token:,}  flops/step={plan.flops_per_token * plan.tokens_per_step:,}")
-        print("deepspeed config:")
-        print(json.dumps(ds, indent=2))
+        return 0
+    print(plan.describe())
+    if plan.flops_per_token:
+        print(f"flops/token={plan.flops_per_token:,}  flops/step={plan.flops_per_token * plan.tokens_per_step:,}")
+    print(plan.memory_table())
+    for reason in plan.auto_reasons:
+        print(f"zero=auto: {reason}")
+    print("deepspeed config:")
+    print(json.dumps(ds, indent=2))
     return 0

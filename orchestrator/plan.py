@@ -1,20 +1,30 @@
 """The plan: everything derived from the config before anything launches. Pure Python, no torch.
 
-config in, Plan out: world size, batch arithmetic, parameter count and FLOPs per token.
-The driver prints it before training (like nanoGPT's "tokens per iteration") and workers
-receive it, so every rank agrees on the same numbers.
+config in, Plan out: world size, batch arithmetic, parameter count, FLOPs per token, per-rank
+memory (memory.py) and whether it fits the cluster. `auto` values are resolved here:
+`train.precision=auto` becomes bf16 on GPUs and fp32 on CPU; `zero=auto` walks the ladder
+0 -> 1 -> 2 -> 3 -> 3 + CPU offload, then activation checkpointing, then a smaller
+micro-batch with more accumulation (same global batch), and takes the first that fits.
+The driver prints the plan before training (like nanoGPT's "tokens per iteration") and
+workers receive it, so every rank agrees on the same numbers.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
-from orchestrator.config.schema import Arch, Config, ModelConfig
+from orchestrator.config.schema import ActivationCheckpointing, Arch, Config, ModelConfig, Offload, Precision
+from orchestrator.config.validate import visible_gpus
+from orchestrator.memory import GB, Memory, estimate
 
 
 @dataclass(frozen=True)
 class Plan:
     world_size: int
+    ranks_per_node: int
+    uses_gpus: bool
     micro_batch_size: int
     grad_accum: int
     global_batch: int
@@ -23,10 +33,21 @@ class Plan:
     tokens_per_step: int
     max_steps: int
     total_tokens: int
+    precision: str
+    zero_stage: int
+    offload_optimizer: str
+    offload_param: str
+    activation_checkpointing: str
     params: int | None
     """Parameter count from the model's shapes (None for a pretrained_path model)."""
     flops_per_token: int | None
     """Training FLOPs per token: 6N + 12 x layers x hidden x seq_len (Kaplan/Chinchilla)."""
+    memory: dict | None = None
+    """Per-rank bytes (memory.Memory.to_dict()); None when the shapes are unknown."""
+    fits: bool | None = None
+    fit_problems: list[str] = field(default_factory=list)
+    auto_reasons: list[str] = field(default_factory=list)
+    """Why zero=auto chose this configuration, one line per rejected or accepted candidate."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -37,41 +58,149 @@ class Plan:
             f"world_size={self.world_size}  global_batch={self.global_batch} "
             f"(micro {self.micro_batch_size} x accum {self.grad_accum} x {self.world_size} workers)  "
             f"tokens/step={self.tokens_per_step:,}  steps={self.max_steps}  "
-            f"tokens={self.total_tokens:,}  {params}"
+            f"tokens={self.total_tokens:,}  {params}  zero={self.zero_stage}{self._offload_label()}  "
+            f"precision={self.precision}"
         )
+
+    def _offload_label(self) -> str:
+        parts = [f"{k}:{v}" for k, v in (("optimizer", self.offload_optimizer), ("param", self.offload_param))
+                 if v != "none"]
+        return f" (offload {', '.join(parts)})" if parts else ""
+
+    def memory_table(self) -> str:
+        if self.memory is None:
+            return "memory: unknown (the model comes from a checkpoint)"
+        m = self.memory
+        where = "GPU" if self.uses_gpus else "CPU worker"
+        lines = [
+            f"memory per rank (zero={self.zero_stage}{self._offload_label()}, {self.precision}, "
+            f"activation checkpointing {self.activation_checkpointing}, micro-batch {self.micro_batch_size}):",
+            f"  parameters        {_gb(m['params'] + m['params_offloaded'])}{_off(m['params_offloaded'])}",
+            f"  gradients         {_gb(m['grads'] + m['grads_offloaded'])}{_off(m['grads_offloaded'])}",
+            f"  optimizer states  {_gb(m['optimizer'] + m['optimizer_offloaded'])}{_off(m['optimizer_offloaded'])}",
+            f"  model states      {_gb(m['model_states'])}",
+            f"  activations       {_gb(m['activations'])}  (none: {_gb(m['activations_no_checkpointing'])}, "
+            f"full checkpointing: {_gb(m['activations_full_checkpointing'])})",
+            f"  working buffers   {_gb(m['buffers'])}",
+            f"  runtime overhead  {_gb(m['overhead'])}",
+            f"  {where} total  {_gb(m['device'])}" + (f"  +{_gb(m['offloaded'])} in CPU memory" if m["offloaded"] else ""),
+        ]
+        if self.fits is None:
+            lines.append("fit: not checked (set cluster.gpu_memory_gb / cluster.cpu_memory_gb)")
+        elif self.fits:
+            lines.append("fit: fits")
+        else:
+            lines += [f"fit: DOES NOT FIT: {p}" for p in self.fit_problems]
+        return "\n".join(lines)
+
+
+def _gb(value: int) -> str:
+    return f"{value / GB:8.3f} GB"
+
+
+def _off(value: int) -> str:
+    return "  (in CPU memory)" if value else ""
 
 
 def count_params(model: ModelConfig, vocab_size: int, seq_len: int) -> int:
     """Parameters of the transformers model these shapes build (checked against it in tests)."""
     h, layers = model.hidden_size, model.num_layers
     vocab = model.vocab_size or vocab_size
-    inner = model.intermediate_size or 4 * h
     head = 0 if model.tie_word_embeddings else vocab * h
     if model.arch is Arch.gpt2:
         positions = model.max_position_embeddings or seq_len
+        return vocab * h + positions * h + layers * layer_params(model) + 2 * h + head
+    return vocab * h + layers * layer_params(model) + h + head
+
+
+def layer_params(model: ModelConfig) -> int:
+    """Parameters of one transformer layer."""
+    h = model.hidden_size
+    inner = model.intermediate_size or 4 * h
+    if model.arch is Arch.gpt2:
         attention = 3 * h * h + 3 * h + h * h + h
         mlp = h * inner + inner + inner * h + h
-        norms = 2 * 2 * h
-        return vocab * h + positions * h + layers * (attention + mlp + norms) + 2 * h + head
-    head_dim = h // model.num_heads
-    kv = (model.num_kv_heads or model.num_heads) * head_dim
-    attention = h * h + 2 * h * kv + h * h
-    mlp = 3 * h * inner
-    return vocab * h + layers * (attention + mlp + 2 * h) + h + head
+        return attention + mlp + 2 * 2 * h
+    kv = (model.num_kv_heads or model.num_heads) * (h // model.num_heads)
+    return h * h + 2 * h * kv + h * h + 3 * h * inner + 2 * h
+
+
+def uses_gpus(cfg: Config) -> bool:
+    c = cfg.cluster
+    if c.name == "local":
+        return c.gpus_per_worker > 0 if c.gpus_per_worker is not None else visible_gpus() >= c.num_workers
+    return c.gpus_per_node > 0
+
+
+def world_and_ranks_per_node(cfg: Config) -> tuple[int, int]:
+    c = cfg.cluster
+    if c.name == "local":
+        return c.num_workers, c.num_workers
+    per_node = c.gpus_per_node if c.gpus_per_node > 0 else 1
+    return c.nodes * per_node, per_node
+
+
+def _host_memory_bytes(cfg: Config) -> float | None:
+    if cfg.cluster.cpu_memory_gb is not None:
+        return cfg.cluster.cpu_memory_gb * GB
+    meminfo = Path("/proc/meminfo")
+    if cfg.cluster.name == "local" and meminfo.exists():
+        total_kb = int(meminfo.read_text().split("MemTotal:")[1].split()[0])
+        return total_kb * 1024
+    return None
+
+
+def _fit_problems(cfg: Config, memory: Memory, gpus: bool, ranks_per_node: int) -> tuple[bool | None, list[str]]:
+    problems, checked = [], False
+    if gpus and cfg.cluster.gpu_memory_gb is not None:
+        checked = True
+        if memory.device > cfg.cluster.gpu_memory_gb * GB:
+            problems.append(f"needs {memory.device / GB:.1f} GB per GPU > cluster.gpu_memory_gb="
+                            f"{cfg.cluster.gpu_memory_gb:g}")
+    host = _host_memory_bytes(cfg)
+    if host is not None:
+        checked = True
+        per_rank = memory.offloaded + (memory.overhead if gpus else memory.device)
+        need = ranks_per_node * per_rank
+        if need > host:
+            problems.append(f"needs {need / GB:.1f} GB of CPU memory per node ({ranks_per_node} ranks x "
+                            f"{per_rank / GB:.1f} GB) > {host / GB:.1f} GB (cluster.cpu_memory_gb)")
+    return (not problems) if checked else None, problems
 
 
 def make_plan(cfg: Config) -> Plan:
-    t = cfg.train
-    world = cfg.cluster.num_workers
+    """The plan for cfg, with `auto` precision and `zero=auto` resolved."""
+    gpus = uses_gpus(cfg)
+    precision = cfg.train.precision
+    if precision is Precision.auto:
+        precision = Precision.bf16 if gpus else Precision.fp32
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
+    if cfg.zero.auto and cfg.model.pretrained_path is None:
+        return _choose(cfg)
+    return _plan_for(cfg, [])
+
+
+def _plan_for(cfg: Config, reasons: list[str]) -> Plan:
+    t, z = cfg.train, cfg.zero
+    world, ranks_per_node = world_and_ranks_per_node(cfg)
+    gpus = uses_gpus(cfg)
     global_batch = t.micro_batch_size * t.grad_accum * world
     tokens_per_step = global_batch * t.seq_len
-    params = flops = None
+    params = flops = memory = fits = None
+    problems: list[str] = []
     if cfg.model.pretrained_path is None:
         vocab = cfg.model.vocab_size or cfg.data.vocab_size
         params = count_params(cfg.model, vocab, t.seq_len)
         flops = 6 * params + 12 * cfg.model.num_layers * cfg.model.hidden_size * t.seq_len
+        largest = max(layer_params(cfg.model), vocab * cfg.model.hidden_size)
+        mem = estimate(cfg, params, world, z.stage, t.precision, z.offload_optimizer, z.offload_param,
+                       t.activation_checkpointing, t.micro_batch_size, largest)
+        memory = mem.to_dict()
+        fits, problems = _fit_problems(cfg, mem, gpus, ranks_per_node)
     return Plan(
         world_size=world,
+        ranks_per_node=ranks_per_node,
+        uses_gpus=gpus,
         micro_batch_size=t.micro_batch_size,
         grad_accum=t.grad_accum,
         global_batch=global_batch,
@@ -79,6 +208,72 @@ def make_plan(cfg: Config) -> Plan:
         tokens_per_step=tokens_per_step,
         max_steps=t.max_steps,
         total_tokens=tokens_per_step * t.max_steps,
+        precision=t.precision.value,
+        zero_stage=z.stage,
+        offload_optimizer=z.offload_optimizer.value,
+        offload_param=z.offload_param.value,
+        activation_checkpointing=t.activation_checkpointing.value,
         params=params,
         flops_per_token=flops,
+        memory=memory,
+        fits=fits,
+        fit_problems=problems,
+        auto_reasons=reasons,
+    )
+
+
+_LADDER = [
+    (0, Offload.none, Offload.none),
+    (1, Offload.none, Offload.none),
+    (2, Offload.none, Offload.none),
+    (3, Offload.none, Offload.none),
+    (3, Offload.cpu, Offload.cpu),
+]
+
+
+def _choose(cfg: Config) -> Plan:
+    """zero=auto: the least-communication configuration that fits, and why."""
+    reasons: list[str] = []
+    t = cfg.train
+    micro, accum = t.micro_batch_size, t.grad_accum
+    checkpointing = [t.activation_checkpointing]
+    if t.activation_checkpointing is not ActivationCheckpointing.full:
+        checkpointing.append(ActivationCheckpointing.full)
+    last = None
+    while True:
+        for mode in checkpointing:
+            for stage, off_opt, off_param in _LADDER:
+                candidate = dataclasses.replace(
+                    cfg,
+                    zero=dataclasses.replace(cfg.zero, auto=False, stage=stage, offload_optimizer=off_opt,
+                                             offload_param=off_param),
+                    train=dataclasses.replace(t, micro_batch_size=micro, grad_accum=accum,
+                                              activation_checkpointing=mode),
+                )
+                plan = _plan_for(candidate, reasons)
+                label = (f"zero={stage}{'_offload' if off_opt is not Offload.none else ''} "
+                         f"activation_checkpointing={mode.value} micro_batch_size={micro} grad_accum={accum}")
+                if plan.fits is not False:
+                    reasons.append(f"chose {label}: {plan.memory['device'] / GB:.1f} GB per rank"
+                                   + (" (no memory limit known: set cluster.gpu_memory_gb or cpu_memory_gb)"
+                                      if plan.fits is None else " fits"))
+                    return plan
+                reasons.append(f"rejected {label}: {plan.fit_problems[0]}")
+                last = plan
+        if micro == 1 or micro % 2:
+            reasons.append("nothing fits: add nodes, use a smaller model or shorter train.seq_len")
+            return dataclasses.replace(last, auto_reasons=reasons)
+        micro, accum = micro // 2, accum * 2
+
+
+def resolved_config(cfg: Config, plan: Plan) -> Config:
+    """cfg with the plan's resolved choices written back (what the workers run and config.yaml shows)."""
+    return dataclasses.replace(
+        cfg,
+        zero=dataclasses.replace(cfg.zero, auto=False, stage=plan.zero_stage,
+                                 offload_optimizer=Offload(plan.offload_optimizer),
+                                 offload_param=Offload(plan.offload_param)),
+        train=dataclasses.replace(cfg.train, precision=Precision(plan.precision),
+                                  micro_batch_size=plan.micro_batch_size, grad_accum=plan.grad_accum,
+                                  activation_checkpointing=ActivationCheckpointing(plan.activation_checkpointing)),
     )

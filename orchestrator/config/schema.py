@@ -14,6 +14,7 @@ from typing import Optional
 
 
 class Precision(str, Enum):
+    auto = "auto"
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"
@@ -22,6 +23,7 @@ class Precision(str, Enum):
 class Offload(str, Enum):
     none = "none"
     cpu = "cpu"
+    nvme = "nvme"
 
 
 class Arch(str, Enum):
@@ -51,13 +53,22 @@ class DataFormat(str, Enum):
 @dataclass
 class ClusterConfig:
     name: str = "local"
-    """Backend: `local` starts an embedded Ray cluster inside the driver process."""
+    """Backend: `local` starts an embedded Ray cluster inside the driver process; `slurm`
+    describes a Slurm allocation (planned here, submitted by `orchestrator submit`)."""
     num_workers: int = 2
-    """Ray Train workers (ranks). World size = num_workers."""
+    """Ray Train workers (ranks) on `local`. World size = num_workers there."""
     cpus_per_worker: int = 1
     """CPUs reserved per worker; also the worker's torch/OMP thread count."""
     gpus_per_worker: Optional[int] = None
     """GPUs per worker. null = 1 when Ray sees at least num_workers GPUs, else 0 (CPU + gloo)."""
+    nodes: int = 1
+    """Machines in the allocation (slurm, k8s). World size = nodes x workers per node there."""
+    gpus_per_node: int = 0
+    """GPUs per machine (slurm, k8s); one worker per GPU. 0 = CPU workers."""
+    gpu_memory_gb: Optional[float] = None
+    """Memory of one GPU in GB (1e9 bytes), for the plan's fit check. null = not checked."""
+    cpu_memory_gb: Optional[float] = None
+    """Memory of one machine in GB, for the plan's fit check. null = this machine's (local), else not checked."""
 
 
 @dataclass
@@ -126,10 +137,28 @@ class ZeroConfig:
     stage: int = 2
     """DeepSpeed ZeRO stage: 0 (plain data parallel), 1 (optimizer states), 2 (+gradients),
     3 (+parameters) are sharded across ranks."""
+    auto: bool = False
+    """Let the plan pick stage, offload, activation checkpointing and micro-batch: the least
+    communication that fits the cluster's memory (zero=auto)."""
     offload_optimizer: Offload = Offload.none
-    """Keep optimizer states (and the step) in CPU memory. Needs stage >= 1."""
+    """Keep optimizer states (and the step) in CPU memory or on NVMe. Needs stage >= 1."""
     offload_param: Offload = Offload.none
-    """Keep parameters in CPU memory. Needs stage 3."""
+    """Keep parameters in CPU memory or on NVMe. Needs stage 3."""
+    nvme_path: Optional[str] = None
+    """Folder on a local NVMe drive for nvme offload (needs DeepSpeed's async_io op: libaio + CUDA)."""
+    reduce_bucket_size: Optional[int] = None
+    """Elements per gradient reduce bucket. null = hidden_size^2 (as the HF integration's "auto");
+    DeepSpeed's own 5e8 default costs GBs per rank."""
+    allgather_bucket_size: Optional[int] = None
+    """Elements per parameter all-gather bucket (stages 1-2). null = hidden_size^2."""
+    prefetch_bucket_size: Optional[int] = None
+    """Stage 3: elements prefetched ahead of use. null = 0.9 x hidden_size^2."""
+    param_persistence_threshold: Optional[int] = None
+    """Stage 3: parameters smaller than this stay whole on every rank. null = 10 x hidden_size."""
+    max_live_parameters: int = 1_000_000_000
+    """Stage 3: most parameters gathered at once before older ones are released."""
+    overlap_comm: bool = False
+    """Overlap gradient reduction with the backward pass (faster on GPUs, more buffer memory)."""
 
 
 @dataclass
@@ -154,7 +183,8 @@ class TrainConfig:
     """Micro-batches accumulated per optimizer step. Global batch = micro x accum x workers."""
     seq_len: int = 128
     """Tokens per sequence (packed blocks)."""
-    precision: Precision = Precision.fp32
+    precision: Precision = Precision.auto
+    """auto = bf16 where the workers have GPUs, fp32 on CPU."""
     activation_checkpointing: ActivationCheckpointing = ActivationCheckpointing.none
     """Recompute activations in the backward pass to save memory: none, full (every layer),
     or every_n (layers 0, n, 2n, ...; n = activation_checkpointing_every)."""
@@ -179,6 +209,8 @@ class PlanFormat(str, Enum):
 class PlanConfig:
     format: PlanFormat = PlanFormat.text
     """How `orchestrator plan` prints the plan: a readable table or one JSON object."""
+    force: bool = False
+    """Train even when the plan predicts the job will not fit in memory."""
 
 
 @dataclass

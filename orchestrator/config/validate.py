@@ -7,6 +7,7 @@ the schema during composition; this module checks what types cannot express.
 
 from __future__ import annotations
 
+import ctypes.util
 import glob
 import os
 from pathlib import Path
@@ -53,7 +54,13 @@ def validate(cfg: Config) -> list[str]:
     p = _Problems()
     c, m, d, o, z, t = cfg.cluster, cfg.model, cfg.data, cfg.optim, cfg.zero, cfg.train
 
+    p.check(c.name in ("local", "slurm"), "cluster.name", c.name, "must be local or slurm")
     p.check(c.num_workers >= 1, "cluster.num_workers", c.num_workers, "must be >= 1")
+    p.check(c.nodes >= 1, "cluster.nodes", c.nodes, "must be >= 1")
+    p.check(c.gpus_per_node >= 0, "cluster.gpus_per_node", c.gpus_per_node, "must be >= 0")
+    for key in ("gpu_memory_gb", "cpu_memory_gb"):
+        value = getattr(c, key)
+        p.check(value is None or value > 0, f"cluster.{key}", value, "must be > 0 GB, or null")
     p.check(c.cpus_per_worker >= 1, "cluster.cpus_per_worker", c.cpus_per_worker, "must be >= 1")
     p.check(c.gpus_per_worker is None or c.gpus_per_worker >= 0, "cluster.gpus_per_worker", c.gpus_per_worker,
             "must be >= 0, or null to use GPUs when present")
@@ -104,6 +111,18 @@ def validate(cfg: Config) -> list[str]:
     p.check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", o.min_lr_ratio, "must be in [0, 1]")
 
     p.check(z.stage in (0, 1, 2, 3), "zero.stage", z.stage, "must be 0, 1, 2 or 3")
+    if Offload.nvme in (z.offload_optimizer, z.offload_param):
+        p.check(z.nvme_path is not None and Path(z.nvme_path).expanduser().is_dir(), "zero.nvme_path", z.nvme_path,
+                "must be an existing folder on an NVMe drive for nvme offload")
+        p.check(ctypes.util.find_library("aio") is not None and visible_gpus() > 0, "zero.offload_optimizer",
+                z.offload_optimizer.value if z.offload_optimizer is Offload.nvme else "nvme",
+                "NVMe offload needs DeepSpeed's async_io op: libaio (apt install libaio-dev) and CUDA GPUs; "
+                "use cpu offload here")
+    for key in ("reduce_bucket_size", "allgather_bucket_size", "prefetch_bucket_size",
+                "param_persistence_threshold"):
+        value = getattr(z, key)
+        p.check(value is None or value >= 1, f"zero.{key}", value, "must be >= 1 element, or null")
+    p.check(z.max_live_parameters >= 1, "zero.max_live_parameters", z.max_live_parameters, "must be >= 1")
     p.check(z.offload_optimizer is Offload.none or z.stage >= 1, "zero.offload_optimizer",
             z.offload_optimizer, "needs zero.stage >= 1")
     p.check(z.offload_param is Offload.none or z.stage == 3, "zero.offload_param", z.offload_param,

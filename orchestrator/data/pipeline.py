@@ -40,6 +40,10 @@ class PreparedData:
 
         return load_from_disk(str(self.root / name))
 
+    def blocks(self, name: str):
+        """The `train` or `val` split as one int64 tensor [n_blocks, seq_len], held in memory."""
+        return self.split(name).with_format("torch")[:]["input_ids"]
+
 
 def cache_key(data: DataConfig, seq_len: int, seed: int) -> str:
     files = source_files(data)

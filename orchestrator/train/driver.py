@@ -16,7 +16,7 @@ from orchestrator.config.compose import to_dict, to_yaml
 from orchestrator.config.schema import Config
 from orchestrator.ds_config import deepspeed_config
 from orchestrator.errors import ConfigError, TrainingError
-from orchestrator.plan import make_plan
+from orchestrator.plan import Plan, make_plan, resolved_config
 
 
 def default_run_dir(cfg: Config) -> Path:
@@ -45,11 +45,23 @@ def train(cfg: Config) -> Path:
     """Run the configured job to completion and return its run directory."""
     from orchestrator.data.pipeline import prepare
 
+    if cfg.cluster.name != "local":
+        raise ConfigError([f"cluster={cfg.cluster.name}: `orchestrator train` runs on cluster=local; "
+                           f"size this cluster with `orchestrator plan cluster={cfg.cluster.name} ...`"])
     plan = make_plan(cfg)
+    for reason in plan.auto_reasons:
+        print(f"zero=auto: {reason}", flush=True)
+    if plan.fits is False and not cfg.plan.force:
+        raise ConfigError([f"the plan does not fit: {problem} (see `orchestrator plan`; "
+                           "try zero=auto, or plan.force=true to run anyway)" for problem in plan.fit_problems])
     run_dir = Path(cfg.run_dir).expanduser() if cfg.run_dir else default_run_dir(cfg)
     run_dir = run_dir.resolve()
-    cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
+    cfg = dataclasses.replace(resolved_config(cfg, plan), run_dir=str(run_dir))
     print(f"plan: {plan.describe()}", flush=True)
+    if plan.memory:
+        m = plan.memory
+        print(f"memory per rank: model states {m['model_states'] / 1e9:.3f} GB, activations "
+              f"{m['activations'] / 1e9:.3f} GB, total {m['device'] / 1e9:.2f} GB", flush=True)
 
     prepared = prepare(cfg.data, cfg.train.seq_len, cfg.train.seed)
     meta = prepared.meta
@@ -65,7 +77,7 @@ def train(cfg: Config) -> Path:
     return run_dir
 
 
-def _fit(cfg: Config, plan, run_dir: Path) -> None:
+def _fit(cfg: Config, plan: Plan, run_dir: Path) -> None:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 

@@ -35,6 +35,7 @@ def train_worker(payload: dict) -> None:
     from orchestrator.data.pipeline import prepare
     from orchestrator.models.registry import apply_activation_checkpointing, build_model
     from orchestrator.train import engine as ds
+    from orchestrator.train.memory_probe import model_state_bytes
     from orchestrator.train.schedule import lr_factor
 
     cfg = from_dict(payload["config"])
@@ -51,8 +52,7 @@ def train_worker(payload: dict) -> None:
     # --- data: the driver already prepared the cache; this only loads it ---
     data = prepare(cfg.data, t.seq_len, t.seed)
     meta = data.meta
-    train_blocks = data.split("train").with_format("torch")["input_ids"]
-    val_blocks = data.split("val").with_format("torch")["input_ids"]
+    train_blocks, val_blocks = data.blocks("train"), data.blocks("val")
     batches = ShardedBatches(train_blocks, t.micro_batch_size, rank, world, t.seed)
 
     # --- model and engine ---
@@ -94,16 +94,20 @@ def train_worker(payload: dict) -> None:
     started = window_start = time.perf_counter()
     tokens_per_step = plan["tokens_per_step"]
     window_steps = 0
+    probe_step, measured = min(2, t.max_steps), {}
     last_loss = val_loss = float("nan")
     for step in range(1, t.max_steps + 1):
         lr = engine.get_lr()[0]
         micro_losses = []
-        for _ in range(t.grad_accum):
+        for micro in range(t.grad_accum):
             batch = batches.next().to(device)
             loss = engine(input_ids=batch, labels=batch).loss
             engine.backward(loss)
-            engine.step()  # applies the optimizer only at the accumulation boundary
             micro_losses.append(loss.item())
+            if step == probe_step and micro == t.grad_accum - 1:
+                # Parameters, gradients and optimizer states all exist now (states appear at step 1).
+                measured = model_state_bytes(engine, exclude=(train_blocks, val_blocks))
+            engine.step()  # applies the optimizer only at the accumulation boundary
         last_loss = mean_over_ranks(sum(micro_losses) / len(micro_losses))
         window_steps += 1
 
@@ -134,8 +138,9 @@ def train_worker(payload: dict) -> None:
 
     # --- final model (Hugging Face format) and summary ---
     state = ds.full_state_dict(engine)
-    peak = [None] * world
+    peak, measured_all = [None] * world, [None] * world
     dist.all_gather_object(peak, _peak_memory_bytes(device_type))
+    dist.all_gather_object(measured_all, measured)
     if rank == 0:
         from orchestrator.data.tokenizer import load_tokenizer
 
@@ -152,6 +157,9 @@ def train_worker(payload: dict) -> None:
             "world_size": world,
             "device": device_type,
             "peak_memory_bytes_per_rank": peak,
+            "measured_model_state_bytes_per_rank": measured_all,
+            "predicted_model_state_bytes_per_rank": (plan["memory"] or {}).get("model_states"),
+            "predicted_memory_bytes_per_rank": plan["memory"],
             "params": n_params,
         }
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

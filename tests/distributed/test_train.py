@@ -59,6 +59,16 @@ def test_summary_agrees_with_metrics(finished_run):
     assert summary["wall_s"] > 0
 
 
+def test_summary_records_predicted_and_measured_model_state_memory(finished_run):
+    summary = json.loads((finished_run / "summary.json").read_text())
+    predicted = summary["predicted_model_state_bytes_per_rank"]
+    measured = summary["measured_model_state_bytes_per_rank"]
+    assert len(measured) == 2
+    for rank in measured:
+        assert rank["params"] == 4 * summary["params"]  # ZeRO-2 keeps whole fp32 parameters on every rank
+        assert rank["total"] == pytest.approx(predicted, rel=0.10)
+
+
 def test_checkpoints_hold_every_ranks_shard(finished_run):
     ckpt = finished_run / "checkpoints"
     assert (ckpt / "latest").read_text().strip() == f"step_{STEPS:08d}"

@@ -107,3 +107,22 @@ def test_a_worker_failure_exits_1_with_the_root_cause_in_one_line(tmp_path):
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: training failed: rank ") and "OSError" in last, last
+
+
+def test_a_plan_that_cannot_fit_is_refused_with_the_numbers(tmp_path):
+    run_dir = tmp_path / "r"
+    result = orchestrator("train", "model=llama-7b", "cluster=local", "zero=0", "cluster.cpu_memory_gb=8",
+                          f"run_dir={run_dir}")
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "does not fit" in line and "GB of CPU memory per node" in line and "> 8.0 GB" in line
+    assert not run_dir.exists()
+
+
+def test_plan_zero_auto_explains_its_choice():
+    result = orchestrator("plan", "model=llama-7b", "cluster=slurm", "cluster.nodes=4", "cluster.gpus_per_node=8",
+                          "cluster.gpu_memory_gb=80", "zero=auto")
+    assert result.returncode == 0
+    assert "zero=auto: rejected zero=0" in result.stdout
+    assert "zero=auto: chose zero=" in result.stdout
+    assert "fit: fits" in result.stdout

@@ -1,0 +1,63 @@
+"""Measure what one rank really holds: bytes of parameter, gradient and optimizer-state tensors.
+
+Summed from the tensors themselves (unique storages found by the garbage collector), not from
+RSS, so the figure is exact and comparable with the plan's prediction. Called once, right
+after a backward pass and before the optimizer step, when parameters, gradients and
+optimizer states all exist at once (optimizer states appear at the first step, so the probe
+runs on the second).
+"""
+
+from __future__ import annotations
+
+import gc
+
+
+def _storage(tensor) -> tuple[int, int] | None:
+    storage = tensor.untyped_storage()
+    return (storage.data_ptr(), storage.nbytes()) if storage.data_ptr() else None
+
+
+def _unique_bytes(tensors, seen: set[int]) -> int:
+    total = 0
+    for tensor in tensors:
+        found = _storage(tensor) if tensor is not None else None
+        if found and found[0] not in seen:
+            seen.add(found[0])
+            total += found[1]
+    return total
+
+
+def model_state_bytes(engine, exclude=()) -> dict[str, int]:
+    """{params, optimizer, grads_and_buffers, total} bytes this process holds for the engine.
+
+    params: the module's parameters (their ZeRO-3 partitions when partitioned).
+    optimizer: the torch optimizer's states plus the fp32 master copies DeepSpeed hands it.
+    grads_and_buffers: every other tensor storage alive in the process (gradients, gradient
+    partitions, communication buckets), except the `exclude` tensors (the dataset).
+    """
+    import torch
+
+    seen: set[int] = {s[0] for s in (_storage(t) for t in exclude) if s}
+    module_params = list(engine.module.parameters())
+    params = _unique_bytes((getattr(p, "ds_tensor", None) if hasattr(p, "ds_tensor") else p for p in module_params),
+                           seen)
+    inner = engine.optimizer
+    while hasattr(inner, "optimizer") and inner.optimizer is not inner:  # DeepSpeed wraps torch's optimizer
+        inner = inner.optimizer
+    states = [v for state in inner.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+    masters = [p for group in inner.param_groups for p in group["params"]]
+    optimizer = _unique_bytes(states + masters, seen)
+    rest = []
+    for obj in gc.get_objects():
+        try:
+            if isinstance(obj, torch.Tensor) and not obj.is_meta:
+                rest.append(obj)
+        except ReferenceError:
+            continue
+    grads_and_buffers = _unique_bytes(rest, seen)
+    return {
+        "params": params,
+        "optimizer": optimizer,
+        "grads_and_buffers": grads_and_buffers,
+        "total": params + optimizer + grads_and_buffers,
+    }
