@@ -114,8 +114,8 @@ def validate(cfg: Config) -> list[str]:
     if Offload.nvme in (z.offload_optimizer, z.offload_param):
         p.check(z.nvme_path is not None and Path(z.nvme_path).expanduser().is_dir(), "zero.nvme_path", z.nvme_path,
                 "must be an existing folder on an NVMe drive for nvme offload")
-        p.check(ctypes.util.find_library("aio") is not None and visible_gpus() > 0, "zero.offload_optimizer",
-                z.offload_optimizer.value if z.offload_optimizer is Offload.nvme else "nvme",
+        nvme_key = "zero.offload_optimizer" if z.offload_optimizer is Offload.nvme else "zero.offload_param"
+        p.check(ctypes.util.find_library("aio") is not None and visible_gpus() > 0, nvme_key, "nvme",
                 "NVMe offload needs DeepSpeed's async_io op: libaio (apt install libaio-dev) and CUDA GPUs; "
                 "use cpu offload here")
     for key in ("reduce_bucket_size", "allgather_bucket_size", "prefetch_bucket_size",

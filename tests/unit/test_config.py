@@ -55,6 +55,10 @@ BAD_INPUTS = [
     (["train.max_steps=ten"], "train.max_steps=ten", "expected an integer"),
     (["optim.beta2=1.5"], "optim.beta2=1.5", "[0, 1)"),
     (["model=gpt2-124m", "train.seq_len=2048"], "model.max_position_embeddings=1024", "train.seq_len=2048"),
+    (["zero=3", "zero.offload_param=nvme", "zero.nvme_path=/"], "zero.offload_param=nvme", "async_io"),
+    (["cluster.gpu_memory_gb=0"], "cluster.gpu_memory_gb=0", "> 0 GB"),
+    (["zero=3", "zero.reduce_bucket_size=0"], "zero.reduce_bucket_size=0", ">= 1 element"),
+    (["cluster=nosuch"], "cluster=nosuch", "local, slurm"),
 ]
 
 
