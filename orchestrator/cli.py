@@ -2,7 +2,8 @@
 
 Only argparse and the config layer are imported here, so `--help`, `plan` and config errors
 answer in well under a second; torch, Ray and DeepSpeed load only when a job really starts.
-Exit codes: 0 success, 1 the job failed, 2 bad input (nothing was started or written).
+Exit codes: 0 success, 1 the job failed, 2 bad input (nothing was started or written),
+75 preempted (a checkpoint of the current step was written; rerun the same command to resume).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import sys
 
 from orchestrator import __version__
-from orchestrator.errors import ConfigError, TrainingError
+from orchestrator.errors import ConfigError, Preempted, TrainingError
 
 _OVERRIDES_HELP = "Hydra overrides, e.g. model=gpt2-124m zero=3 train.max_steps=200 optim.lr=3e-4"
 
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingError as error:
         print(f"error: training failed: {error}", file=sys.stderr)
         return TrainingError.exit_code
+    except Preempted as error:
+        print(f"preempted: {error}", file=sys.stderr)
+        return Preempted.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -17,3 +17,9 @@ class TrainingError(Exception):
     """The job started but failed (a worker raised, Ray gave up). Exit code 1."""
 
     exit_code = 1
+
+
+class Preempted(Exception):
+    """A stop signal arrived; a checkpoint of the current step was written. Rerun to resume."""
+
+    exit_code = 75  # EX_TEMPFAIL: "try again later" — schedulers and scripts requeue on it

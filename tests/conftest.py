@@ -7,8 +7,6 @@ share one embedded cluster for the session: starting it costs seconds on these m
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 # The tiny model on the default corpus, shrunk so a distributed test takes seconds of training.
@@ -54,8 +52,9 @@ def ray_cluster():
     from orchestrator.config.schema import ClusterConfig
     from orchestrator.launch import local
 
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    started = local.start(ClusterConfig(num_workers=2, cpus_per_worker=1))
+    # Workers' output stays in Ray's log files: a long-lived driver forwarding it can hang in
+    # ray.shutdown() (the log subscriber's poll never returns); failures still surface as exceptions.
+    started = local.start(ClusterConfig(num_workers=2, cpus_per_worker=1), log_to_driver=False)
     yield ray
     if started:
         local.stop()

@@ -198,6 +198,16 @@ class TrainConfig:
     """Micro-batches per rank in one validation pass."""
     ckpt_every: int = 100
     """Steps between checkpoints; the last step is always saved. 0 = only at the end."""
+    keep_checkpoints: int = 3
+    """Complete checkpoints kept; older ones are deleted (the newest complete one never is)."""
+    resume: str = "auto"
+    """auto: continue from the newest complete checkpoint in run_dir (rerun the same command);
+    never: refuse a run_dir that already holds a run; or a checkpoint folder to start from."""
+    max_failures: int = 1
+    """Worker-group restarts (Ray Train FailureConfig) before the job fails; each resumes from
+    the newest complete checkpoint."""
+    collective_timeout_s: int = 600
+    """A collective that waits longer than this (a dead or stuck rank) fails the step instead of hanging."""
 
 
 class PlanFormat(str, Enum):

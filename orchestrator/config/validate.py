@@ -145,6 +145,11 @@ def validate(cfg: Config) -> list[str]:
     if cfg.run_dir is not None:
         run_dir = Path(cfg.run_dir).expanduser()
         p.check(not run_dir.exists() or run_dir.is_dir(), "run_dir", cfg.run_dir, "exists and is not a folder")
-        p.check(not (run_dir / "config.yaml").exists(), "run_dir", cfg.run_dir,
-                "already holds a run; pick a new run_dir")
+        p.check(t.resume != "never" or not (run_dir / "config.yaml").exists(), "run_dir", cfg.run_dir,
+                "already holds a run and train.resume=never; pick a new run_dir (or train.resume=auto to continue)")
+    p.check(t.resume in ("auto", "never") or Path(t.resume).expanduser().is_dir(), "train.resume", t.resume,
+            "must be auto, never, or an existing checkpoint folder")
+    p.check(t.max_failures >= 0, "train.max_failures", t.max_failures, "must be >= 0")
+    p.check(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "must be >= 1")
+    p.check(t.collective_timeout_s >= 1, "train.collective_timeout_s", t.collective_timeout_s, "must be >= 1 second")
     return list(p)

@@ -50,6 +50,11 @@ class ShardedBatches:
     def state(self) -> dict:
         return {"epoch": self.epoch, "offset": self.offset}
 
+    def restore(self, state: dict) -> None:
+        """Continue exactly where a checkpointed loader stood."""
+        self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
+        self._order = self._epoch_order()
+
 
 def eval_batches(blocks: torch.Tensor, batch_size: int, rank: int, world_size: int, limit: int):
     """Fixed validation batches for this rank: the same every evaluation, disjoint across ranks.

@@ -13,10 +13,11 @@ import os
 from orchestrator.config.schema import ClusterConfig
 
 
-def start(cluster: ClusterConfig) -> bool:
+def start(cluster: ClusterConfig, log_to_driver: bool = True) -> bool:
     """Start Ray in this process unless it already runs (a test session's shared cluster).
 
     Returns True when this call started it, so the caller knows to stop it again.
+    `log_to_driver` forwards workers' output (rank 0's progress lines) to this terminal.
     """
     import ray
 
@@ -30,6 +31,7 @@ def start(cluster: ClusterConfig) -> bool:
             include_dashboard=True,
             dashboard_host="127.0.0.1",
             logging_level=logging.WARNING,
+            log_to_driver=log_to_driver,
             configure_logging=True,
         )
     return started

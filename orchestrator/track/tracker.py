@@ -41,7 +41,21 @@ class Tracker:
             self._wandb.log(metrics, step=step)
 
     def finish(self, summary: dict) -> None:
-        self._metrics.close()
         if self._wandb is not None:
             self._wandb.summary.update(summary)
+        self.close()
+
+    def close(self) -> None:
+        self._metrics.close()
+        if self._wandb is not None:
             self._wandb.finish()
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop lines logged after `last_step` (work redone after a resume), so each step appears once."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)

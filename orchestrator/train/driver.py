@@ -1,22 +1,36 @@
 """The driver: the only place that builds the Ray Train trainer.
 
 config -> plan -> DeepSpeed dict -> data cache -> run directory -> Ray Train TorchTrainer.
-Everything that can be wrong with the inputs is found before the run directory is created
-or Ray starts, and raised as ConfigError.
+Everything that can be wrong with the inputs (including a run directory whose checkpoints
+cannot be resumed) is found before the run directory is written or Ray starts, and raised
+as ConfigError. SIGTERM/SIGUSR1 to the driver become a STOP request the workers honour at
+their next step (checkpoint, then stop); the command then exits with Preempted's code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import json
+import signal
 import uuid
 from pathlib import Path
 
+from orchestrator import checkpoint
 from orchestrator.config.compose import to_dict, to_yaml
-from orchestrator.config.schema import Config
+from orchestrator.config.schema import Config, WandbMode
 from orchestrator.ds_config import deepspeed_config
-from orchestrator.errors import ConfigError, TrainingError
+from orchestrator.errors import ConfigError, Preempted, TrainingError
 from orchestrator.plan import Plan, make_plan, resolved_config
+from orchestrator.redact import redact, redact_text
+from orchestrator.train.loop import STOP_FILE
+
+# Keys that may change between the run that wrote a checkpoint and the command that resumes it.
+_RESUMABLE_CHANGES = ("train.max_steps", "train.log_every", "train.eval_every", "train.eval_batches",
+                      "train.ckpt_every", "train.keep_checkpoints", "train.resume", "train.max_failures",
+                      "train.collective_timeout_s", "logger.", "cluster.", "plan.", "run_dir", "data.cache_dir",
+                      "data.num_proc", "zero.offload_", "zero.overlap_comm")
 
 
 def default_run_dir(cfg: Config) -> Path:
@@ -34,15 +48,18 @@ def worker_env(cfg: Config, gpus_per_worker: int) -> dict[str, str]:
         "WANDB_SILENT": "true",
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
+        "HF_TOKEN": "",  # never needed offline; keep it out of every worker
         "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # keep rank 0's progress lines single, not echoed twice
     }
+    if cfg.logger.mode is not WandbMode.online:
+        env["WANDB_API_KEY"] = ""  # offline runs need no key; it then cannot leak into W&B's files
     if gpus_per_worker == 0:
         env["DS_ACCELERATOR"] = "cpu"
     return env
 
 
 def train(cfg: Config) -> Path:
-    """Run the configured job to completion and return its run directory."""
+    """Run the configured job to completion (or resume it) and return its run directory."""
     from orchestrator.data.pipeline import prepare
 
     if cfg.cluster.name != "local":
@@ -57,6 +74,10 @@ def train(cfg: Config) -> Path:
     run_dir = Path(cfg.run_dir).expanduser() if cfg.run_dir else default_run_dir(cfg)
     run_dir = run_dir.resolve()
     cfg = dataclasses.replace(resolved_config(cfg, plan), run_dir=str(run_dir))
+    resume_from = _resume_point(cfg, plan, run_dir)
+    if resume_from is not None and resume_from.step >= cfg.train.max_steps and (run_dir / "summary.json").exists():
+        print(f"{run_dir} already finished at step {resume_from.step}; raise train.max_steps to train further")
+        return run_dir
     print(f"plan: {plan.describe()}", flush=True)
     if plan.memory:
         m = plan.memory
@@ -72,14 +93,100 @@ def train(cfg: Config) -> Path:
           f"vocab {meta['vocab_size']} ({prepared.root})", flush=True)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    _fit(cfg, plan, run_dir)
+    (run_dir / "config.yaml").write_text(redact_text(to_yaml(cfg)))
+    (run_dir / STOP_FILE).unlink(missing_ok=True)  # a stop request belongs to the invocation that made it
+    run_id = _run_id(run_dir)
+    _fit(cfg, plan, run_dir, run_id, resume_from)
+    last = _last_event(run_dir)
+    if last.get("event") == "preempted":
+        raise Preempted(f"stopped at step {last['step']} with a complete checkpoint; "
+                        "rerun the same command to resume")
     return run_dir
 
 
-def _fit(cfg: Config, plan: Plan, run_dir: Path) -> None:
+def _run_id(run_dir: Path) -> str:
+    """One W&B run id per run directory, kept across reruns, restarts and preemptions."""
+    record = run_dir / "run.json"
+    if record.exists():
+        return json.loads(record.read_text())["run_id"]
+    run_id = uuid.uuid4().hex[:12]
+    record.write_text(json.dumps({"run_id": run_id}))
+    return run_id
+
+
+def _changed_keys(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    changed = []
+    for key in sorted(set(saved) | set(current)):
+        full = f"{prefix}{key}"
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += _changed_keys(a, b, f"{full}.")
+        elif a != b and not full.startswith(_RESUMABLE_CHANGES):
+            changed.append(f"{full}={a} (this command: {b})")
+    return changed
+
+
+def _resume_point(cfg: Config, plan: Plan, run_dir: Path) -> checkpoint.Checkpoint | None:
+    """The checkpoint this command continues from, or None for a fresh start; ConfigError if unusable."""
+    import yaml
+
+    resume = cfg.train.resume
+    if resume not in ("auto", "never"):
+        path = Path(resume).expanduser().resolve()
+        reason = checkpoint.problem(path)
+        if reason:
+            raise ConfigError([f"train.resume={resume}: not a usable checkpoint: {reason}"])
+        found = checkpoint.load(path)
+    elif resume == "auto" and (run_dir / "config.yaml").exists():
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        changed = _changed_keys(saved, to_dict(cfg))
+        if changed:
+            raise ConfigError([f"run_dir={run_dir} holds a run with a different config: {', '.join(changed)}; "
+                               "keep those values to resume, or pick a new run_dir"])
+        found, skipped = checkpoint.newest_usable(run_dir / "checkpoints")
+        for path, reason in skipped:
+            print(f"warning: skipping checkpoint {path}: {reason}", flush=True)
+        if found is None and skipped:
+            listed = "; ".join(f"{path}: {reason}" for path, reason in skipped)
+            raise ConfigError([f"run_dir={run_dir} has checkpoints but none is usable ({listed}); "
+                               "fix or remove them, or pick a new run_dir"])
+    else:
+        return None
+    if found is not None and found.world_size != plan.world_size:
+        raise ConfigError([
+            f"cluster.num_workers={plan.world_size}: the checkpoint {found.path} was written by "
+            f"{found.world_size} ranks and ZeRO shards are per rank. Resume with cluster.num_workers="
+            f"{found.world_size}, or convert it to a world-size-independent checkpoint with "
+            f"`python -m deepspeed.checkpoint.ds_to_universal --input_folder {found.path} --output_folder "
+            f"{found.path}_universal` (loading universal checkpoints is not supported yet)"])
+    return found
+
+
+@contextlib.contextmanager
+def _stop_on_signals(run_dir: Path):
+    """SIGTERM/SIGUSR1 (a scheduler's preemption notice) -> STOP file -> workers checkpoint and stop."""
+
+    def request_stop(signum, frame):
+        (run_dir / STOP_FILE).write_text(signal.Signals(signum).name)
+        print(f"{signal.Signals(signum).name} received: checkpointing at the next step, then stopping", flush=True)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _last_event(run_dir: Path) -> dict:
+    events = run_dir / "events.jsonl"
+    lines = events.read_text().splitlines() if events.exists() else []
+    return json.loads(lines[-1]) if lines else {}
+
+
+def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: checkpoint.Checkpoint | None) -> None:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     from orchestrator.launch import local
     from orchestrator.train.loop import train_worker
@@ -89,28 +196,34 @@ def _fit(cfg: Config, plan: Plan, run_dir: Path) -> None:
     if gpus is None:
         gpus = 1 if local.gpus() >= cfg.cluster.num_workers else 0
     payload = {
-        "config": to_dict(cfg),
+        "config": redact(to_dict(cfg)),
         "plan": plan.to_dict(),
         "plan_text": plan.describe(),
         "ds_config": deepspeed_config(cfg, plan),
         "run_dir": str(run_dir),
-        "run_id": uuid.uuid4().hex[:12],
+        "run_id": run_id,
+        "resume_from": str(resume_from.path) if resume_from else None,
     }
     resources = {"CPU": cfg.cluster.cpus_per_worker, **({"GPU": gpus} if gpus else {})}
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=payload,
+        torch_config=TorchConfig(timeout_s=cfg.train.collective_timeout_s),
         scaling_config=ScalingConfig(num_workers=cfg.cluster.num_workers, use_gpu=gpus > 0,
                                      resources_per_worker=resources),
         run_config=RunConfig(
             name="train",
             storage_path=str(run_dir / ".ray"),
-            failure_config=FailureConfig(max_failures=0),
-            worker_runtime_env={"env_vars": worker_env(cfg, gpus)},
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            worker_runtime_env={
+                "env_vars": worker_env(cfg, gpus),
+                "worker_process_setup_hook": "orchestrator.train.signals.install",
+            },
         ),
     )
     try:
-        trainer.fit()
+        with _stop_on_signals(run_dir):  # after Ray starts: its core installs handlers of its own
+            trainer.fit()
     except Exception as error:  # Ray wraps worker exceptions; show the root cause in one line
         raise TrainingError(_root_cause(error)) from error
     finally:

@@ -35,9 +35,18 @@ def initialize(model, ds_config: dict, lr_lambda: Callable[[int], float]):
     return engine
 
 
-def save_checkpoint(engine, checkpoint_dir: Path, step: int, client_state: dict) -> None:
-    """Every rank writes its ZeRO shard; DeepSpeed updates the `latest` tag file."""
-    engine.save_checkpoint(str(checkpoint_dir), tag=f"step_{step:08d}", client_state=client_state)
+def save_checkpoint(engine, checkpoint_dir: Path, tag: str) -> None:
+    """Every rank writes its ZeRO shard into checkpoint_dir/tag. We seal and point `latest` ourselves
+    (checkpoint.py) only once every rank has finished, so DeepSpeed's own `latest` is not written."""
+    engine.save_checkpoint(str(checkpoint_dir), tag=tag, save_latest=False)
+
+
+def load_checkpoint(engine, checkpoint_dir: Path, tag: str) -> None:
+    """Model, optimizer (this rank's shard) and LR scheduler state, exactly as saved."""
+    path, _ = engine.load_checkpoint(str(checkpoint_dir), tag=tag, load_optimizer_states=True,
+                                     load_lr_scheduler_states=True)
+    if path is None:
+        raise RuntimeError(f"DeepSpeed could not load checkpoint {checkpoint_dir / tag}")
 
 
 def full_state_dict(engine) -> dict:

@@ -2,9 +2,16 @@
 
 Contract: every rank builds the same model from the same seed, reads its own shard of the
 packed data, and steps a DeepSpeed engine; losses are averaged over ranks before logging.
-Rank 0 alone writes metrics.jsonl, the W&B run, summary.json and the Hugging Face model;
-every rank writes its checkpoint shard. Collectives (all_reduce, ZeRO-3 gathers) are called
-by all ranks in the same order, so no rank ever waits on a branch another rank skipped.
+Rank 0 alone writes metrics.jsonl, events.jsonl, the W&B run, summary.json and the Hugging
+Face model; every rank writes its checkpoint shard. Collectives (all_reduce, barriers, ZeRO-3
+gathers) are called by all ranks in the same order, so no rank waits on a branch another
+rank skipped.
+
+Resume: on every start (the first, a rerun, or Ray Train's restart after a worker failure)
+the loop continues from the newest complete checkpoint in <run_dir>/checkpoints, or from the
+checkpoint the driver names; metrics.jsonl is cut back to that step so every step appears once.
+Stop: a stop request (the driver's STOP file, or SIGTERM/SIGUSR1 in a worker) is shared with
+all ranks through the per-step all-reduce; they checkpoint the current step and return.
 """
 
 from __future__ import annotations
@@ -12,14 +19,17 @@ from __future__ import annotations
 import json
 import random
 import resource
+import shutil
 import sys
 import time
 import warnings
 from pathlib import Path
 
+STOP_FILE = "STOP"
+
 
 def train_worker(payload: dict) -> None:
-    """Entry point handed to TorchTrainer; payload = {config, plan, ds_config, run_dir, run_id}."""
+    """Entry point handed to TorchTrainer; payload = {config, plan, ds_config, run_dir, run_id, resume_from}."""
     from orchestrator.train.engine import use_cpu_accelerator_unless_cuda
 
     device_type = use_cpu_accelerator_unless_cuda()
@@ -30,17 +40,20 @@ def train_worker(payload: dict) -> None:
     import torch
     import torch.distributed as dist
 
+    from orchestrator import checkpoint
     from orchestrator.config.compose import from_dict
     from orchestrator.data.loader import ShardedBatches, eval_batches
     from orchestrator.data.pipeline import prepare
     from orchestrator.models.registry import apply_activation_checkpointing, build_model
     from orchestrator.train import engine as ds
+    from orchestrator.train import rank_state, signals
     from orchestrator.train.memory_probe import model_state_bytes
     from orchestrator.train.schedule import lr_factor
 
     cfg = from_dict(payload["config"])
     plan = payload["plan"]
     run_dir = Path(payload["run_dir"])
+    ckpt_root = run_dir / "checkpoints"
     t = cfg.train
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -65,11 +78,22 @@ def train_worker(payload: dict) -> None:
         lambda s: lr_factor(s, cfg.optim.warmup_steps, t.max_steps, cfg.optim.min_lr_ratio),
     )
     device = engine.device
+    tokens_per_step = plan["tokens_per_step"]
 
-    def mean_over_ranks(value: float) -> float:
-        tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    # --- resume: newest complete checkpoint of this run, else the one the driver named ---
+    start, skipped = checkpoint.newest_usable(ckpt_root)
+    if start is None and payload.get("resume_from"):
+        start = checkpoint.load(Path(payload["resume_from"]))
+    if start is not None:
+        ds.load_checkpoint(engine, start.path.parent, start.tag)
+        batches.restore(rank_state.restore(checkpoint.rank_state_file(start.path, rank)))
+    first_step = start.step + 1 if start else 1
+
+    def mean_over_ranks(value: float, stop: bool) -> tuple[float, bool]:
+        """One all-reduce per step carries the loss and every rank's stop request."""
+        tensor = torch.tensor([value, float(stop)], dtype=torch.float64, device=device)
         dist.all_reduce(tensor)
-        return tensor.item() / world
+        return tensor[0].item() / world, tensor[1].item() > 0
 
     def evaluate() -> float:
         engine.eval()
@@ -83,20 +107,41 @@ def train_worker(payload: dict) -> None:
         engine.train()
         return (total[0] / total[1]).item()
 
+    def save(step: int) -> None:
+        path = ckpt_root / checkpoint.tag_for(step)
+        if rank == 0 and path.exists():
+            shutil.rmtree(path)  # a broken earlier attempt at this step
+        dist.barrier()
+        ds.save_checkpoint(engine, ckpt_root, path.name)
+        rank_state.save(checkpoint.rank_state_file(path, rank), batches.state())
+        dist.barrier()  # every rank's files are on disk before the checkpoint is sealed
+        if rank == 0:
+            checkpoint.seal(path, {"step": step, "tokens": step * tokens_per_step, "world_size": world,
+                                   "zero_stage": cfg.zero.stage, "wandb_run_id": payload["run_id"],
+                                   "time": time.time()})
+            checkpoint.retain(ckpt_root, t.keep_checkpoints)
+        dist.barrier()
+
     tracker = None
     if rank == 0:
-        from orchestrator.track.tracker import Tracker
+        from orchestrator.track.tracker import Tracker, truncate_metrics
 
+        for path, reason in skipped:
+            print(f"warning: skipping checkpoint {path}: {reason}", flush=True)
+        truncate_metrics(run_dir / "metrics.jsonl", first_step - 1)
+        if start is not None:
+            print(f"resuming from {start.path} (step {start.step})", flush=True)
+        _event(run_dir, "resume" if start else "start", first_step - 1)
         tracker = Tracker(run_dir, cfg.logger, payload["run_id"], run_dir.name, payload["config"])
         print(f"plan: {payload['plan_text']}", flush=True)
 
     # --- the loop ---
     started = window_start = time.perf_counter()
-    tokens_per_step = plan["tokens_per_step"]
     window_steps = 0
-    probe_step, measured = min(2, t.max_steps), {}
+    probe_step, measured = min(first_step + 1, t.max_steps), {}
     last_loss = val_loss = float("nan")
-    for step in range(1, t.max_steps + 1):
+    stopped_at = None
+    for step in range(first_step, t.max_steps + 1):
         lr = engine.get_lr()[0]
         micro_losses = []
         for micro in range(t.grad_accum):
@@ -105,15 +150,16 @@ def train_worker(payload: dict) -> None:
             engine.backward(loss)
             micro_losses.append(loss.item())
             if step == probe_step and micro == t.grad_accum - 1:
-                # Parameters, gradients and optimizer states all exist now (states appear at step 1).
+                # Parameters, gradients and optimizer states all exist now (states appear at the first step).
                 measured = model_state_bytes(engine, exclude=(train_blocks, val_blocks))
             engine.step()  # applies the optimizer only at the accumulation boundary
-        last_loss = mean_over_ranks(sum(micro_losses) / len(micro_losses))
+        stop_here = signals.requested() or (rank == 0 and (run_dir / STOP_FILE).exists())
+        last_loss, stop = mean_over_ranks(sum(micro_losses) / len(micro_losses), stop_here)
         window_steps += 1
 
         is_last = step == t.max_steps
         record = {}
-        if is_last or step % t.log_every == 0:
+        if is_last or stop or step % t.log_every == 0:
             now = time.perf_counter()
             record.update(
                 loss=last_loss,
@@ -129,10 +175,20 @@ def train_worker(payload: dict) -> None:
         if record and tracker is not None:
             tracker.log(step, record)
             if "loss" in record:
-                _progress(step, t.max_steps, record, time.perf_counter() - started)
-        if is_last or (t.ckpt_every and step % t.ckpt_every == 0):
-            ds.save_checkpoint(engine, run_dir / "checkpoints", step,
-                               {"step": step, "tokens": step * tokens_per_step, "data": batches.state()})
+                _progress(step, t.max_steps, step - first_step + 1, record, time.perf_counter() - started)
+        if is_last or stop or (t.ckpt_every and step % t.ckpt_every == 0):
+            save(step)
+        if stop and not is_last:
+            stopped_at = step
+            break
+
+    if stopped_at is not None:
+        if rank == 0:
+            print(f"stop requested: checkpoint of step {stopped_at} written; rerun the same command to resume",
+                  flush=True)
+            _event(run_dir, "preempted", stopped_at)
+            tracker.close()
+        return
 
     wall_s = time.perf_counter() - started
 
@@ -154,6 +210,7 @@ def train_worker(payload: dict) -> None:
             "steps": t.max_steps,
             "tokens": t.max_steps * tokens_per_step,
             "wall_s": wall_s,
+            "resumed_from_step": start.step if start else None,
             "world_size": world,
             "device": device_type,
             "peak_memory_bytes_per_rank": peak,
@@ -164,7 +221,14 @@ def train_worker(payload: dict) -> None:
         }
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         tracker.finish(summary)
+        _event(run_dir, "finished", t.max_steps)
     dist.barrier()
+
+
+def _event(run_dir: Path, name: str, step: int) -> None:
+    """events.jsonl: one line per start, resume, preemption and finish, so restarts are auditable."""
+    with open(run_dir / "events.jsonl", "a") as f:
+        f.write(json.dumps({"event": name, "step": step, "time": time.time()}) + "\n")
 
 
 def _perplexity(loss: float) -> float:
@@ -182,8 +246,8 @@ def _peak_memory_bytes(device_type: str) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def _progress(step: int, max_steps: int, record: dict, elapsed: float) -> None:
-    eta = elapsed / step * (max_steps - step)
+def _progress(step: int, max_steps: int, done: int, record: dict, elapsed: float) -> None:
+    eta = elapsed / done * (max_steps - step)
     line = (
         f"step {step}/{max_steps} ({100 * step / max_steps:.0f}%) | loss {record['loss']:.4f} | "
         f"lr {record['lr']:.2e} | {record['tokens_per_s']:,.0f} tok/s | "

@@ -81,13 +81,16 @@ def test_train_zero3_end_to_end(tmp_path):
     assert len(list((run_dir / "checkpoints" / "step_00000020").glob("*optim_states.pt"))) == 2
 
 
-def test_rerun_into_a_finished_run_dir_is_refused(tmp_path):
+def test_rerun_into_a_run_dir_with_another_config_is_refused(tmp_path):
     run_dir = tmp_path / "done"
     run_dir.mkdir()
-    (run_dir / "config.yaml").write_text("{}")
+    (run_dir / "config.yaml").write_text("model:\n  hidden_size: 64\n")
     result = orchestrator("train", f"run_dir={run_dir}")
-    assert result.returncode == 2 and "already holds a run" in result.stderr
+    assert result.returncode == 2
+    assert "holds a run with a different config" in result.stderr and "model.hidden_size=64" in result.stderr
     assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml"]
+    result = orchestrator("train", f"run_dir={run_dir}", "train.resume=never")
+    assert result.returncode == 2 and "train.resume=never" in result.stderr
 
 
 def test_model_smaller_than_tokenizer_is_refused_before_launch(tmp_path):

@@ -78,10 +78,11 @@ def test_all_problems_are_reported_together():
     assert len(caught.value.problems) == 3
 
 
-def test_existing_run_dir_with_a_run_is_refused(tmp_path):
+def test_existing_run_dir_is_refused_when_resume_is_never(tmp_path):
     (tmp_path / "config.yaml").write_text("{}")
-    with pytest.raises(ConfigError, match="already holds a run"):
-        compose([f"run_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="already holds a run and train.resume=never"):
+        compose([f"run_dir={tmp_path}", "train.resume=never"])
+    compose([f"run_dir={tmp_path}"])  # resume=auto (the default) continues it
 
 
 def test_config_round_trips_through_plain_dict_for_workers():

@@ -1,0 +1,33 @@
+"""Stop requests that reach a worker process directly (a scheduler signalling every process).
+
+Installed in every Ray worker process by Ray's `worker_process_setup_hook` (signal handlers
+can only be set from a process's main thread, and Ray Train runs the loop in another one).
+SIGUSR1 and SIGTERM set a flag; the loop shares it with all ranks at the next step, and they
+checkpoint and stop together. Ray installs its own SIGTERM handler (exit at once) when the
+worker's task loop starts, after this hook; we keep ours by re-installing it through the
+function Ray uses for that.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+_requested = threading.Event()
+
+
+def _on_signal(signum, frame) -> None:
+    _requested.set()
+
+
+def requested() -> bool:
+    return _requested.is_set()
+
+
+def install() -> None:
+    signal.signal(signal.SIGUSR1, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    import ray._private.utils as ray_utils
+
+    # Ray's worker main loop calls set_sigterm_handler(exit_now) after setup hooks run.
+    ray_utils.set_sigterm_handler = lambda handler: signal.signal(signal.SIGTERM, _on_signal)

@@ -1,0 +1,203 @@
+"""A resumed run is indistinguishable from one that never stopped.
+
+Real faults against the real CLI: a worker SIGKILLed mid-run, SIGTERM to the driver, a stuck
+rank, truncated and unmarked checkpoints, secrets in the environment. Every run is the same
+small job (2 workers, fp32, fixed seed, checkpoints every 5 steps) so each can be compared
+step by step with one uninterrupted reference run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from orchestrator.track.wandb_file import read_history
+from tests.conftest import TINY
+
+STEPS = 30
+# Small data: 9 batches per rank per epoch, so step 10 onwards is the second, reshuffled pass.
+JOB = [*TINY, "data.max_bytes=20000", "train.micro_batch_size=8", "train.precision=fp32", f"train.max_steps={STEPS}",
+       "train.ckpt_every=5", "train.eval_every=0", "train.log_every=1"]
+
+
+def command(run_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "orchestrator", "train", *JOB, f"run_dir={run_dir}", *extra]
+
+
+def run(run_dir: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(command(run_dir, *extra), capture_output=True, text=True, timeout=600, env=env)
+    return result
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def events(run_dir: Path) -> list[str]:
+    return [json.loads(line)["event"] for line in (run_dir / "events.jsonl").read_text().splitlines()]
+
+
+def wait_for_step(run_dir: Path, step: int, process: subprocess.Popen, limit: float = 300) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        rows = metrics(run_dir)
+        if rows and rows[-1]["step"] >= step:
+            return
+        assert process.poll() is None, "the run ended before the fault was injected"
+        time.sleep(0.02)
+    raise TimeoutError(f"step {step} not reached")
+
+
+def train_workers() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if any("RayTrainWorker" in part for part in proc.info["cmdline"] or []):
+            found.append(proc)
+    return found
+
+
+def weights(run_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "model" / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    result = run(run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def assert_same_trajectory(run_dir: Path, reference: Path) -> None:
+    rows, ref = metrics(run_dir), metrics(reference)
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))  # every step exactly once
+    for row, expected in zip(rows, ref):
+        assert row["loss"] == pytest.approx(expected["loss"], abs=1e-6), row["step"]
+
+
+def test_sigkill_of_a_worker_restarts_once_and_resumes_exactly(reference, tmp_path):
+    run_dir = tmp_path / "killed"
+    process = subprocess.Popen(command(run_dir, "train.max_failures=1"), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    wait_for_step(run_dir, 15, process)
+    victims = train_workers()
+    assert len(victims) == 2
+    victims[1].send_signal(signal.SIGKILL)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output[-3000:]
+    assert events(run_dir) == ["start", "resume", "finished"]  # exactly one restart
+    assert_same_trajectory(run_dir, reference)
+    run_ids = {read_history(f)[0] for f in (run_dir / "wandb").glob("*run-*/run-*.wandb")}
+    assert len(run_ids) == 1  # the restarted workers resumed the same W&B run
+
+
+def test_sigterm_to_the_driver_checkpoints_exits_75_and_the_rerun_matches(reference, tmp_path):
+    run_dir = tmp_path / "preempted"
+    process = subprocess.Popen(command(run_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for_step(run_dir, 10, process)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 75, output[-3000:]
+    stopped = json.loads((run_dir / "events.jsonl").read_text().splitlines()[-1])
+    assert stopped["event"] == "preempted" and 10 <= stopped["step"] < STEPS
+    assert (run_dir / "checkpoints" / f"step_{stopped['step']:08d}" / "COMPLETE").is_file()
+    assert (run_dir / "checkpoints" / "latest").read_text() == f"step_{stopped['step']:08d}"
+
+    result = run(run_dir)  # the same command again
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_trajectory(run_dir, reference)
+    ours, theirs = weights(run_dir), weights(reference)
+    for name, tensor in ours.items():
+        assert (tensor - theirs[name]).abs().max().item() <= 1e-6, name
+
+
+@pytest.mark.parametrize("damage", ["truncate_a_shard", "remove_the_marker"])
+def test_a_damaged_newest_checkpoint_is_skipped_with_a_warning(reference, tmp_path, damage):
+    run_dir = tmp_path / "damaged"
+    shutil.copytree(reference, run_dir)
+    (run_dir / "summary.json").unlink()
+    newest = run_dir / "checkpoints" / f"step_{STEPS:08d}"
+    if damage == "truncate_a_shard":
+        shard = newest / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+        shard.write_bytes(shard.read_bytes()[:100])
+    else:
+        (newest / "COMPLETE").unlink()  # what a writer killed between the shards and the marker leaves
+    result = run(run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    assert f"skipping checkpoint {newest}" in out
+    assert f"resuming from {run_dir / 'checkpoints' / f'step_{STEPS - 5:08d}'}" in out
+    assert_same_trajectory(run_dir, reference)
+
+
+def test_checkpoints_exist_but_none_usable_is_an_error_with_the_paths(reference, tmp_path):
+    run_dir = tmp_path / "ruined"
+    shutil.copytree(reference, run_dir)
+    for marker in (run_dir / "checkpoints").glob("*/COMPLETE"):
+        marker.unlink()
+    result = run(run_dir)
+    assert result.returncode == 2
+    assert "has checkpoints but none is usable" in result.stderr and "step_00000030" in result.stderr
+
+
+def test_resuming_with_another_world_size_fails_before_any_step(reference, tmp_path):
+    run_dir = tmp_path / "resized"
+    shutil.copytree(reference, run_dir)
+    result = run(run_dir, "train.max_steps=40", "cluster.num_workers=1")
+    assert result.returncode == 2
+    assert "written by 2 ranks" in result.stderr and "ds_to_universal" in result.stderr
+    assert len(metrics(run_dir)) == STEPS  # nothing ran
+
+
+def test_rerunning_a_finished_run_says_so_and_changes_nothing(reference, tmp_path):
+    run_dir = tmp_path / "again"
+    shutil.copytree(reference, run_dir)
+    result = run(run_dir)
+    assert result.returncode == 0
+    assert "already finished at step 30" in result.stdout
+    assert metrics(run_dir) == metrics(reference)
+
+
+def test_a_stuck_rank_fails_the_job_within_the_timeout_and_leaves_no_process(tmp_path):
+    run_dir = tmp_path / "stuck"
+    process = subprocess.Popen(command(run_dir, "train.max_steps=2000", "train.collective_timeout_s=10",
+                                       "train.max_failures=0"),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for_step(run_dir, 5, process)
+    victim = train_workers()[1]
+    victim.send_signal(signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    output, _ = process.communicate(timeout=240)
+    assert process.returncode == 1, output[-3000:]
+    assert time.monotonic() - stopped_at < 120
+    assert "error: training failed" in output
+    time.sleep(2)
+    assert not train_workers(), "a training worker outlived the job"
+
+
+def test_secrets_never_reach_the_run_directory_or_ray_logs(tmp_path):
+    sentinels = {"WANDB_API_KEY": "sentinel-wandb-4f9a", "HF_TOKEN": "sentinel-hf-8c21",
+                 "MY_SERVICE_PASSWORD": "sentinel-pw-77d0"}
+    env = {**os.environ, **sentinels}
+    sessions_before = set(Path("/tmp/ray").glob("session_2*"))
+    run_dir = tmp_path / "secret"
+    result = run(run_dir, "train.max_steps=6", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    new_sessions = set(Path("/tmp/ray").glob("session_2*")) - sessions_before
+    assert new_sessions
+    searched = [run_dir, *new_sessions]
+    leaks = subprocess.run(["grep", "-rl", "-e", "sentinel-", *map(str, searched)], capture_output=True, text=True)
+    assert leaks.stdout == "", f"secrets found in: {leaks.stdout}"
+    assert "sentinel-" not in result.stdout + result.stderr
