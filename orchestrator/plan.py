@@ -83,7 +83,8 @@ class Plan:
             f"full checkpointing: {_gb(m['activations_full_checkpointing'])})",
             f"  working buffers   {_gb(m['buffers'])}",
             f"  runtime overhead  {_gb(m['overhead'])}",
-            f"  {where} total  {_gb(m['device'])}" + (f"  +{_gb(m['offloaded'])} in CPU memory" if m["offloaded"] else ""),
+            f"  {where} total  {_gb(m['device'])}"
+            + (f"  +{_gb(m['offloaded'])} in CPU memory" if m["offloaded"] else ""),
         ]
         if self.fits is None:
             lines.append("fit: not checked (set cluster.gpu_memory_gb / cluster.cpu_memory_gb)")

@@ -47,7 +47,7 @@ def _problem_from_hydra(error: Exception, overrides: list[str], known: dict[str,
     from omegaconf.errors import OmegaConfBaseException
 
     text = str(error)
-    missing = re.search(r"Could not find '([\w\-]+)/([^']+)'", text)
+    missing = re.search(r"Could not find '([\w\-]+)/([^']*)'", text)
     if missing:
         group, option = missing.groups()
         choices = ", ".join(known.get(group, []))
@@ -78,6 +78,10 @@ def compose_dictconfig(overrides: list[str]):
     from omegaconf.errors import OmegaConfBaseException
 
     known = groups()
+    malformed = [o for o in overrides if not re.match(r"^[+~]*[\w\-]+(\.[\w\-]+)*=", o)]
+    if malformed:
+        raise ConfigError([f"Error parsing override '{o}': expected key=value (e.g. train.max_steps=100)"
+                           for o in malformed])
     overrides = _quote_group_choices(list(overrides), set(known))
     ConfigStore.instance().store(name="base_config", node=Config)
     GlobalHydra.instance().clear()

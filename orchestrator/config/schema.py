@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Optional
 
 
 class Precision(str, Enum):
@@ -59,15 +58,15 @@ class ClusterConfig:
     """Ray Train workers (ranks) on `local`. World size = num_workers there."""
     cpus_per_worker: int = 1
     """CPUs reserved per worker; also the worker's torch/OMP thread count."""
-    gpus_per_worker: Optional[int] = None
+    gpus_per_worker: int | None = None
     """GPUs per worker. null = 1 when Ray sees at least num_workers GPUs, else 0 (CPU + gloo)."""
     nodes: int = 1
     """Machines in the allocation (slurm, k8s). World size = nodes x workers per node there."""
     gpus_per_node: int = 0
     """GPUs per machine (slurm, k8s); one worker per GPU. 0 = CPU workers."""
-    gpu_memory_gb: Optional[float] = None
+    gpu_memory_gb: float | None = None
     """Memory of one GPU in GB (1e9 bytes), for the plan's fit check. null = not checked."""
-    cpu_memory_gb: Optional[float] = None
+    cpu_memory_gb: float | None = None
     """Memory of one machine in GB, for the plan's fit check. null = this machine's (local), else not checked."""
 
 
@@ -79,33 +78,33 @@ class ModelConfig:
     num_layers: int = 2
     hidden_size: int = 128
     num_heads: int = 4
-    num_kv_heads: Optional[int] = None
+    num_kv_heads: int | None = None
     """Key/value heads for grouped-query attention (llama). null = num_heads."""
-    intermediate_size: Optional[int] = None
+    intermediate_size: int | None = None
     """MLP width. null = 4 x hidden_size."""
-    vocab_size: Optional[int] = None
+    vocab_size: int | None = None
     """Embedding rows. null = the tokenizer's vocabulary size."""
-    max_position_embeddings: Optional[int] = None
+    max_position_embeddings: int | None = None
     """Longest sequence the model supports. null = train.seq_len."""
     dropout: float = 0.0
     tie_word_embeddings: bool = True
-    pretrained_path: Optional[str] = None
+    pretrained_path: str | None = None
     """Local Hugging Face checkpoint directory; when set, shapes above are ignored."""
 
 
 @dataclass
 class DataConfig:
     name: str = "stdlib"
-    path: Optional[str] = None
+    path: str | None = None
     """Local file, directory or glob of .txt/.md/.jsonl/.json/.parquet files.
     null = the Python standard library's source, present on every machine."""
     format: DataFormat = DataFormat.auto
     """How to read `path`; auto decides from the file extension."""
     text_field: str = "text"
     """Column holding the text in JSON/Parquet files."""
-    max_bytes: Optional[int] = 8_000_000
+    max_bytes: int | None = 8_000_000
     """Read whole files, in sorted order, until this many bytes are read. null = all files."""
-    tokenizer_path: Optional[str] = None
+    tokenizer_path: str | None = None
     """Local tokenizer directory (AutoTokenizer). null = train a byte-level BPE on the corpus."""
     vocab_size: int = 4096
     """Vocabulary of the locally trained tokenizer (ignored with tokenizer_path)."""
@@ -144,16 +143,16 @@ class ZeroConfig:
     """Keep optimizer states (and the step) in CPU memory or on NVMe. Needs stage >= 1."""
     offload_param: Offload = Offload.none
     """Keep parameters in CPU memory or on NVMe. Needs stage 3."""
-    nvme_path: Optional[str] = None
+    nvme_path: str | None = None
     """Folder on a local NVMe drive for nvme offload (needs DeepSpeed's async_io op: libaio + CUDA)."""
-    reduce_bucket_size: Optional[int] = None
+    reduce_bucket_size: int | None = None
     """Elements per gradient reduce bucket. null = hidden_size^2 (as the HF integration's "auto");
     DeepSpeed's own 5e8 default costs GBs per rank."""
-    allgather_bucket_size: Optional[int] = None
+    allgather_bucket_size: int | None = None
     """Elements per parameter all-gather bucket (stages 1-2). null = hidden_size^2."""
-    prefetch_bucket_size: Optional[int] = None
+    prefetch_bucket_size: int | None = None
     """Stage 3: elements prefetched ahead of use. null = 0.9 x hidden_size^2."""
-    param_persistence_threshold: Optional[int] = None
+    param_persistence_threshold: int | None = None
     """Stage 3: parameters smaller than this stay whole on every rank. null = 10 x hidden_size."""
     max_live_parameters: int = 1_000_000_000
     """Stage 3: most parameters gathered at once before older ones are released."""
@@ -167,8 +166,8 @@ class LoggerConfig:
     mode: WandbMode = WandbMode.offline
     """online needs an account (WANDB_API_KEY); offline writes <run_dir>/wandb for `wandb sync`."""
     project: str = "orchestrator"
-    entity: Optional[str] = None
-    group: Optional[str] = None
+    entity: str | None = None
+    group: str | None = None
     tags: list[str] = field(default_factory=list)
 
 
@@ -233,5 +232,5 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
-    run_dir: Optional[str] = None
+    run_dir: str | None = None
     """Output folder (see README: the run directory). null = runs/<model>-<timestamp>."""

@@ -32,6 +32,8 @@ def start(cluster: ClusterConfig, log_to_driver: bool = True) -> bool:
             dashboard_host="127.0.0.1",
             logging_level=logging.WARNING,
             log_to_driver=log_to_driver,
+            # Job-level only (Ray ignores it per actor): stop signals to a worker become checkpoint-and-stop.
+            runtime_env={"worker_process_setup_hook": "orchestrator.train.signals.install"},
             configure_logging=True,
         )
     return started

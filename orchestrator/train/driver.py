@@ -215,10 +215,7 @@ def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: check
             name="train",
             storage_path=str(run_dir / ".ray"),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-            worker_runtime_env={
-                "env_vars": worker_env(cfg, gpus),
-                "worker_process_setup_hook": "orchestrator.train.signals.install",
-            },
+            worker_runtime_env={"env_vars": worker_env(cfg, gpus)},
         ),
     )
     try:

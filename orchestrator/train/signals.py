@@ -1,7 +1,8 @@
 """Stop requests that reach a worker process directly (a scheduler signalling every process).
 
-Installed in every Ray worker process by Ray's `worker_process_setup_hook` (signal handlers
-can only be set from a process's main thread, and Ray Train runs the loop in another one).
+Installed in every Ray worker process by Ray's job-level `worker_process_setup_hook`
+(launch/local.py; signal handlers can only be set from a process's main thread, and Ray Train
+runs the loop in another one).
 SIGUSR1 and SIGTERM set a flag; the loop shares it with all ranks at the next step, and they
 checkpoint and stop together. Ray installs its own SIGTERM handler (exit at once) when the
 worker's task loop starts, after this hook; we keep ours by re-installing it through the

@@ -18,27 +18,29 @@ def orchestrator(*args: str, timeout: float = 600) -> subprocess.CompletedProces
                           timeout=timeout)
 
 
-BAD = [
-    ("zero=7", "zero=7: no such option"),
-    ("train.micro_batch_size=-1", "train.micro_batch_size=-1: must be >= 1"),
-    ("data.path=/nonexistent", "data.path=/nonexistent: no such file"),
-    ("model=nosuch", "model=nosuch: no such option"),
-    ("optim.lr=abc", "optim.lr=abc: expected a float"),
-    ("train.seq_len", "Error parsing override"),
+from tests.unit.test_config import BAD_INPUTS  # noqa: E402  (the same table, now through the real CLI)
+
+CLI_ONLY = [
+    (["train.seq_len"], "Error parsing override", ""),
+    (["=3"], "Error parsing override", ""),
+    (["zero="], "zero=: no such option", ""),
+    (["train.resume=/nonexistent"], "train.resume=/nonexistent", "checkpoint folder"),
 ]
+TABLE = [(overrides, key) for overrides, key, _ in BAD_INPUTS] + [(o, k) for o, k, _ in CLI_ONLY]
 
 
-@pytest.mark.parametrize(("override", "message"), BAD, ids=[b[0] for b in BAD])
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, override, message):
+@pytest.mark.parametrize(("overrides", "message"), TABLE, ids=[" ".join(o) for o, _ in TABLE])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, overrides, message):
+    assert len(TABLE) >= 20
     run_dir = tmp_path / "run"
-    result = orchestrator("train", override, f"run_dir={run_dir}")
+    result = orchestrator("train", *overrides, f"run_dir={run_dir}")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ") and message in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
     assert not run_dir.exists()
-    assert not (tmp_path / "runs").exists() and not (tmp_path / "outputs").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no runs/, outputs/ or anything else
 
 
 def test_help_and_config_errors_answer_fast():

@@ -83,7 +83,7 @@ def reference(tmp_path_factory) -> Path:
 def assert_same_trajectory(run_dir: Path, reference: Path) -> None:
     rows, ref = metrics(run_dir), metrics(reference)
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))  # every step exactly once
-    for row, expected in zip(rows, ref):
+    for row, expected in zip(rows, ref, strict=True):
         assert row["loss"] == pytest.approx(expected["loss"], abs=1e-6), row["step"]
 
 
@@ -99,8 +99,12 @@ def test_sigkill_of_a_worker_restarts_once_and_resumes_exactly(reference, tmp_pa
     assert process.returncode == 0, output[-3000:]
     assert events(run_dir) == ["start", "resume", "finished"]  # exactly one restart
     assert_same_trajectory(run_dir, reference)
-    run_ids = {read_history(f)[0] for f in (run_dir / "wandb").glob("*run-*/run-*.wandb")}
-    assert len(run_ids) == 1  # the restarted workers resumed the same W&B run
+    # Each attempt writes its own offline-run-<time>-<id> folder; all must carry the same run id
+    # (a killed attempt may not have flushed its run record, so the folder name is the witness).
+    files = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 2
+    run_ids = {f.parent.name.rsplit("-", 1)[1] for f in files} | {read_history(f)[0] for f in files} - {""}
+    assert run_ids == {json.loads((run_dir / "run.json").read_text())["run_id"]}
 
 
 def test_sigterm_to_the_driver_checkpoints_exits_75_and_the_rerun_matches(reference, tmp_path):
@@ -201,3 +205,17 @@ def test_secrets_never_reach_the_run_directory_or_ray_logs(tmp_path):
     leaks = subprocess.run(["grep", "-rl", "-e", "sentinel-", *map(str, searched)], capture_output=True, text=True)
     assert leaks.stdout == "", f"secrets found in: {leaks.stdout}"
     assert "sentinel-" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM], ids=["SIGUSR1", "SIGTERM"])
+def test_a_signal_to_one_worker_checkpoints_all_ranks_and_exits_75(tmp_path, sig):
+    run_dir = tmp_path / "worker-signal"
+    process = subprocess.Popen(command(run_dir, "train.max_steps=2000"), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    wait_for_step(run_dir, 5, process)
+    train_workers()[1].send_signal(sig)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 75, output[-3000:]
+    stopped = json.loads((run_dir / "events.jsonl").read_text().splitlines()[-1])
+    assert stopped["event"] == "preempted"
+    assert (run_dir / "checkpoints" / f"step_{stopped['step']:08d}" / "COMPLETE").is_file()

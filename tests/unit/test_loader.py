@@ -31,7 +31,7 @@ def test_next_epoch_reshuffles_and_state_tracks_position():
     assert loader.state() == {"epoch": 0, "offset": 5}
     second = [loader.next() for _ in range(loader.batches_per_epoch)]
     assert loader.state() == {"epoch": 1, "offset": 5}
-    assert not all(torch.equal(x, y) for x, y in zip(first, second))
+    assert not all(torch.equal(x, y) for x, y in zip(first, second, strict=True))
 
 
 def test_eval_batches_are_equal_in_number_on_every_rank():

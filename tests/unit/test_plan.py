@@ -33,7 +33,8 @@ def test_parameter_count_of_real_shapes(model, expected):
 @pytest.mark.parametrize(
     "model",
     [
-        ModelConfig(arch=Arch.gpt2, num_layers=2, hidden_size=64, num_heads=4, vocab_size=500, tie_word_embeddings=False),
+        ModelConfig(arch=Arch.gpt2, num_layers=2, hidden_size=64, num_heads=4, vocab_size=500,
+                    tie_word_embeddings=False),
         ModelConfig(arch=Arch.llama, num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, intermediate_size=96,
                     vocab_size=300),
     ],

@@ -1,0 +1,81 @@
+"""Checkpoint integrity and retention on plain files: what counts as complete, what is skipped."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from orchestrator import checkpoint
+from orchestrator.data.loader import ShardedBatches
+from orchestrator.track.tracker import truncate_metrics
+
+
+def _write(root, step: int, sealed: bool = True):
+    path = root / checkpoint.tag_for(step)
+    path.mkdir(parents=True)
+    for rank in range(2):
+        (path / f"zero_pp_rank_{rank}_optim_states.pt").write_bytes(b"x" * (100 + rank))
+    if sealed:
+        checkpoint.seal(path, {"step": step, "world_size": 2})
+    return path
+
+
+def test_a_sealed_checkpoint_is_complete_and_becomes_latest(tmp_path):
+    path = _write(tmp_path, 5)
+    assert checkpoint.problem(path) is None
+    assert (tmp_path / "latest").read_text() == "step_00000005"
+    found, skipped = checkpoint.newest_usable(tmp_path)
+    assert (found.step, found.world_size, skipped) == (5, 2, [])
+
+
+def test_truncated_missing_or_unmarked_checkpoints_are_skipped_with_a_reason(tmp_path):
+    _write(tmp_path, 5)
+    truncated = _write(tmp_path, 10)
+    (truncated / "zero_pp_rank_1_optim_states.pt").write_bytes(b"x")
+    missing = _write(tmp_path, 15)
+    (missing / "zero_pp_rank_0_optim_states.pt").unlink()
+    _write(tmp_path, 20, sealed=False)
+    found, skipped = checkpoint.newest_usable(tmp_path)
+    assert found.step == 5
+    reasons = {path.name: reason for path, reason in skipped}
+    assert "no completion marker" in reasons["step_00000020"]
+    assert "missing" in reasons["step_00000015"]
+    assert "truncated" in reasons["step_00000010"] and "1 of 101 bytes" in reasons["step_00000010"]
+
+
+def test_retention_keeps_the_newest_complete_ones_and_never_the_last_complete(tmp_path):
+    for step in (5, 10, 15, 20):
+        _write(tmp_path, step)
+    _write(tmp_path, 25, sealed=False)  # newer but broken: not counted as a kept checkpoint
+    checkpoint.retain(tmp_path, keep=2)
+    assert sorted(p.name for p in checkpoint.candidates(tmp_path)) == ["step_00000015", "step_00000020",
+                                                                      "step_00000025"]
+    checkpoint.retain(tmp_path, keep=0)  # even a keep of 0 leaves the newest complete one
+    assert checkpoint.newest_usable(tmp_path)[0].step == 20
+
+
+def test_resuming_mid_second_epoch_consumes_the_same_samples_as_an_uninterrupted_run():
+    blocks = torch.arange(40).unsqueeze(1)  # sample id = value
+    for rank in range(2):
+        straight = ShardedBatches(blocks, 3, rank, 2, seed=7)
+        per_epoch = straight.batches_per_epoch
+        total = 2 * per_epoch + 4
+        expected = [int(v) for _ in range(total) for v in straight.next()[:, 0]]
+
+        first = ShardedBatches(blocks, 3, rank, 2, seed=7)
+        consumed = [int(v) for _ in range(per_epoch + 2) for v in first.next()[:, 0]]  # into epoch 2
+        state = json.loads(json.dumps(first.state()))  # as it travels through a checkpoint
+        resumed = ShardedBatches(blocks, 3, rank, 2, seed=7)
+        resumed.restore(state)
+        consumed += [int(v) for _ in range(total - per_epoch - 2) for v in resumed.next()[:, 0]]
+        assert consumed == expected
+        epoch2 = consumed[per_epoch * 3 : 2 * per_epoch * 3]
+        assert len(set(epoch2)) == len(epoch2)  # no sample twice within a pass
+
+
+def test_metrics_are_cut_back_to_the_resumed_step(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 18)))
+    truncate_metrics(path, 15)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == list(range(1, 16))
