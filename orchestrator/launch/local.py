@@ -45,8 +45,27 @@ def gpus() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
 
-def stop() -> None:
+def stop(timeout_s: float = 60.0) -> None:
+    """Shut the embedded cluster down, never hanging the command.
+
+    Ray 2.60's ray.shutdown() can block forever closing its GCS error subscriber (seen at the
+    end of long-lived drivers). After `timeout_s` we kill the cluster's processes ourselves
+    and drop Ray's exit hook, which would otherwise wait on the same lock at interpreter exit.
+    """
+    import atexit
+    import threading
+
     import ray
 
-    if ray.is_initialized():
-        ray.shutdown()
+    if not ray.is_initialized():
+        return
+    node = ray._private.worker._global_node
+    closer = threading.Thread(target=ray.shutdown, name="ray-shutdown", daemon=True)
+    closer.start()
+    closer.join(timeout_s)
+    if closer.is_alive():
+        print(f"warning: ray.shutdown() did not return in {timeout_s:.0f}s; killing the local Ray processes",
+              flush=True)
+        if node is not None:
+            node.kill_all_processes(check_alive=False, allow_graceful=False)
+        atexit.unregister(ray.shutdown)
