@@ -191,6 +191,11 @@ def train_worker(payload: dict) -> None:
         return
 
     wall_s = time.perf_counter() - started
+    if first_step > t.max_steps:  # resumed from the final checkpoint: only the summary was missing
+        val_loss = evaluate()
+        if rank == 0:
+            rows = (run_dir / "metrics.jsonl").read_text().splitlines()
+            last_loss = json.loads(rows[-1])["loss"] if rows else float("nan")
 
     # --- final model (Hugging Face format) and summary ---
     state = ds.full_state_dict(engine)

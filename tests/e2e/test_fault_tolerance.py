@@ -219,3 +219,16 @@ def test_a_signal_to_one_worker_checkpoints_all_ranks_and_exits_75(tmp_path, sig
     stopped = json.loads((run_dir / "events.jsonl").read_text().splitlines()[-1])
     assert stopped["event"] == "preempted"
     assert (run_dir / "checkpoints" / f"step_{stopped['step']:08d}" / "COMPLETE").is_file()
+
+
+def test_a_crash_after_the_final_checkpoint_only_writes_the_summary(reference, tmp_path):
+    run_dir = tmp_path / "almost"
+    shutil.copytree(reference, run_dir)
+    (run_dir / "summary.json").unlink()  # died between the last checkpoint and the summary
+    result = run(run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    expected = json.loads((reference / "summary.json").read_text())
+    assert summary["final_train_loss"] == expected["final_train_loss"]
+    assert summary["final_val_loss"] == pytest.approx(expected["final_val_loss"], abs=1e-6)
+    assert metrics(run_dir) == metrics(reference)
