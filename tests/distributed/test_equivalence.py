@@ -50,3 +50,23 @@ def test_activation_checkpointing_under_zero3(ray_cluster, tmp_path_factory):
     reference = losses(tmp_path_factory, "zero=3")
     candidate = losses(tmp_path_factory, "zero=3", "train.activation_checkpointing=full")
     assert candidate == pytest.approx(reference, rel=1e-5)
+
+
+@pytest.mark.parametrize("zero", ["0", "1"])
+def test_activation_checkpointing_under_the_other_stages(ray_cluster, tmp_path_factory, zero):
+    reference = losses(tmp_path_factory, f"zero={zero}")
+    candidate = losses(tmp_path_factory, f"zero={zero}", "train.activation_checkpointing=full")
+    assert candidate == pytest.approx(reference, rel=1e-5)
+
+
+def test_bf16_trains_on_cpu_and_tracks_fp32(ray_cluster, tmp_path_factory):
+    """Mixed precision runs here too (CPU bf16); it follows the fp32 curve loosely, not exactly."""
+    reference = losses(tmp_path_factory, "zero=2")
+    run_dir = tmp_path_factory.mktemp("bf16") / "run"
+    cfg = compose([*TINY, "train.precision=bf16", f"train.max_steps={STEPS}", "train.eval_every=0",
+                   "train.ckpt_every=0", "logger.mode=disabled", f"run_dir={run_dir}", "zero=2"])
+    train(cfg)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    bf16 = [r["loss"] for r in rows]
+    assert bf16[-1] < bf16[0] - 0.5
+    assert bf16 == pytest.approx(reference, rel=0.05)
