@@ -58,11 +58,15 @@ def wait_for_step(run_dir: Path, step: int, process: subprocess.Popen, limit: fl
     raise TimeoutError(f"step {step} not reached")
 
 
-def train_workers() -> list[psutil.Process]:
+def train_workers(driver: subprocess.Popen) -> list[psutil.Process]:
+    """This job's Ray Train workers: descendants of its driver (the embedded raylet is its child)."""
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        if any("RayTrainWorker" in part for part in proc.info["cmdline"] or []):
-            found.append(proc)
+    for proc in psutil.Process(driver.pid).children(recursive=True):
+        try:
+            if any("RayTrainWorker" in part for part in proc.cmdline()):
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            continue
     return found
 
 
@@ -92,7 +96,7 @@ def test_sigkill_of_a_worker_restarts_once_and_resumes_exactly(reference, tmp_pa
     process = subprocess.Popen(command(run_dir, "train.max_failures=1"), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     wait_for_step(run_dir, 15, process)
-    victims = train_workers()
+    victims = train_workers(process)
     assert len(victims) == 2
     victims[1].send_signal(signal.SIGKILL)
     output, _ = process.communicate(timeout=600)
@@ -180,7 +184,8 @@ def test_a_stuck_rank_fails_the_job_within_the_timeout_and_leaves_no_process(tmp
                                        "train.max_failures=0"),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for_step(run_dir, 5, process)
-    victim = train_workers()[1]
+    workers = train_workers(process)
+    victim = workers[1]
     victim.send_signal(signal.SIGSTOP)
     stopped_at = time.monotonic()
     output, _ = process.communicate(timeout=240)
@@ -188,7 +193,8 @@ def test_a_stuck_rank_fails_the_job_within_the_timeout_and_leaves_no_process(tmp
     assert time.monotonic() - stopped_at < 120
     assert "error: training failed" in output
     time.sleep(2)
-    assert not train_workers(), "a training worker outlived the job"
+    assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE], \
+        "a training worker outlived the job"
 
 
 def test_secrets_never_reach_the_run_directory_or_ray_logs(tmp_path):
@@ -213,7 +219,7 @@ def test_a_signal_to_one_worker_checkpoints_all_ranks_and_exits_75(tmp_path, sig
     process = subprocess.Popen(command(run_dir, "train.max_steps=2000"), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     wait_for_step(run_dir, 5, process)
-    train_workers()[1].send_signal(sig)
+    train_workers(process)[1].send_signal(sig)
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 75, output[-3000:]
     stopped = json.loads((run_dir / "events.jsonl").read_text().splitlines()[-1])
