@@ -24,7 +24,8 @@ def _groups_epilog() -> str:
     lines = ["config groups (pick one with group=option):"]
     lines += [f"  {name:<9} {', '.join(options)}" for name, options in groups().items()]
     lines.append("top-level keys: train.* (seed, max_steps, micro_batch_size, grad_accum, seq_len, precision, "
-                 "grad_clip, log_every, eval_every, eval_batches, ckpt_every), run_dir")
+                 "activation_checkpointing, grad_clip, log_every, eval_every, ckpt_every, keep_checkpoints, resume, "
+                 "max_failures, collective_timeout_s), plan.* (format, force), run_dir")
     lines.append("print every key with its value: orchestrator train --cfg job")
     return "\n".join(lines)
 
