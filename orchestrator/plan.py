@@ -251,14 +251,14 @@ def _choose(cfg: Config) -> Plan:
                     train=dataclasses.replace(t, micro_batch_size=micro, grad_accum=accum,
                                               activation_checkpointing=mode),
                 )
-                plan = _plan_for(candidate, reasons)
+                plan = _plan_for(candidate, [])
                 label = (f"zero={stage}{'_offload' if off_opt is not Offload.none else ''} "
                          f"activation_checkpointing={mode.value} micro_batch_size={micro} grad_accum={accum}")
                 if plan.fits is not False:
                     reasons.append(f"chose {label}: {plan.memory['device'] / GB:.1f} GB per rank"
                                    + (" (no memory limit known: set cluster.gpu_memory_gb or cpu_memory_gb)"
                                       if plan.fits is None else " fits"))
-                    return plan
+                    return dataclasses.replace(plan, auto_reasons=reasons)
                 reasons.append(f"rejected {label}: {plan.fit_problems[0]}")
                 last = plan
         if micro == 1 or micro % 2:

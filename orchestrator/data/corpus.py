@@ -12,6 +12,7 @@ from pathlib import Path
 
 from orchestrator.config.schema import DataConfig, DataFormat
 from orchestrator.config.validate import data_files
+from orchestrator.errors import ConfigError
 
 _FORMAT_BY_SUFFIX = {
     ".txt": DataFormat.text,
@@ -49,8 +50,6 @@ def file_format(data: DataConfig, files: list[str]) -> DataFormat:
         return data.format
     formats = {_FORMAT_BY_SUFFIX.get(Path(f).suffix, DataFormat.text) for f in files}
     if len(formats) > 1:
-        from orchestrator.errors import ConfigError
-
         kinds = ", ".join(sorted(f.value for f in formats))
         raise ConfigError([f"data.path={data.path}: mixes {kinds} files; set data.format or split them"])
     return formats.pop()
@@ -67,10 +66,9 @@ def load_documents(data: DataConfig):
     else:
         ds = load_dataset(fmt.value, data_files=files, split="train")
         if data.text_field not in ds.column_names:
-            from orchestrator.errors import ConfigError
-
             raise ConfigError([f"data.text_field={data.text_field}: no such column in {data.path}; "
                                f"columns are {', '.join(ds.column_names)}"])
-        ds = ds.select_columns([data.text_field]).rename_column(data.text_field, "text") \
-            if data.text_field != "text" else ds.select_columns(["text"])
+        ds = ds.select_columns([data.text_field])
+        if data.text_field != "text":
+            ds = ds.rename_column(data.text_field, "text")
     return ds
