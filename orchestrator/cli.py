@@ -42,11 +42,26 @@ def _parser() -> argparse.ArgumentParser:
     for name, summary in (
         ("train", "compose the config, plan, run the job on the configured cluster, write the run dir"),
         ("plan", "print the plan (world size, batch, parameters, FLOPs, DeepSpeed config) without running"),
+        ("submit", "render the launch artifact for cluster=ray|slurm|k8s into runs/<name>/ and submit it "
+                   "(submit.dry_run=true only renders)"),
     ):
         sub = commands.add_parser(name, help=summary, description=summary, epilog=_groups_epilog(),
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
         sub.add_argument("overrides", nargs="*", metavar="key=value", help=_OVERRIDES_HELP)
         sub.add_argument("--cfg", choices=["job"], help="print the composed config and exit (as Hydra's --cfg job)")
+        sub.add_argument("--config", metavar="FILE", help="start from a whole config file (a job.yaml or a run's "
+                         "config.yaml) instead of conf/; then only key=value overrides apply")
+    for name, summary in (
+        ("status", "print a Ray job's status (cluster=ray submissions)"),
+        ("logs", "print a Ray job's logs (--follow: until it ends)"),
+        ("stop", "ask a Ray job to stop: it checkpoints at its next step, then exits"),
+    ):
+        sub = commands.add_parser(name, help=summary, description=summary)
+        sub.add_argument("job_id", help="the id `orchestrator submit cluster=ray` printed")
+        sub.add_argument("--address", metavar="URL",
+                         help="Ray's Job Submission endpoint (default: RAY_ADDRESS, else http://127.0.0.1:8265)")
+        if name == "logs":
+            sub.add_argument("--follow", action="store_true", help="keep printing until the job ends")
     return parser
 
 
@@ -68,12 +83,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `orchestrator plan | head`
+        sys.stderr.close()
+        return 0
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command in ("status", "logs", "stop"):
+        return _job_command(args)
+    if args.command == "submit" and args.cfg is None:
+        from orchestrator.launch.submit import submit
+
+        return submit(args.overrides, args.config)
     from orchestrator.config.compose import compose, to_yaml
 
-    cfg = compose(args.overrides)
+    cfg = compose(args.overrides, args.config)
     if args.cfg == "job":
         print(to_yaml(cfg), end="")
         return 0
@@ -104,4 +128,25 @@ def _plan(cfg) -> int:
         print(f"zero=auto: {reason}")
     print("deepspeed config:")
     print(json.dumps(ds, indent=2))
+    return 0
+
+
+def _job_command(args: argparse.Namespace) -> int:
+    from orchestrator.config.schema import ClusterConfig
+    from orchestrator.launch import ray_cluster
+
+    url = args.address or ray_cluster.dashboard_url(ClusterConfig(name="ray"))
+    try:
+        if args.command == "status":
+            print(ray_cluster.status(url, args.job_id))
+        elif args.command == "stop":
+            stopped = ray_cluster.stop(url, args.job_id)
+            print(f"{args.job_id}: stop requested (it checkpoints at its next step)" if stopped
+                  else f"{args.job_id}: already finished")
+        elif args.follow:
+            return ray_cluster.follow(url, args.job_id)
+        else:
+            print(ray_cluster.logs(url, args.job_id), end="")
+    except RuntimeError as error:  # the Job Submission API's answer for an unknown id or a refused request
+        raise ConfigError([f"{args.job_id}: {str(error).strip().splitlines()[0]}"]) from None
     return 0

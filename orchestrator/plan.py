@@ -15,8 +15,9 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from orchestrator.config.schema import ActivationCheckpointing, Arch, Config, ModelConfig, Offload, Precision
+from orchestrator.config.schema import ActivationCheckpointing, Arch, Backend, Config, ModelConfig, Offload, Precision
 from orchestrator.config.validate import visible_gpus
+from orchestrator.errors import ConfigError
 from orchestrator.memory import GB, Memory, estimate
 
 
@@ -128,24 +129,40 @@ def layer_params(model: ModelConfig) -> int:
 
 def uses_gpus(cfg: Config) -> bool:
     c = cfg.cluster
-    if c.name == "local":
+    if c.name is Backend.local:
         return c.gpus_per_worker > 0 if c.gpus_per_worker is not None else visible_gpus() >= c.num_workers
+    if c.name is Backend.ray:
+        return bool(c.gpus_per_worker)
     return c.gpus_per_node > 0
+
+
+def workers_per_node(cfg: Config) -> int:
+    """Ray Train workers on each machine of a slurm/k8s allocation: one per GPU, or as configured."""
+    c = cfg.cluster
+    return c.workers_per_node or c.gpus_per_node or 1
 
 
 def world_and_ranks_per_node(cfg: Config) -> tuple[int, int]:
     c = cfg.cluster
-    if c.name == "local":
+    if c.name in (Backend.local, Backend.ray):
         return c.num_workers, c.num_workers
-    per_node = c.gpus_per_node if c.gpus_per_node > 0 else 1
+    per_node = workers_per_node(cfg)
     return c.nodes * per_node, per_node
+
+
+def gpus_per_worker(cfg: Config) -> int | None:
+    """GPUs each worker reserves; None on `local` means: decide from what Ray sees at start."""
+    c = cfg.cluster
+    if c.name in (Backend.local, Backend.ray):
+        return c.gpus_per_worker
+    return 1 if c.gpus_per_node else 0
 
 
 def _host_memory_bytes(cfg: Config) -> float | None:
     if cfg.cluster.cpu_memory_gb is not None:
         return cfg.cluster.cpu_memory_gb * GB
     meminfo = Path("/proc/meminfo")
-    if cfg.cluster.name == "local" and meminfo.exists():
+    if cfg.cluster.name is Backend.local and meminfo.exists():
         total_kb = int(meminfo.read_text().split("MemTotal:")[1].split()[0])
         return total_kb * 1024
     return None
@@ -265,6 +282,13 @@ def _choose(cfg: Config) -> Plan:
             reasons.append("nothing fits: add nodes, use a smaller model or shorter train.seq_len")
             return dataclasses.replace(last, auto_reasons=reasons)
         micro, accum = micro // 2, accum * 2
+
+
+def refuse_unfit(cfg: Config, plan: Plan) -> None:
+    """Fail before launch when the plan predicts the job will not fit (unless plan.force)."""
+    if plan.fits is False and not cfg.plan.force:
+        raise ConfigError([f"the plan does not fit: {problem} (see `orchestrator plan`; "
+                           "try zero=auto, or plan.force=true to run anyway)" for problem in plan.fit_problems])
 
 
 def resolved_config(cfg: Config, plan: Plan) -> Config:

@@ -67,8 +67,12 @@ def _problem_from_hydra(error: Exception, overrides: list[str], known: dict[str,
     return first
 
 
-def compose_dictconfig(overrides: list[str]):
-    """Compose conf/config.yaml with the overrides into a typed, resolved DictConfig."""
+def compose_dictconfig(overrides: list[str], resolve: bool = True):
+    """Compose conf/config.yaml with the overrides into a typed DictConfig.
+
+    `resolve=False` keeps interpolations such as data.cache_dir's `${oc.env:HOME}` for a job
+    file that is resolved where the job runs (`orchestrator submit`).
+    """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.config_store import ConfigStore
@@ -95,7 +99,8 @@ def compose_dictconfig(overrides: list[str]):
         schema = OmegaConf.structured(Config)
         OmegaConf.set_struct(schema, True)
         cfg = OmegaConf.merge(schema, OmegaConf.to_container(cfg))  # plain dict: struct checks apply
-        OmegaConf.resolve(cfg)
+        if resolve:
+            OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException, ValueError) as error:
         raise ConfigError([_problem_from_hydra(error, overrides, known)]) from None
     finally:
@@ -103,24 +108,60 @@ def compose_dictconfig(overrides: list[str]):
     return cfg
 
 
-def compose(overrides: list[str]) -> Config:
-    """Compose, type-check and validate. Raises ConfigError listing every problem."""
+def load_job_file(path: str, overrides: list[str]):
+    """A whole config from a YAML file (a job file or a run's config.yaml) plus key=value overrides.
+
+    Config groups were already chosen when the file was written, so only plain keys can be
+    overridden here; unknown keys and wrong types are refused as in compose().
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError([f"--config {path}: no such file"])
+    groups_named = [o for o in overrides if o.partition("=")[0] in groups()]
+    if groups_named:
+        raise ConfigError([f"{o}: config groups are fixed by --config {path}; override single keys "
+                           f"(e.g. cluster.num_workers=4) or compose without --config" for o in groups_named])
+    malformed = [o for o in overrides if not re.match(r"^[\w\-]+(\.[\w\-]+)*=", o)]
+    if malformed:
+        raise ConfigError([f"Error parsing override '{o}': expected key=value (e.g. train.max_steps=100)"
+                           for o in malformed])
+    schema = OmegaConf.structured(Config)
+    OmegaConf.set_struct(schema, True)
+    try:
+        cfg = OmegaConf.merge(schema, OmegaConf.load(file), OmegaConf.from_dotlist(list(overrides)))
+        OmegaConf.resolve(cfg)
+    except (OmegaConfBaseException, ValueError) as error:
+        raise ConfigError([_problem_from_hydra(error, overrides, groups())]) from None
+    except Exception as error:  # a YAML syntax error names the file and line
+        raise ConfigError([f"--config {path}: {str(error).splitlines()[0]}"]) from None
+    return cfg
+
+
+def compose(overrides: list[str], config_file: str | None = None) -> Config:
+    """Compose (or load config_file), type-check and validate. Raises ConfigError listing every problem."""
     from omegaconf import OmegaConf
 
+    dictconfig = load_job_file(config_file, overrides) if config_file else compose_dictconfig(overrides)
+    return validated(OmegaConf.to_object(dictconfig))  # type: ignore[arg-type]
+
+
+def validated(cfg: Config) -> Config:
     from orchestrator.config.validate import validate
 
-    cfg: Config = OmegaConf.to_object(compose_dictconfig(overrides))  # type: ignore[assignment]
     problems = validate(cfg)
     if problems:
         raise ConfigError(problems)
     return cfg
 
 
-def to_yaml(cfg: Config) -> str:
-    """The resolved config as YAML, as written to <run_dir>/config.yaml."""
+def to_yaml(cfg) -> str:
+    """A Config (or a DictConfig, interpolations kept) as YAML, as written to <run_dir>/config.yaml."""
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    return OmegaConf.to_yaml(cfg if OmegaConf.is_config(cfg) else OmegaConf.structured(cfg))
 
 
 def to_dict(cfg: Config) -> dict:

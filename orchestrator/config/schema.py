@@ -49,25 +49,91 @@ class DataFormat(str, Enum):
     parquet = "parquet"
 
 
+class Backend(str, Enum):
+    local = "local"
+    ray = "ray"
+    slurm = "slurm"
+    k8s = "k8s"
+
+
+@dataclass
+class SlurmConfig:
+    """What `orchestrator submit cluster=slurm` writes into the sbatch script's header and setup."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str = "04:00:00"
+    """Wall-clock limit (sbatch --time). The preemption notice arrives preempt_signal_s before it."""
+    mem: str | None = None
+    """Memory per node (sbatch --mem, e.g. 200G; 0 = all of it). null = the partition's default."""
+    constraint: str | None = None
+    cpus_per_task: int | None = None
+    """CPUs per node for Ray (one task per node). null = workers per node x cluster.cpus_per_worker."""
+    extra_directives: list[str] = field(default_factory=list)
+    """More `#SBATCH` options, e.g. ['--exclusive', '--mail-type=END']."""
+    setup: list[str] = field(default_factory=list)
+    """Shell lines run on the first node before anything else: modules, a venv, a container wrapper."""
+    python: str | None = None
+    """Interpreter that runs the driver on the cluster. null = the one running `orchestrator submit`."""
+    preempt_signal_s: int = 120
+    """Slurm sends USR1 this many seconds before the time limit (or on preemption); the job checkpoints
+    and requeues itself. 0 = no notice."""
+    ray_port: int = 6379
+
+
+@dataclass
+class K8sConfig:
+    """What `orchestrator submit cluster=k8s` writes into the KubeRay RayJob manifest."""
+
+    namespace: str = "default"
+    image: str = "orchestrator:latest"
+    """Worker image (docker/build.sh builds it); the same image runs the head and the workers."""
+    ray_version: str = "2.60.0"
+    shared_volume_claim: str = "orchestrator-shared"
+    """PersistentVolumeClaim (ReadWriteMany) mounted on every pod: run directories and the data cache."""
+    mount_path: str = "/mnt/shared"
+    wandb_secret: str = "wandb"
+    """Kubernetes Secret whose key `api-key` becomes WANDB_API_KEY (optional: offline runs need none)."""
+    cpus_per_node: int | None = None
+    """CPU request of each worker pod. null = workers per node x cluster.cpus_per_worker."""
+    backoff_limit: int = 2
+    """Whole-job retries by KubeRay after the job fails (each resumes from the newest checkpoint)."""
+    ttl_seconds_after_finished: int = 3600
+
+
 @dataclass
 class ClusterConfig:
-    name: str = "local"
-    """Backend: `local` starts an embedded Ray cluster inside the driver process; `slurm`
-    describes a Slurm allocation (planned here, submitted by `orchestrator submit`)."""
+    name: Backend = Backend.local
+    """Backend: `local` starts an embedded Ray cluster inside the driver process; `ray` joins a running
+    Ray cluster; `slurm` and `k8s` are submitted with `orchestrator submit` (see README)."""
     num_workers: int = 2
-    """Ray Train workers (ranks) on `local`. World size = num_workers there."""
+    """Ray Train workers (ranks) on `local` and `ray`. World size = num_workers there."""
     cpus_per_worker: int = 1
     """CPUs reserved per worker; also the worker's torch/OMP thread count."""
     gpus_per_worker: int | None = None
-    """GPUs per worker. null = 1 when Ray sees at least num_workers GPUs, else 0 (CPU + gloo)."""
+    """GPUs per worker (local, ray). null on `local` = 1 when Ray sees at least num_workers GPUs,
+    else 0 (CPU + gloo); `ray` needs a number."""
     nodes: int = 1
     """Machines in the allocation (slurm, k8s). World size = nodes x workers per node there."""
     gpus_per_node: int = 0
     """GPUs per machine (slurm, k8s); one worker per GPU. 0 = CPU workers."""
+    workers_per_node: int | None = None
+    """Workers per machine (slurm, k8s). null = gpus_per_node, or 1 on CPU machines."""
     gpu_memory_gb: float | None = None
     """Memory of one GPU in GB (1e9 bytes), for the plan's fit check. null = not checked."""
     cpu_memory_gb: float | None = None
     """Memory of one machine in GB, for the plan's fit check. null = this machine's (local), else not checked."""
+    address: str = "auto"
+    """Ray cluster the driver joins (ray, slurm, k8s): host:port of its head (GCS, default port 6379),
+    or auto = RAY_ADDRESS, else the cluster `ray start` started on this machine."""
+    dashboard_url: str | None = None
+    """Ray's Job Submission endpoint for `submit/status/logs/stop` (ray). null = RAY_ADDRESS when it
+    is an http(s) URL, else http://<host of address>:8265."""
+    join_timeout_s: int = 300
+    """How long the driver waits for all cluster.nodes machines to join the Ray cluster (slurm, k8s)."""
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    k8s: K8sConfig = field(default_factory=K8sConfig)
 
 
 @dataclass
@@ -223,6 +289,14 @@ class PlanConfig:
 
 
 @dataclass
+class SubmitConfig:
+    dry_run: bool = False
+    """Render the launch artifact into the run directory and print it; submit nothing."""
+    follow: bool = True
+    """cluster=ray: stream the job's logs until it ends and exit with its exit code."""
+
+
+@dataclass
 class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -232,5 +306,6 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
+    submit: SubmitConfig = field(default_factory=SubmitConfig)
     run_dir: str | None = None
     """Output folder (see README: the run directory). null = runs/<model>-<timestamp>."""

@@ -10,10 +10,11 @@ from __future__ import annotations
 import ctypes.util
 import glob
 import os
+import re
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config.schema import Config, Offload, Precision
+from orchestrator.config.schema import Backend, ClusterConfig, Config, Offload, Precision
 
 
 class _Problems(list):
@@ -49,12 +50,80 @@ def data_files(path: str) -> list[str]:
 DATA_SUFFIXES = {".txt", ".md", ".text", ".jsonl", ".json", ".parquet"}
 
 
+_SLURM_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def slurm_time_s(value: str) -> int | None:
+    """Seconds in a Slurm time limit (minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS); None if malformed."""
+    match = _SLURM_TIME.match(value)
+    if not match:
+        return None
+    days, first, second, third = match.groups()
+    if days is not None:
+        return int(days) * 86400 + int(first) * 3600 + int(second or 0) * 60 + int(third or 0)
+    if third is not None:
+        return int(first) * 3600 + int(second) * 60 + int(third)
+    if second is not None:
+        return int(first) * 60 + int(second)
+    return int(first) * 60
+
+
+def _check_backend(p: _Problems, c: ClusterConfig) -> None:
+    """The keys of the chosen backend (cluster.name); the other backends' sections are ignored."""
+    p.check(c.join_timeout_s >= 1, "cluster.join_timeout_s", c.join_timeout_s, "must be >= 1 second")
+    p.check(c.workers_per_node is None or c.workers_per_node >= 1, "cluster.workers_per_node",
+            c.workers_per_node, "must be >= 1, or null")
+    if c.name is Backend.ray:
+        p.check(c.gpus_per_worker is not None, "cluster.gpus_per_worker", c.gpus_per_worker,
+                "cluster=ray needs a number (0 for CPU workers, 1 for one GPU each)")
+        p.check(bool(c.address.strip()), "cluster.address", c.address, "must be host:port of the Ray head, or auto")
+        p.check(c.dashboard_url is None or c.dashboard_url.startswith(("http://", "https://")),
+                "cluster.dashboard_url", c.dashboard_url, "must be an http(s):// URL (Ray dashboard, port 8265)")
+    if c.name in (Backend.slurm, Backend.k8s) and c.gpus_per_node and c.workers_per_node is not None:
+        p.check(c.workers_per_node == c.gpus_per_node, "cluster.workers_per_node", c.workers_per_node,
+                f"must equal cluster.gpus_per_node={c.gpus_per_node} (one worker per GPU), or null")
+    if c.name is Backend.slurm:
+        s = c.slurm
+        limit = slurm_time_s(s.time)
+        p.check(limit is not None and limit > 0, "cluster.slurm.time", s.time,
+                "must be a Slurm time limit: minutes, HH:MM:SS or D-HH:MM:SS")
+        p.check(s.preempt_signal_s >= 0 and (limit is None or s.preempt_signal_s < limit),
+                "cluster.slurm.preempt_signal_s", s.preempt_signal_s,
+                "must be >= 0 and shorter than cluster.slurm.time")
+        p.check(s.cpus_per_task is None or s.cpus_per_task >= 1, "cluster.slurm.cpus_per_task", s.cpus_per_task,
+                "must be >= 1, or null")
+        p.check(0 < s.ray_port < 65536, "cluster.slurm.ray_port", s.ray_port, "must be a TCP port")
+        for key in ("partition", "account", "qos", "mem", "constraint", "python"):
+            value = getattr(s, key)
+            p.check(value is None or re.fullmatch(r"[^\s'\"`$;&|<>\\]+", value) is not None, f"cluster.slurm.{key}",
+                    value, "must be one word without quotes or shell characters")
+        for line in s.extra_directives:
+            p.check(line.startswith("-") and "\n" not in line, "cluster.slurm.extra_directives", line,
+                    "each must be one sbatch option, e.g. --exclusive")
+        for line in s.setup:
+            p.check("\n" not in line, "cluster.slurm.setup", line, "each entry must be one shell line")
+    if c.name is Backend.k8s:
+        k = c.k8s
+        p.check(_DNS_LABEL.match(k.namespace) is not None, "cluster.k8s.namespace", k.namespace,
+                "must be a Kubernetes name (lower-case letters, digits, '-')")
+        p.check(bool(k.image.strip()) and " " not in k.image, "cluster.k8s.image", k.image, "must name an image")
+        p.check(k.mount_path.startswith("/"), "cluster.k8s.mount_path", k.mount_path, "must be an absolute path")
+        for key in ("shared_volume_claim", "wandb_secret"):
+            value = getattr(k, key)
+            p.check(_DNS_LABEL.match(value) is not None, f"cluster.k8s.{key}", value, "must be a Kubernetes name")
+        p.check(k.cpus_per_node is None or k.cpus_per_node >= 1, "cluster.k8s.cpus_per_node", k.cpus_per_node,
+                "must be >= 1, or null")
+        p.check(k.backoff_limit >= 0, "cluster.k8s.backoff_limit", k.backoff_limit, "must be >= 0")
+        p.check(k.ttl_seconds_after_finished >= 0, "cluster.k8s.ttl_seconds_after_finished",
+                k.ttl_seconds_after_finished, "must be >= 0")
+
+
 def validate(cfg: Config) -> list[str]:
     """Return every problem found in cfg (empty when it is valid)."""
     p = _Problems()
     c, m, d, o, z, t = cfg.cluster, cfg.model, cfg.data, cfg.optim, cfg.zero, cfg.train
 
-    p.check(c.name in ("local", "slurm"), "cluster.name", c.name, "must be local or slurm")
     p.check(c.num_workers >= 1, "cluster.num_workers", c.num_workers, "must be >= 1")
     p.check(c.nodes >= 1, "cluster.nodes", c.nodes, "must be >= 1")
     p.check(c.gpus_per_node >= 0, "cluster.gpus_per_node", c.gpus_per_node, "must be >= 0")
@@ -64,6 +133,7 @@ def validate(cfg: Config) -> list[str]:
     p.check(c.cpus_per_worker >= 1, "cluster.cpus_per_worker", c.cpus_per_worker, "must be >= 1")
     p.check(c.gpus_per_worker is None or c.gpus_per_worker >= 0, "cluster.gpus_per_worker", c.gpus_per_worker,
             "must be >= 0, or null to use GPUs when present")
+    _check_backend(p, c)
 
     if m.pretrained_path is not None:
         p.check((Path(m.pretrained_path).expanduser() / "config.json").is_file(), "model.pretrained_path",

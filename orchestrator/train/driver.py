@@ -19,10 +19,10 @@ from pathlib import Path
 
 from orchestrator import checkpoint
 from orchestrator.config.compose import to_dict, to_yaml
-from orchestrator.config.schema import Config, WandbMode
+from orchestrator.config.schema import Backend, Config, WandbMode
 from orchestrator.ds_config import deepspeed_config
 from orchestrator.errors import ConfigError, Preempted, TrainingError
-from orchestrator.plan import Plan, make_plan, resolved_config
+from orchestrator.plan import Plan, gpus_per_worker, make_plan, refuse_unfit, resolved_config
 from orchestrator.redact import redact, redact_text
 from orchestrator.train.loop import STOP_FILE
 
@@ -62,15 +62,10 @@ def train(cfg: Config) -> Path:
     """Run the configured job to completion (or resume it) and return its run directory."""
     from orchestrator.data.pipeline import prepare
 
-    if cfg.cluster.name != "local":
-        raise ConfigError([f"cluster={cfg.cluster.name}: `orchestrator train` runs on cluster=local; "
-                           f"size this cluster with `orchestrator plan cluster={cfg.cluster.name} ...`"])
     plan = make_plan(cfg)
     for reason in plan.auto_reasons:
         print(f"zero=auto: {reason}", flush=True)
-    if plan.fits is False and not cfg.plan.force:
-        raise ConfigError([f"the plan does not fit: {problem} (see `orchestrator plan`; "
-                           "try zero=auto, or plan.force=true to run anyway)" for problem in plan.fit_problems])
+    refuse_unfit(cfg, plan)
     run_dir = Path(cfg.run_dir).expanduser() if cfg.run_dir else default_run_dir(cfg)
     run_dir = run_dir.resolve()
     cfg = dataclasses.replace(resolved_config(cfg, plan), run_dir=str(run_dir))
@@ -188,13 +183,18 @@ def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: check
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from orchestrator.launch import local
+    from orchestrator.launch import local, ray_cluster
     from orchestrator.train.loop import train_worker
 
-    started_ray = local.start(cfg.cluster)
-    gpus = cfg.cluster.gpus_per_worker
+    embedded = cfg.cluster.name is Backend.local
+    if embedded:
+        started_ray = local.start(cfg.cluster)
+    else:  # Slurm and KubeRay run this driver on the head of the Ray cluster they started
+        started_ray = True
+        ray_cluster.connect(cfg.cluster, nodes=_ray_nodes(cfg))
+    gpus = gpus_per_worker(cfg)
     if gpus is None:
-        gpus = 1 if local.gpus() >= cfg.cluster.num_workers else 0
+        gpus = 1 if local.gpus() >= plan.world_size else 0
     payload = {
         "config": redact(to_dict(cfg)),
         "plan": plan.to_dict(),
@@ -209,7 +209,7 @@ def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: check
         train_worker,
         train_loop_config=payload,
         torch_config=TorchConfig(timeout_s=cfg.train.collective_timeout_s),
-        scaling_config=ScalingConfig(num_workers=cfg.cluster.num_workers, use_gpu=gpus > 0,
+        scaling_config=ScalingConfig(num_workers=plan.world_size, use_gpu=gpus > 0,
                                      resources_per_worker=resources),
         run_config=RunConfig(
             name="train",
@@ -224,8 +224,15 @@ def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: check
     except Exception as error:  # Ray wraps worker exceptions; show the root cause in one line
         raise TrainingError(_root_cause(error)) from error
     finally:
-        if started_ray:
+        if started_ray and embedded:
             local.stop()
+        elif started_ray:
+            ray_cluster.disconnect()
+
+
+def _ray_nodes(cfg: Config) -> int:
+    """Ray nodes to wait for: the allocation's machines (plus KubeRay's head pod, which trains nothing)."""
+    return {Backend.ray: 1, Backend.slurm: cfg.cluster.nodes, Backend.k8s: cfg.cluster.nodes + 1}[cfg.cluster.name]
 
 
 def _root_cause(error: BaseException) -> str:

@@ -1,0 +1,147 @@
+"""The `ray` backend: a Ray cluster that already runs, joined by the driver or reached through
+Ray's Job Submission API (the dashboard's HTTP endpoint, port 8265).
+
+`connect` is what the driver does on every backend but `local` (Slurm and KubeRay start the
+Ray cluster, then run the driver on its head). The job functions back `orchestrator submit`,
+`status`, `logs` and `stop`. Secrets never travel in the runtime environment: W&B's key must be
+in the environment of the cluster's nodes (or a Kubernetes Secret), as Ray's docs advise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from orchestrator.config.schema import ClusterConfig
+from orchestrator.errors import ConfigError, TrainingError
+
+SETUP_HOOK = "orchestrator.train.signals.install"
+STOP_GRACE_S = 300
+"""How long `orchestrator stop` lets a job checkpoint after SIGTERM before Ray kills it."""
+
+
+def connect(cluster: ClusterConfig, nodes: int) -> None:
+    """Join the running cluster at cluster.address, then wait until `nodes` machines are in it."""
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    try:
+        ray.init(address=cluster.address, logging_level=logging.WARNING, configure_logging=True,
+                 runtime_env={"worker_process_setup_hook": SETUP_HOOK})
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise ConfigError([f"cluster.address={cluster.address}: cannot join a Ray cluster there "
+                           f"({str(error).strip().splitlines()[0]})"]) from None
+    wait_for_nodes(nodes, cluster.join_timeout_s)
+
+
+def alive_nodes() -> int:
+    import ray
+
+    return sum(1 for node in ray.nodes() if node["Alive"])
+
+
+def wait_for_nodes(nodes: int, timeout_s: float) -> None:
+    """Multi-node launches hang when a node never joins; fail within the bound instead."""
+    deadline = time.monotonic() + timeout_s
+    seen = alive_nodes()
+    while seen < nodes:
+        if time.monotonic() > deadline:
+            raise TrainingError(f"only {seen} of cluster.nodes={nodes} Ray nodes joined within "
+                                f"cluster.join_timeout_s={timeout_s:g}s; check the other nodes' logs")
+        print(f"waiting for Ray nodes: {seen}/{nodes} joined", flush=True)
+        time.sleep(2)
+        seen = alive_nodes()
+    print(f"Ray cluster: {seen} node(s)", flush=True)
+
+
+def disconnect(timeout_s: float = 60.0) -> None:
+    """Leave the cluster (it keeps running), without letting Ray's shutdown hang the command."""
+    import ray
+
+    closer = threading.Thread(target=ray.shutdown, name="ray-shutdown", daemon=True)
+    closer.start()
+    closer.join(timeout_s)
+
+
+def dashboard_url(cluster: ClusterConfig) -> str:
+    """Where the Job Submission API listens: cluster.dashboard_url, RAY_ADDRESS, or the head's port 8265."""
+    if cluster.dashboard_url:
+        return cluster.dashboard_url.rstrip("/")
+    env = os.environ.get("RAY_ADDRESS", "")
+    if env.startswith(("http://", "https://")):
+        return env.rstrip("/")
+    host = "127.0.0.1" if cluster.address == "auto" else urlparse(f"//{cluster.address}").hostname
+    return f"http://{host}:8265"
+
+
+def client(url: str):
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(url)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise ConfigError([f"cannot reach Ray's Job Submission API at {url} "
+                           f"({str(error).strip().splitlines()[0]}); set cluster.dashboard_url"]) from None
+
+
+def submit(url: str, job_dir: Path, submission_id: str, env_vars: dict[str, str]) -> str:
+    """Send the job: its folder (the job file) becomes the working directory on the cluster."""
+    runtime_env = {
+        "working_dir": str(job_dir),
+        "env_vars": {**env_vars, "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S)},
+        "worker_process_setup_hook": SETUP_HOOK,
+    }
+    return client(url).submit_job(
+        entrypoint="python -m orchestrator train --config job.yaml",
+        runtime_env=runtime_env,
+        submission_id=submission_id,
+        metadata={"submitted_by": "orchestrator"},
+    )
+
+
+def follow(url: str, job_id: str) -> int:
+    """Print the job's logs as they come, then return its driver's exit code."""
+    jobs = client(url)
+
+    async def tail() -> None:
+        async for lines in jobs.tail_job_logs(job_id):
+            print(lines, end="", flush=True)
+
+    asyncio.run(tail())
+    return exit_code(url, job_id)
+
+
+def exit_code(url: str, job_id: str) -> int:
+    """The job's exit code as the CLI reports it (0, 1, 2, 75); waits for the final status."""
+    jobs = client(url)
+    info = jobs.get_job_info(job_id)
+    while not info.status.is_terminal():
+        time.sleep(1)
+        info = jobs.get_job_info(job_id)
+    if info.status.value == "SUCCEEDED":
+        return 0
+    return info.driver_exit_code if info.driver_exit_code is not None else 1
+
+
+def status(url: str, job_id: str) -> str:
+    info = client(url).get_job_info(job_id)
+    line = f"{job_id}: {info.status.value}"
+    if info.driver_exit_code is not None:
+        line += f" (exit code {info.driver_exit_code})"
+    if info.message:
+        line += f": {info.message}"
+    return line
+
+
+def logs(url: str, job_id: str) -> str:
+    return client(url).get_job_logs(job_id)
+
+
+def stop(url: str, job_id: str) -> bool:
+    """Ask the job to stop: its driver gets SIGTERM, checkpoints at the next step and exits 75."""
+    return client(url).stop_job(job_id)

@@ -1,0 +1,135 @@
+"""`orchestrator submit`: one job file, rendered into the launch artifact of the chosen backend.
+
+The job file (`job.yaml`) is the composed config with the cluster-side run directory filled in
+and interpolations such as `${oc.env:HOME}` kept, so they resolve where the job runs. Every
+backend ends in the same command on the cluster: `python -m orchestrator train --config job.yaml`.
+Nothing secret is written: the job file is redacted, scripts and manifests name secrets only
+by reference, and the runtime environment carries no secret values.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from pathlib import Path
+
+from orchestrator.config.compose import compose_dictconfig, load_job_file, to_yaml, validated
+from orchestrator.config.schema import Backend, Config
+from orchestrator.errors import ConfigError
+from orchestrator.plan import Plan, make_plan, refuse_unfit
+from orchestrator.redact import redact_text
+
+JOB_FILE = "job.yaml"
+
+
+def run_name(cfg: Config) -> str:
+    """`<model>-<timestamp>`, usable as a Slurm job name and a Kubernetes object name."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    model = re.sub(r"[^a-z0-9-]+", "-", cfg.model.name.lower()).strip("-") or "model"
+    return f"{model[:40]}-{stamp}"
+
+
+def _compose(overrides: list[str], config_file: str | None):
+    """(the job's DictConfig with interpolations kept, the validated Config)."""
+    from omegaconf import OmegaConf
+
+    job = load_job_file(config_file, overrides) if config_file else compose_dictconfig(overrides, resolve=False)
+    resolved = job.copy()
+    OmegaConf.resolve(resolved)
+    cfg = validated(OmegaConf.to_object(resolved))  # type: ignore[arg-type]
+    if cfg.cluster.name is Backend.local:
+        raise ConfigError(["cluster=local: `orchestrator submit` sends jobs to cluster=ray, slurm or k8s; "
+                           "run `orchestrator train` to train here"])
+    return job, cfg
+
+
+def _placement(cfg: Config, name: str, overrides: list[str]) -> tuple[Path, str, dict]:
+    """(local folder for the rendered files, the run directory on the cluster, job-file overrides)."""
+    chosen = Path(cfg.run_dir).expanduser() if cfg.run_dir else None
+    if cfg.cluster.name is Backend.slurm:  # the login node and the compute nodes share this filesystem
+        run_dir = (chosen or Path("runs") / name).resolve()
+        return run_dir, str(run_dir), {}
+    folder = (Path("runs") / name).resolve()
+    if cfg.cluster.name is Backend.k8s:
+        mount = cfg.cluster.k8s.mount_path.rstrip("/")
+        cache_chosen = any(o.startswith("data.cache_dir=") for o in overrides)
+        updates = {} if cache_chosen else {"data": {"cache_dir": f"{mount}/cache"}}
+        return folder, cfg.run_dir or f"{mount}/runs/{name}", updates
+    return folder, cfg.run_dir or f"~/orchestrator/runs/{name}", {}  # ray: on the head node
+
+
+def submit(overrides: list[str], config_file: str | None = None) -> int:
+    from omegaconf import OmegaConf
+
+    job, cfg = _compose(overrides, config_file)
+    plan = make_plan(cfg)
+    refuse_unfit(cfg, plan)
+    name = run_name(cfg)
+    folder, run_dir, updates = _placement(cfg, name, overrides)
+    job = OmegaConf.merge(job, {"run_dir": run_dir, **updates})
+    job_text = redact_text(to_yaml(job))
+    if cfg.cluster.name is Backend.slurm:
+        _refuse_existing(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / JOB_FILE).write_text(job_text)
+    print(f"plan: {plan.describe()}", flush=True)
+    backend = {Backend.slurm: _slurm, Backend.k8s: _k8s, Backend.ray: _ray}[cfg.cluster.name]
+    return backend(cfg, plan, name, folder, run_dir, job_text)
+
+
+def _refuse_existing(run_dir: Path) -> None:
+    if (run_dir / "config.yaml").exists() or (run_dir / JOB_FILE).exists():
+        raise ConfigError([f"run_dir={run_dir}: already holds a job; resubmit its script with "
+                           f"`sbatch {run_dir}/job.sbatch`, or pick a new run_dir"])
+
+
+def _slurm(cfg: Config, plan: Plan, name: str, folder: Path, run_dir: str, job_text: str) -> int:
+    from orchestrator.launch import slurm
+
+    script = folder / slurm.SCRIPT
+    script.write_text(slurm.render(cfg, plan, name, Path(run_dir), folder / JOB_FILE))
+    script.chmod(0o755)
+    if cfg.submit.dry_run:
+        print(script.read_text(), end="")
+        print(f"dry run: wrote {script}; submit it with `sbatch {script}`")
+        return 0
+    job_id = slurm.submit(script)
+    print(f"submitted Slurm job {job_id}; run directory: {run_dir}")
+    print(f"follow it with `squeue -j {job_id}` and `tail -f {run_dir}/slurm-{job_id}.out`")
+    return 0
+
+
+def _k8s(cfg: Config, plan: Plan, name: str, folder: Path, run_dir: str, job_text: str) -> int:
+    from orchestrator.launch import k8s
+
+    manifest = folder / k8s.MANIFEST
+    manifest.write_text(k8s.to_yaml(k8s.render(cfg, plan, name, job_text)))
+    context = None if cfg.submit.dry_run else k8s.kubectl_context()
+    if context is None:
+        print(f"{'dry run: ' if cfg.submit.dry_run else 'no kubectl context configured: '}wrote {manifest}; "
+              f"apply it with `kubectl apply -f {manifest}`")
+        return 0
+    print(k8s.apply(manifest))
+    print(f"submitted RayJob {cfg.cluster.k8s.namespace}/{name} to context {context}; run directory on the "
+          f"shared volume: {run_dir}")
+    print(f"follow it with `kubectl get rayjob -n {cfg.cluster.k8s.namespace} {name}`")
+    return 0
+
+
+def _ray(cfg: Config, plan: Plan, name: str, folder: Path, run_dir: str, job_text: str) -> int:
+    from orchestrator.launch import ray_cluster
+
+    url = ray_cluster.dashboard_url(cfg.cluster)
+    if cfg.submit.dry_run:
+        print(f"dry run: wrote {folder / JOB_FILE}; it would be submitted to {url} as {name}")
+        return 0
+    job_id = ray_cluster.submit(url, folder, name, {"PYTHONUNBUFFERED": "1"})
+    print(f"submitted Ray job {job_id} to {url}; run directory on the cluster: {run_dir}", flush=True)
+    if not cfg.submit.follow:
+        print(f"follow it with `orchestrator logs {job_id} --address {url}`")
+        return 0
+    try:
+        return ray_cluster.follow(url, job_id)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; the job keeps running (`orchestrator stop {job_id} --address {url}`)")
+        return 130
