@@ -86,15 +86,17 @@ def client(url: str):
         return JobSubmissionClient(url)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise ConfigError([f"cannot reach Ray's Job Submission API at {url} "
-                           f"({str(error).strip().splitlines()[0]}); set cluster.dashboard_url"]) from None
+                           f"({str(error).strip().splitlines()[0]}); pass --address or set cluster.dashboard_url"]) from None
 
 
 def submit(url: str, job_dir: Path, submission_id: str, env_vars: dict[str, str]) -> str:
-    """Send the job: its folder (the job file) becomes the working directory on the cluster."""
+    """Send the job: its folder (the job file) becomes the working directory on the cluster.
+
+    The driver adds the workers' setup hook itself (connect); Ray refuses a key set twice.
+    """
     runtime_env = {
         "working_dir": str(job_dir),
         "env_vars": {**env_vars, "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S)},
-        "worker_process_setup_hook": SETUP_HOOK,
     }
     return client(url).submit_job(
         entrypoint="python -m orchestrator train --config job.yaml",

@@ -199,9 +199,10 @@ def train_worker(payload: dict) -> None:
 
     # --- final model (Hugging Face format) and summary ---
     state = ds.full_state_dict(engine)
-    peak, measured_all = [None] * world, [None] * world
+    peak, measured_all, nodes = [None] * world, [None] * world, [None] * world
     dist.all_gather_object(peak, _peak_memory_bytes(device_type))
     dist.all_gather_object(measured_all, measured)
+    dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
     if rank == 0:
         from orchestrator.data.tokenizer import load_tokenizer
 
@@ -217,6 +218,7 @@ def train_worker(payload: dict) -> None:
             "wall_s": wall_s,
             "resumed_from_step": start.step if start else None,
             "world_size": world,
+            "node_id_per_rank": nodes,
             "device": device_type,
             "peak_memory_bytes_per_rank": peak,
             "measured_model_state_bytes_per_rank": measured_all,

@@ -1,0 +1,150 @@
+"""cluster=ray against a real two-node Ray cluster on 127.0.0.1 (`ray start --head` + `ray start
+--address`, 1 CPU each, token auth on): submit through the Job Submission API, train by joining,
+stop with a checkpoint. Two workers of 1 CPU each can only be placed one per node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY
+
+RAY = [sys.executable, "-m", "ray.scripts.scripts"]
+SENTINEL = "sentinel-wandb-key-0123456789"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _active_nodes(env: dict, gcs: str) -> int:
+    result = subprocess.run([*RAY, "status", "--address", gcs], env=env, capture_output=True, text=True, timeout=60)
+    active = result.stdout.split("Active:")[-1].split("Pending:")[0] if result.returncode == 0 else ""
+    return sum(1 for line in active.splitlines() if "node_" in line)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """`ray start --block` drains for up to 30 s on SIGTERM; then its whole process group is killed."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # raylet, GCS, workers: everything this node started
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    """(environment with the cluster's token, GCS address, Job Submission URL)."""
+    root = tmp_path_factory.mktemp("two-nodes")
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
+           "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+    port, dashboard = _free_port(), _free_port()
+    gcs, url = f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}"
+    common = ["start", "--block", "--num-cpus=1", "--node-ip-address=127.0.0.1"]
+    nodes = [subprocess.Popen(
+        [*RAY, *common, "--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+         f"--ray-client-server-port={_free_port()}", f"--temp-dir={temp_dir}"],
+        env=env, stdout=open(root / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)]
+    try:
+        deadline = time.monotonic() + 120
+        while _active_nodes(env, gcs) < 1:
+            assert time.monotonic() < deadline, (root / "head.log").read_text()[-2000:]
+            time.sleep(2)
+        nodes.append(subprocess.Popen(
+            [*RAY, *common, f"--address={gcs}"],
+            env=env, stdout=open(root / "node2.log", "w"), stderr=subprocess.STDOUT, start_new_session=True))
+        while _active_nodes(env, gcs) < 2:
+            assert time.monotonic() < deadline, (root / "node2.log").read_text()[-2000:]
+            time.sleep(2)
+        yield env, gcs, url
+    finally:
+        for node in reversed(nodes):
+            _stop(node)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def orchestrator(env: dict, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _assert_trained_on_both_nodes(run_dir: Path) -> None:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    first, second = summary["node_id_per_rank"]
+    assert first != second  # one rank per Ray node
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    val = [row["val_loss"] for row in rows if "val_loss" in row]
+    assert val[-1] < val[0]
+
+
+def test_submit_runs_on_both_nodes_and_ships_no_secret(two_nodes, tmp_path):
+    env, _, url = two_nodes
+    run_dir = tmp_path / "run"
+    result = orchestrator({**env, "WANDB_API_KEY": SENTINEL}, "submit", "cluster=ray", f"cluster.dashboard_url={url}",
+                          *TINY, "train.max_steps=20", "train.eval_every=10", f"run_dir={run_dir}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    job_id = next(line.split()[3] for line in result.stdout.splitlines() if line.startswith("submitted Ray job"))
+    assert "step 20/20" in result.stdout  # the job's logs were streamed
+    _assert_trained_on_both_nodes(run_dir)
+    submitted = next((tmp_path / "runs").iterdir())
+    assert SENTINEL not in (submitted / "job.yaml").read_text()
+    status = orchestrator(env, "status", job_id, "--address", url)
+    assert status.returncode == 0 and "SUCCEEDED" in status.stdout
+
+
+def test_train_joins_the_running_cluster(two_nodes, tmp_path):
+    env, gcs, _ = two_nodes
+    run_dir = tmp_path / "run"
+    result = orchestrator(env, "train", "cluster=ray", f"cluster.address={gcs}", *TINY, "train.max_steps=20",
+                          "train.eval_every=10", f"run_dir={run_dir}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    _assert_trained_on_both_nodes(run_dir)
+
+
+def test_stop_checkpoints_then_resubmitting_the_job_file_resumes(two_nodes, tmp_path):
+    env, _, url = two_nodes
+    run_dir = tmp_path / "run"
+    result = orchestrator(env, "submit", "cluster=ray", f"cluster.dashboard_url={url}", "submit.follow=false", *TINY,
+                          "train.max_steps=100000", f"run_dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    job_id = next(line.split()[3] for line in result.stdout.splitlines() if line.startswith("submitted Ray job"))
+    deadline = time.monotonic() + 300
+    while not (run_dir / "metrics.jsonl").exists() or len((run_dir / "metrics.jsonl").read_text().splitlines()) < 5:
+        assert time.monotonic() < deadline, orchestrator(env, "logs", job_id, "--address", url).stdout[-3000:]
+        time.sleep(1)
+    assert orchestrator(env, "stop", job_id, "--address", url).returncode == 0
+    while "STOPPED" not in (status := orchestrator(env, "status", job_id, "--address", url).stdout):
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+    preempted = json.loads((run_dir / "events.jsonl").read_text().splitlines()[-1])
+    assert preempted["event"] == "preempted"
+    assert (run_dir / "checkpoints" / f"step_{preempted['step']:08d}" / "COMPLETE").exists()
+
+    # The job file pins run_dir: resubmitting it continues from that checkpoint, to a lower max_steps.
+    job_file = next((tmp_path / "runs").iterdir()) / "job.yaml"
+    again = orchestrator(env, "submit", "--config", str(job_file), f"cluster.dashboard_url={url}", "submit.follow=true",
+                         f"train.max_steps={preempted['step'] + 3}")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["resumed_from_step"] == preempted["step"]
