@@ -85,8 +85,9 @@ def client(url: str):
     try:
         return JobSubmissionClient(url)
     except (ConnectionError, RuntimeError, ValueError) as error:
-        raise ConfigError([f"cannot reach Ray's Job Submission API at {url} "
-                           f"({str(error).strip().splitlines()[0]}); pass --address or set cluster.dashboard_url"]) from None
+        reason = str(error).strip().splitlines()[0]
+        raise ConfigError([f"cannot reach Ray's Job Submission API at {url} ({reason}); "
+                           "pass --address or set cluster.dashboard_url"]) from None
 
 
 def submit(url: str, job_dir: Path, submission_id: str, env_vars: dict[str, str]) -> str:

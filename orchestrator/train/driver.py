@@ -29,8 +29,8 @@ from orchestrator.train.loop import STOP_FILE
 # Keys that may change between the run that wrote a checkpoint and the command that resumes it.
 _RESUMABLE_CHANGES = ("train.max_steps", "train.log_every", "train.eval_every", "train.eval_batches",
                       "train.ckpt_every", "train.keep_checkpoints", "train.resume", "train.max_failures",
-                      "train.collective_timeout_s", "logger.", "cluster.", "plan.", "submit.", "run_dir", "data.cache_dir",
-                      "data.num_proc", "zero.offload_", "zero.overlap_comm")
+                      "train.collective_timeout_s", "logger.", "cluster.", "plan.", "submit.", "run_dir",
+                      "data.cache_dir", "data.num_proc", "zero.offload_", "zero.overlap_comm")
 
 
 def default_run_dir(cfg: Config) -> Path:
