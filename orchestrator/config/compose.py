@@ -42,11 +42,25 @@ def _quote_group_choices(overrides: list[str], group_names: set[str]) -> list[st
     return quoted
 
 
+def _parses(override: str) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        OverridesParser.create().parse_overrides([override])
+    except Exception:
+        return False
+    return True
+
+
 def _problem_from_hydra(error: Exception, overrides: list[str], known: dict[str, list[str]]) -> str:
     """Rewrite a Hydra/OmegaConf exception as `key=value: what is wrong`."""
     from omegaconf.errors import OmegaConfBaseException
 
     text = str(error)
+    if "LexerNoViableAltException" in text or "mismatched input" in text or "no viable alternative" in text:
+        item = next((o for o in overrides if not _parses(o)), overrides[-1] if overrides else "")
+        return (f"{item}: cannot parse the value; quote values with spaces or shell characters "
+                "(key='a b'; lists: key=['a b','c'])")
     missing = re.search(r"Could not find '([\w\-]+)/([^']*)'", text)
     if missing:
         group, option = missing.groups()

@@ -50,6 +50,8 @@ def render(cfg: Config, plan: Plan, name: str, run_dir: Path, job_file: Path) ->
     ]
     python = s.python or sys.executable
     lines = ["#!/bin/bash", *(f"#SBATCH {d}" for d in directives)]
+    if s.setup:  # setup lines may source files that exist only on the cluster
+        lines.append("# shellcheck disable=SC1090,SC1091")
     lines += [
         f"# Rendered by `orchestrator submit` for {c.nodes} node(s) x {plan.ranks_per_node} worker(s) "
         f"({'GPU' if c.gpus_per_node else 'CPU'}); world size {plan.world_size}.",

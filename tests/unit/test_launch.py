@@ -1,0 +1,126 @@
+"""`orchestrator submit` dry runs: the sbatch script and the RayJob manifest, as users receive them."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.unit
+
+SENTINEL = "sentinel"  # the issue's literal value; 8 characters, so redaction would also catch it
+
+
+def submit(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "orchestrator", "submit", *args], capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+def test_slurm_dry_run_prints_a_shellchecked_script_for_4_nodes_of_8_gpus(tmp_path):
+    run_dir = tmp_path / "run"
+    result = submit("cluster=slurm", "cluster.nodes=4", "cluster.gpus_per_node=8", "submit.dry_run=true",
+                    "cluster.slurm.partition=gpu", "cluster.slurm.account=proj1", "cluster.slurm.qos=high",
+                    "cluster.slurm.mem=0", "cluster.slurm.constraint=h100",
+                    "cluster.slurm.extra_directives=[--exclusive]",
+                    "cluster.slurm.setup=['module load cuda/12.8','source ~/venv/bin/activate']",
+                    f"run_dir={run_dir}", env_extra={"WANDB_API_KEY": SENTINEL})
+    assert result.returncode == 0, result.stderr
+    script = (run_dir / "job.sbatch").read_text()
+    assert script in result.stdout  # printed as written
+    for directive in ("--nodes=4", "--gpus-per-node=8", "--ntasks-per-node=1", "--cpus-per-task=64",
+                      "--partition=gpu", "--account=proj1", "--qos=high", "--mem=0", "--constraint=h100",
+                      "--exclusive", "--requeue", "--signal=B:USR1@120", "--time=04:00:00"):
+        assert f"#SBATCH {directive}\n" in script
+    assert "module load cuda/12.8\nsource ~/venv/bin/activate\n" in script
+    assert "world size 32" in script and "--num-gpus=8" in script
+    checked = subprocess.run([shutil.which("shellcheck") or "shellcheck", "--severity=style", "-"], input=script,
+                             capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout
+    assert SENTINEL not in script and SENTINEL not in (run_dir / "job.yaml").read_text()
+    assert not list(run_dir.glob("slurm-*"))  # nothing was submitted
+
+
+def _manifest(tmp_path, *overrides: str) -> tuple[dict, dict, str]:
+    result = submit("cluster=k8s", "submit.dry_run=true", *overrides, env_extra={"WANDB_API_KEY": SENTINEL})
+    assert result.returncode == 0, result.stderr
+    path = next(tmp_path.glob("runs/*/rayjob.yaml"))
+    text = path.read_text()
+    config_map, ray_job = yaml.safe_load_all(text)
+    assert f"kubectl apply -f {path}" in result.stdout
+    return config_map, ray_job, text
+
+
+def test_k8s_dry_run_writes_a_rayjob_with_the_fields_kuberay_reads(tmp_path):
+    config_map, job, text = _manifest(tmp_path, "cluster.nodes=3", "cluster.gpus_per_node=4",
+                                      "cluster.k8s.image=registry.example/orchestrator:0.1")
+    assert SENTINEL not in text
+    assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
+    spec = job["spec"]
+    assert set(spec) <= {"entrypoint", "shutdownAfterJobFinishes", "ttlSecondsAfterFinished", "backoffLimit",
+                         "submissionMode", "rayClusterSpec", "runtimeEnvYAML", "activeDeadlineSeconds"}
+    assert spec["entrypoint"] == "python -m orchestrator train --config /etc/orchestrator/job.yaml"
+    cluster = spec["rayClusterSpec"]
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    (workers,) = cluster["workerGroupSpecs"]
+    assert workers["replicas"] == workers["minReplicas"] == workers["maxReplicas"] == 3
+    worker = workers["template"]["spec"]
+    (container,) = worker["containers"]
+    assert container["image"] == "registry.example/orchestrator:0.1"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    for pod in (head, worker):
+        (key,) = [e for e in pod["containers"][0]["env"] if e["name"] == "WANDB_API_KEY"]
+        assert "value" not in key and key["valueFrom"]["secretKeyRef"] == {"name": "wandb", "key": "api-key",
+                                                                           "optional": True}
+        claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
+        assert claims == ["orchestrator-shared"]
+        assert {"name": "shared", "mountPath": "/mnt/shared"} in pod["containers"][0]["volumeMounts"]
+    assert {"name": "job", "configMap": {"name": config_map["metadata"]["name"]}} in head["volumes"]
+    job_file = yaml.safe_load(config_map["data"]["job.yaml"])
+    assert job_file["cluster"]["name"] == "k8s"
+    assert job_file["run_dir"] == f"/mnt/shared/runs/{job['metadata']['name']}"
+    assert job_file["data"]["cache_dir"] == "/mnt/shared/cache"
+
+
+def test_the_job_file_keeps_interpolations_for_the_cluster_to_resolve(tmp_path):
+    submit("cluster=slurm", "submit.dry_run=true", f"run_dir={tmp_path / 'run'}")
+    job_file = yaml.safe_load((tmp_path / "run" / "job.yaml").read_text())
+    assert job_file["data"]["cache_dir"].startswith("${oc.env:ORCHESTRATOR_CACHE")
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["cluster=local"], "cluster=local: `orchestrator submit` sends jobs to cluster=ray, slurm or k8s"),
+    (["cluster=slurm", "cluster.slurm.time=soon"], "cluster.slurm.time=soon: must be a Slurm time limit"),
+    (["cluster=slurm", "cluster.slurm.preempt_signal_s=7200", "cluster.slurm.time=60"],
+     "cluster.slurm.preempt_signal_s=7200: must be >= 0 and shorter than cluster.slurm.time"),
+    (["cluster=slurm", "cluster.slurm.account='$(rm)'"], "cluster.slurm.account=$(rm): must be one word"),
+    (["cluster=slurm", "cluster.slurm.account=$(rm)"], "cluster.slurm.account=$(rm): cannot parse the value"),
+    (["cluster=slurm", "cluster.workers_per_node=3"], "cluster.workers_per_node=3: must equal"),
+    (["cluster=k8s", "cluster.k8s.namespace=Team_A"], "cluster.k8s.namespace=Team_A: must be a Kubernetes name"),
+    (["cluster=ray", "cluster.gpus_per_worker=null"], "cluster.gpus_per_worker=null: cluster=ray needs a number"),
+    (["cluster=ray", "cluster.dashboard_url=head:8265"], "cluster.dashboard_url=head:8265: must be an http(s)"),
+    (["cluster=nowhere"], "cluster=nowhere: no such option"),
+])
+def test_bad_submit_input_exits_2_with_one_line_and_writes_nothing(tmp_path, overrides, message):
+    result = submit(*overrides, "submit.dry_run=true", f"run_dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {result.stderr.strip()[7:]}"]
+    assert message in result.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
+
+
+def test_config_file_fixes_the_groups_and_takes_key_overrides(tmp_path):
+    submit("cluster=slurm", "submit.dry_run=true", f"run_dir={tmp_path / 'run'}")
+    job_file = str(tmp_path / "run" / "job.yaml")
+    plan = subprocess.run([sys.executable, "-m", "orchestrator", "plan", "--config", job_file, "cluster.nodes=2",
+                           "plan.format=json"], capture_output=True, text=True)
+    assert plan.returncode == 0, plan.stderr
+    assert '"world_size": 16' in plan.stdout
+    refused = subprocess.run([sys.executable, "-m", "orchestrator", "plan", "--config", job_file, "zero=3"],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "config groups are fixed by --config" in refused.stderr
