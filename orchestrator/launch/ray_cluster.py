@@ -34,8 +34,9 @@ def connect(cluster: ClusterConfig, nodes: int) -> None:
         ray.init(address=cluster.address, logging_level=logging.WARNING, configure_logging=True,
                  runtime_env={"worker_process_setup_hook": SETUP_HOOK})
     except (ConnectionError, RuntimeError, ValueError) as error:
+        hint = "" if cluster.name == "ray" else f"; cluster={cluster.name.value} jobs start with `orchestrator submit`"
         raise ConfigError([f"cluster.address={cluster.address}: cannot join a Ray cluster there "
-                           f"({str(error).strip().splitlines()[0]})"]) from None
+                           f"({str(error).strip().splitlines()[0]}){hint}"]) from None
     wait_for_nodes(nodes, cluster.join_timeout_s)
 
 

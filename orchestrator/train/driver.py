@@ -79,6 +79,10 @@ def train(cfg: Config) -> Path:
         print(f"memory per rank: model states {m['model_states'] / 1e9:.3f} GB, activations "
               f"{m['activations'] / 1e9:.3f} GB, total {m['device'] / 1e9:.2f} GB", flush=True)
 
+    if cfg.cluster.name is not Backend.local:  # join before anything is written: no cluster, no run dir
+        from orchestrator.launch import ray_cluster
+
+        ray_cluster.connect(cfg.cluster, nodes=_ray_nodes(cfg))
     prepared = prepare(cfg.data, cfg.train.seq_len, cfg.train.seed)
     meta = prepared.meta
     if cfg.model.vocab_size is not None and meta["vocab_size"] > cfg.model.vocab_size:
@@ -187,11 +191,7 @@ def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: check
     from orchestrator.train.loop import train_worker
 
     embedded = cfg.cluster.name is Backend.local
-    if embedded:
-        started_ray = local.start(cfg.cluster)
-    else:  # Slurm and KubeRay run this driver on the head of the Ray cluster they started
-        started_ray = True
-        ray_cluster.connect(cfg.cluster, nodes=_ray_nodes(cfg))
+    started_ray = local.start(cfg.cluster) if embedded else True  # other backends joined in train()
     gpus = gpus_per_worker(cfg)
     if gpus is None:
         gpus = 1 if local.gpus() >= plan.world_size else 0

@@ -48,7 +48,7 @@ def test_dockerignore_keeps_the_context_small():
 
 
 def test_every_shell_script_passes_shellcheck():
-    scripts = [*ROOT.glob("launch/**/*.sh"), *ROOT.glob("docker/*.sh"), ROOT / ".ci" / "run"]
-    assert len(scripts) >= 3
+    scripts = [*ROOT.glob("launch/**/*.sh"), *ROOT.glob("docker/*.sh"), *ROOT.glob("tests/*.sh"), ROOT / ".ci" / "run"]
+    assert len(scripts) >= 7
     result = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout

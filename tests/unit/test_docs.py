@@ -23,7 +23,8 @@ def _keys(cls, prefix: str = "") -> list[str]:
 
 
 def test_ci_runs_the_readme_test_command():
-    test_command = re.search(r"```bash\n(pip install torch==\S+ && pip install -e '\.\[dev\]' && .+)\n```", README)
+    test_command = re.search(r"```bash\n(bash tests/install-system-deps.sh && pip install torch==\S+ && "
+                             r"pip install -e '\.\[dev\]' && .+)\n```", README)
     assert test_command, "README lost its test command"
     assert test_command.group(1) in (ROOT / ".ci" / "run").read_text()
 
