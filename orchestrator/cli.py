@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--cfg", choices=["job"], help="print the composed config and exit (as Hydra's --cfg job)")
         sub.add_argument("--config", metavar="FILE", help="start from a whole config file (a job.yaml or a run's "
                          "config.yaml) instead of conf/; then only key=value overrides apply")
+        if name == "submit":
+            sub.add_argument("--dry-run", action="store_true", help="same as submit.dry_run=true: render, print, "
+                             "submit nothing")
     for name, summary in (
         ("status", "print a Ray job's status (cluster=ray submissions)"),
         ("logs", "print a Ray job's logs (--follow: until it ends)"),
@@ -94,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "submit" and args.cfg is None:
         from orchestrator.launch.submit import submit
 
-        return submit(args.overrides, args.config)
+        return submit([*args.overrides, *(["submit.dry_run=true"] if args.dry_run else [])], args.config)
     from orchestrator.config.compose import compose, to_yaml
 
     cfg = compose(args.overrides, args.config)

@@ -10,8 +10,10 @@ in the environment of the cluster's nodes (or a Kubernetes Secret), as Ray's doc
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -30,6 +32,7 @@ def connect(cluster: ClusterConfig, nodes: int) -> None:
     import ray
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    wait_for_head(cluster.address, cluster.join_timeout_s)
     try:
         ray.init(address=cluster.address, logging_level=logging.WARNING, configure_logging=True,
                  runtime_env={"worker_process_setup_hook": SETUP_HOOK})
@@ -38,6 +41,32 @@ def connect(cluster: ClusterConfig, nodes: int) -> None:
         raise ConfigError([f"cluster.address={cluster.address}: cannot join a Ray cluster there "
                            f"({str(error).strip().splitlines()[0]}){hint}"]) from None
     wait_for_nodes(nodes, cluster.join_timeout_s)
+
+
+def wait_for_head(address: str, timeout_s: float) -> None:
+    """Wait until the head's GCS port accepts connections (Slurm starts it beside the driver).
+
+    ray.init itself retries an unreachable address for minutes; this fails within the bound,
+    with the address in the message. `auto` without a host:port RAY_ADDRESS is left to Ray.
+    """
+    if address == "auto":
+        address = os.environ.get("RAY_ADDRESS", "")
+    if not address or "://" in address:
+        return
+    parsed = urlparse(f"//{address}")
+    host, port = parsed.hostname, parsed.port or 6379
+    deadline = time.monotonic() + timeout_s
+    for attempt in itertools.count():
+        try:
+            socket.create_connection((host, port), timeout=5).close()
+            return
+        except OSError as error:
+            if time.monotonic() > deadline:
+                raise TrainingError(f"no Ray head answers at {host}:{port} within cluster.join_timeout_s="
+                                    f"{timeout_s:g}s ({error.strerror or error})") from None
+        if attempt % 10 == 0:
+            print(f"waiting for the Ray head at {host}:{port}", flush=True)
+        time.sleep(1)
 
 
 def alive_nodes() -> int:

@@ -124,3 +124,57 @@ def test_config_file_fixes_the_groups_and_takes_key_overrides(tmp_path):
     refused = subprocess.run([sys.executable, "-m", "orchestrator", "plan", "--config", job_file, "zero=3"],
                              capture_output=True, text=True)
     assert refused.returncode == 2 and "config groups are fixed by --config" in refused.stderr
+
+
+def _fake_kubectl(tmp_path, context: str) -> dict:
+    """A kubectl on PATH that answers `config current-context` and records `apply`."""
+    import os
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    kubectl = bin_dir / "kubectl"
+    kubectl.write_text(f"""#!/usr/bin/env bash
+echo "$@" >> {tmp_path}/kubectl.calls
+if [ "$1 $2" = "config current-context" ]; then
+    [ -n "{context}" ] && echo "{context}" && exit 0
+    echo "error: current-context is not set" >&2; exit 1
+fi
+echo "rayjob.ray.io/x created"
+""")
+    kubectl.chmod(0o755)
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+
+def test_k8s_submit_applies_with_kubectl_when_a_context_is_configured(tmp_path):
+    result = submit("cluster=k8s", env_extra=_fake_kubectl(tmp_path, "prod"))
+    assert result.returncode == 0, result.stderr
+    manifest = next(tmp_path.glob("runs/*/rayjob.yaml"))
+    assert f"apply -f {manifest}" in (tmp_path / "kubectl.calls").read_text()
+    assert "to context prod" in result.stdout
+
+
+def test_k8s_submit_without_a_context_prints_the_command(tmp_path):
+    result = submit("cluster=k8s", env_extra=_fake_kubectl(tmp_path, ""))
+    assert result.returncode == 0, result.stderr
+    manifest = next(tmp_path.glob("runs/*/rayjob.yaml"))
+    assert f"no kubectl context configured: wrote {manifest}; apply it with `kubectl apply -f {manifest}`" \
+        in result.stdout
+    assert "apply" not in (tmp_path / "kubectl.calls").read_text()
+
+
+def test_joining_waits_for_the_head_then_fails_within_the_bound():
+    import socket
+    import time
+
+    from orchestrator.errors import TrainingError
+    from orchestrator.launch.ray_cluster import wait_for_head
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        wait_for_head(f"127.0.0.1:{port}", timeout_s=5)  # answers: returns at once
+    started = time.monotonic()
+    with pytest.raises(TrainingError, match=f"no Ray head answers at 127.0.0.1:{port} within"):
+        wait_for_head(f"127.0.0.1:{port}", timeout_s=2)
+    assert time.monotonic() - started < 10
