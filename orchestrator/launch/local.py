@@ -27,6 +27,9 @@ def start(cluster: ClusterConfig, log_to_driver: bool = True) -> bool:
     if started:
         needed = cluster.num_workers * cluster.cpus_per_worker
         ray.init(
+            # "local" always starts a new cluster: a bare ray.init() joins whatever `ray start` left
+            # in /tmp/ray/ray_current_cluster on this machine, even a cluster that is gone.
+            address="local",
             num_cpus=max(os.cpu_count() or 1, needed),
             include_dashboard=True,
             dashboard_host="127.0.0.1",

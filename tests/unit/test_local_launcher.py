@@ -24,3 +24,14 @@ def test_a_hanging_ray_shutdown_is_bounded_and_the_cluster_killed(monkeypatch):
     release.set()
     assert killed == [(False, False)]
     assert unregistered  # Ray's exit hook would wait on the same lock
+
+
+def test_the_embedded_cluster_is_always_a_new_one(monkeypatch):
+    """A bare ray.init() would join a cluster `ray start` left in /tmp/ray, dead or alive."""
+    from orchestrator.config.schema import ClusterConfig
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    assert local.start(ClusterConfig(num_workers=2)) is True
+    assert calls[0]["address"] == "local" and calls[0]["dashboard_host"] == "127.0.0.1"
