@@ -11,6 +11,7 @@ import logging
 import os
 
 from orchestrator.config.schema import ClusterConfig
+from orchestrator.train.signals import SETUP_HOOK
 
 
 def start(cluster: ClusterConfig, log_to_driver: bool = True) -> bool:
@@ -36,7 +37,7 @@ def start(cluster: ClusterConfig, log_to_driver: bool = True) -> bool:
             logging_level=logging.WARNING,
             log_to_driver=log_to_driver,
             # Job-level only (Ray ignores it per actor): stop signals to a worker become checkpoint-and-stop.
-            runtime_env={"worker_process_setup_hook": "orchestrator.train.signals.install"},
+            runtime_env={"worker_process_setup_hook": SETUP_HOOK},
             configure_logging=True,
         )
     return started

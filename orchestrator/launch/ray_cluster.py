@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from orchestrator.config.schema import ClusterConfig
+from orchestrator.config.schema import Backend, ClusterConfig
 from orchestrator.errors import ConfigError, TrainingError
+from orchestrator.train.signals import SETUP_HOOK
 
-SETUP_HOOK = "orchestrator.train.signals.install"
 STOP_GRACE_S = 300
 """How long `orchestrator stop` lets a job checkpoint after SIGTERM before Ray kills it."""
 
@@ -37,7 +37,8 @@ def connect(cluster: ClusterConfig, nodes: int) -> None:
         ray.init(address=cluster.address, logging_level=logging.WARNING, configure_logging=True,
                  runtime_env={"worker_process_setup_hook": SETUP_HOOK})
     except (ConnectionError, RuntimeError, ValueError) as error:
-        hint = "" if cluster.name == "ray" else f"; cluster={cluster.name.value} jobs start with `orchestrator submit`"
+        hint = "" if cluster.name is Backend.ray else (
+            f"; cluster={cluster.name.value} jobs start with `orchestrator submit`")
         raise ConfigError([f"cluster.address={cluster.address}: cannot join a Ray cluster there "
                            f"({str(error).strip().splitlines()[0]}){hint}"]) from None
     wait_for_nodes(nodes, cluster.join_timeout_s)

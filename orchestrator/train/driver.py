@@ -190,8 +190,8 @@ def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: check
     from orchestrator.launch import local, ray_cluster
     from orchestrator.train.loop import train_worker
 
-    embedded = cfg.cluster.name is Backend.local
-    started_ray = local.start(cfg.cluster) if embedded else True  # other backends joined in train()
+    embedded = cfg.cluster.name is Backend.local  # other backends joined their cluster in train()
+    started_embedded = embedded and local.start(cfg.cluster)
     gpus = gpus_per_worker(cfg)
     if gpus is None:
         gpus = 1 if local.gpus() >= plan.world_size else 0
@@ -224,9 +224,9 @@ def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: check
     except Exception as error:  # Ray wraps worker exceptions; show the root cause in one line
         raise TrainingError(_root_cause(error)) from error
     finally:
-        if started_ray and embedded:
+        if started_embedded:
             local.stop()
-        elif started_ray:
+        elif not embedded:
             ray_cluster.disconnect()
 
 

@@ -1,7 +1,7 @@
 """Stop requests that reach a worker process directly (a scheduler signalling every process).
 
 Installed in every Ray worker process by Ray's job-level `worker_process_setup_hook`
-(launch/local.py; signal handlers can only be set from a process's main thread, and Ray Train
+(launch/local.py, launch/ray_cluster.py; signal handlers can only be set from a process's main thread, and Ray Train
 runs the loop in another one).
 SIGUSR1 and SIGTERM set a flag; the loop shares it with all ranks at the next step, and they
 checkpoint and stop together. Ray installs its own SIGTERM handler (exit at once) when the
@@ -15,6 +15,8 @@ import signal
 import threading
 
 _requested = threading.Event()
+SETUP_HOOK = f"{__name__}.install"
+"""What ray.init's runtime_env names as `worker_process_setup_hook`."""
 
 
 def _on_signal(signum, frame) -> None:

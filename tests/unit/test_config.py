@@ -58,7 +58,7 @@ BAD_INPUTS = [
     (["zero=3", "zero.offload_param=nvme", "zero.nvme_path=/"], "zero.offload_param=nvme", "async_io"),
     (["cluster.gpu_memory_gb=0"], "cluster.gpu_memory_gb=0", "> 0 GB"),
     (["zero=3", "zero.reduce_bucket_size=0"], "zero.reduce_bucket_size=0", ">= 1 element"),
-    (["cluster=nosuch"], "cluster=nosuch", "local, slurm"),
+    (["cluster=nosuch"], "cluster=nosuch", "k8s, local, ray, slurm"),
 ]
 
 
