@@ -121,21 +121,29 @@ def client(url: str):
                            "pass --address or set cluster.dashboard_url"]) from None
 
 
+def _agent_not_ready(error: BaseException) -> bool:
+    return isinstance(error, RuntimeError) and "No available agent" in str(error)
+
+
 def submit(url: str, job_dir: Path, submission_id: str, env_vars: dict[str, str]) -> str:
     """Send the job: its folder (the job file) becomes the working directory on the cluster.
 
     The driver adds the workers' setup hook itself (connect); Ray refuses a key set twice.
+    A head that has just started answers "No available agent" for a while: retried for a minute.
     """
+    from tenacity import retry, retry_if_exception, stop_after_delay, wait_fixed
+
     runtime_env = {
         "working_dir": str(job_dir),
         "env_vars": {**env_vars, "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_GRACE_S)},
     }
-    return client(url).submit_job(
-        entrypoint="python -m orchestrator train --config job.yaml",
-        runtime_env=runtime_env,
-        submission_id=submission_id,
-        metadata={"submitted_by": "orchestrator"},
-    )
+    send = retry(retry=retry_if_exception(_agent_not_ready), stop=stop_after_delay(60), wait=wait_fixed(2),
+                 reraise=True)(client(url).submit_job)
+    try:
+        return send(entrypoint="python -m orchestrator train --config job.yaml", runtime_env=runtime_env,
+                    submission_id=submission_id, metadata={"submitted_by": "orchestrator"})
+    except RuntimeError as error:
+        raise TrainingError(f"Ray refused the job at {url}: {str(error).strip().splitlines()[0]}") from None
 
 
 def follow(url: str, job_id: str) -> int:

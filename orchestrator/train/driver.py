@@ -79,7 +79,11 @@ def train(cfg: Config) -> Path:
         print(f"memory per rank: model states {m['model_states'] / 1e9:.3f} GB, activations "
               f"{m['activations'] / 1e9:.3f} GB, total {m['device'] / 1e9:.2f} GB", flush=True)
 
-    if cfg.cluster.name is not Backend.local:  # join before anything is written: no cluster, no run dir
+    if cfg.cluster.name is not Backend.local:  # join first: no cluster, no data work, no run dir
+        # torch before Ray joins: in a Ray job's driver the other order makes oneMKL fail to load
+        # libtorch_cpu ("Intel oneMKL FATAL ERROR", exit code 2).
+        import torch  # noqa: F401
+
         from orchestrator.launch import ray_cluster
 
         ray_cluster.connect(cfg.cluster, nodes=_ray_nodes(cfg))

@@ -38,11 +38,11 @@ def _active_nodes(env: dict, gcs: str) -> int:
 
 
 def _stop(process: subprocess.Popen) -> None:
-    """`ray start --block` drains for up to 30 s on SIGTERM; then its whole process group is killed."""
+    """SIGTERM (`ray start --block` would drain for 30 s), then the node's whole process group is killed."""
     if process.poll() is None:
         process.terminate()
         try:
-            process.wait(60)
+            process.wait(5)
         except subprocess.TimeoutExpired:
             pass
     try:
