@@ -57,4 +57,4 @@ def ray_cluster():
     started = local.start(ClusterConfig(num_workers=2, cpus_per_worker=1), log_to_driver=False)
     yield ray
     if started:
-        local.stop()
+        local.stop(timeout_s=15)  # Ray's shutdown sometimes hangs at the end of a long session
