@@ -66,7 +66,8 @@ def submit(overrides: list[str], config_file: str | None = None) -> int:
     refuse_unfit(cfg, plan)
     name = run_name(cfg)
     folder, run_dir, updates = _placement(cfg, name, overrides)
-    job = OmegaConf.merge(job, {"run_dir": run_dir, **updates})
+    # The job file submits for real when resubmitted with --config, even if this call is a dry run.
+    job = OmegaConf.merge(job, {"run_dir": run_dir, "submit": {"dry_run": False}, **updates})
     job_text = redact_text(to_yaml(job))
     if cfg.cluster.name is Backend.slurm:
         _refuse_existing(folder)
