@@ -71,6 +71,10 @@ def submit(overrides: list[str], config_file: str | None = None) -> int:
     job_text = redact_text(to_yaml(job))
     if cfg.cluster.name is Backend.slurm:
         _refuse_existing(folder)
+    if cfg.cluster.name is Backend.ray and not cfg.submit.dry_run:  # unreachable: say so, write nothing
+        from orchestrator.launch import ray_cluster
+
+        ray_cluster.client(ray_cluster.dashboard_url(cfg.cluster))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / JOB_FILE).write_text(job_text)
     print(f"plan: {plan.describe()}", flush=True)

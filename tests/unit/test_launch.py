@@ -178,3 +178,17 @@ def test_joining_waits_for_the_head_then_fails_within_the_bound():
     with pytest.raises(TrainingError, match=f"no Ray head answers at 127.0.0.1:{port} within"):
         wait_for_head(f"127.0.0.1:{port}", timeout_s=2)
     assert time.monotonic() - started < 10
+
+
+def test_an_unreachable_ray_cluster_is_one_line_and_nothing_is_written(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    result = submit("cluster=ray", f"cluster.dashboard_url=http://127.0.0.1:{port}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: cannot reach Ray's Job Submission API at http://127.0.0.1:{port} (Failed to connect to Ray at "
+        f"address: http://127.0.0.1:{port}.); pass --address or set cluster.dashboard_url"]
+    assert not (tmp_path / "runs").exists()
