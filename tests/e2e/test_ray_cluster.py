@@ -60,9 +60,12 @@ def two_nodes(tmp_path_factory):
            "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
     port, dashboard = _free_port(), _free_port()
     gcs, url = f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}"
+    # Each node's dashboard agent needs a port of its own: the default (52365) is taken by the second
+    # node, or by the test session's embedded cluster, and the head then has no agent to take jobs.
     common = ["start", "--block", "--num-cpus=1", "--node-ip-address=127.0.0.1"]
     nodes = [subprocess.Popen(
-        [*RAY, *common, "--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+        [*RAY, *common, f"--dashboard-agent-listen-port={_free_port()}", "--head", f"--port={port}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
          f"--ray-client-server-port={_free_port()}", f"--temp-dir={temp_dir}"],
         env=env, stdout=open(root / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)]
     try:
@@ -71,7 +74,7 @@ def two_nodes(tmp_path_factory):
             assert time.monotonic() < deadline, (root / "head.log").read_text()[-2000:]
             time.sleep(2)
         nodes.append(subprocess.Popen(
-            [*RAY, *common, f"--address={gcs}"],
+            [*RAY, *common, f"--dashboard-agent-listen-port={_free_port()}", f"--address={gcs}"],
             env=env, stdout=open(root / "node2.log", "w"), stderr=subprocess.STDOUT, start_new_session=True))
         while _active_nodes(env, gcs) < 2:
             assert time.monotonic() < deadline, (root / "node2.log").read_text()[-2000:]
