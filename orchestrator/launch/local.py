@@ -49,27 +49,37 @@ def gpus() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
 
-def stop(timeout_s: float = 60.0) -> None:
-    """Shut the embedded cluster down, never hanging the command.
+def shutdown_within(timeout_s: float) -> bool:
+    """ray.shutdown(), bounded: True if it returned in time.
 
     Ray 2.60's ray.shutdown() can block forever closing its GCS error subscriber (seen at the
-    end of long-lived drivers). After `timeout_s` we kill the cluster's processes ourselves
-    and drop Ray's exit hook, which would otherwise wait on the same lock at interpreter exit.
+    end of long-lived drivers). When it does, Ray's exit hook is dropped too: it would wait on
+    the same lock at interpreter exit.
     """
     import atexit
     import threading
 
     import ray
 
-    if not ray.is_initialized():
-        return
-    node = ray._private.worker._global_node
     closer = threading.Thread(target=ray.shutdown, name="ray-shutdown", daemon=True)
     closer.start()
     closer.join(timeout_s)
     if closer.is_alive():
+        atexit.unregister(ray.shutdown)
+        return False
+    return True
+
+
+def stop(timeout_s: float = 60.0) -> None:
+    """Shut the embedded cluster down, never hanging the command: after `timeout_s` we kill
+    the cluster's processes ourselves."""
+    import ray
+
+    if not ray.is_initialized():
+        return
+    node = ray._private.worker._global_node
+    if not shutdown_within(timeout_s):
         print(f"warning: ray.shutdown() did not return in {timeout_s:.0f}s; killing the local Ray processes",
               flush=True)
         if node is not None:
             node.kill_all_processes(check_alive=False, allow_graceful=False)
-        atexit.unregister(ray.shutdown)

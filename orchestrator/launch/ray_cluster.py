@@ -14,7 +14,6 @@ import itertools
 import logging
 import os
 import socket
-import threading
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -92,11 +91,9 @@ def wait_for_nodes(nodes: int, timeout_s: float) -> None:
 
 def disconnect(timeout_s: float = 60.0) -> None:
     """Leave the cluster (it keeps running), without letting Ray's shutdown hang the command."""
-    import ray
+    from orchestrator.launch.local import shutdown_within
 
-    closer = threading.Thread(target=ray.shutdown, name="ray-shutdown", daemon=True)
-    closer.start()
-    closer.join(timeout_s)
+    shutdown_within(timeout_s)
 
 
 def dashboard_url(cluster: ClusterConfig) -> str:
@@ -147,7 +144,7 @@ def submit(url: str, job_dir: Path, submission_id: str, env_vars: dict[str, str]
 
 
 def follow(url: str, job_id: str) -> int:
-    """Print the job's logs as they come, then return its driver's exit code."""
+    """Print the job's logs as they come, then wait for the job and return its driver's exit code."""
     jobs = client(url)
 
     async def tail() -> None:
@@ -155,13 +152,7 @@ def follow(url: str, job_id: str) -> int:
             print(lines, end="", flush=True)
 
     asyncio.run(tail())
-    return exit_code(url, job_id)
-
-
-def exit_code(url: str, job_id: str) -> int:
-    """The job's exit code as the CLI reports it (0, 1, 2, 75); waits for the final status."""
-    jobs = client(url)
-    info = jobs.get_job_info(job_id)
+    info = jobs.get_job_info(job_id)  # the exit code as the CLI reports it (0, 1, 2, 75)
     while not info.status.is_terminal():
         time.sleep(1)
         info = jobs.get_job_info(job_id)
