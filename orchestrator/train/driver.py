@@ -33,6 +33,10 @@ _RESUMABLE_CHANGES = ("train.max_steps", "train.log_every", "train.eval_every", 
                       "data.cache_dir", "data.num_proc", "zero.offload_", "zero.overlap_comm")
 
 
+BACKSTOP_S = 60
+"""Seconds the process group's own timeout allows beyond train.collective_timeout_s (the watchdog's)."""
+
+
 def default_run_dir(cfg: Config) -> Path:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{cfg.model.name}-{stamp}"
@@ -188,17 +192,21 @@ def _last_event(run_dir: Path) -> dict:
 
 
 def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: checkpoint.Checkpoint | None) -> None:
+    import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from orchestrator.launch import local, ray_cluster
     from orchestrator.train.loop import train_worker
+    from orchestrator.train.watchdog import ProgressBoard, Watchdog
 
     embedded = cfg.cluster.name is Backend.local  # other backends joined their cluster in train()
     started_embedded = embedded and local.start(cfg.cluster)
     gpus = gpus_per_worker(cfg)
     if gpus is None:
         gpus = 1 if local.gpus() >= plan.world_size else 0
+    board_name = f"progress-{run_id}-{uuid.uuid4().hex[:8]}"
+    board = ray.remote(num_cpus=0)(ProgressBoard).options(name=board_name).remote()
     payload = {
         "config": redact(to_dict(cfg)),
         "plan": plan.to_dict(),
@@ -207,12 +215,15 @@ def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: check
         "run_dir": str(run_dir),
         "run_id": run_id,
         "resume_from": str(resume_from.path) if resume_from else None,
+        "progress_board": board_name,
     }
     resources = {"CPU": cfg.cluster.cpus_per_worker, **({"GPU": gpus} if gpus else {})}
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=payload,
-        torch_config=TorchConfig(timeout_s=cfg.train.collective_timeout_s),
+        # The watchdog ends a stalled job at collective_timeout_s and names the rank that stalled; the process
+        # group's own timeout is only a backstop, set later so it cannot preempt the watchdog's verdict.
+        torch_config=TorchConfig(timeout_s=cfg.train.collective_timeout_s + BACKSTOP_S),
         scaling_config=ScalingConfig(num_workers=plan.world_size, use_gpu=gpus > 0,
                                      resources_per_worker=resources),
         run_config=RunConfig(
@@ -222,11 +233,12 @@ def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: check
             worker_runtime_env={"env_vars": worker_env(cfg, gpus)},
         ),
     )
+    watchdog = Watchdog(board, cfg.train.collective_timeout_s)
     try:
-        with _stop_on_signals(run_dir):  # after Ray starts: its core installs handlers of its own
+        with _stop_on_signals(run_dir), watchdog:  # after Ray starts: its core installs handlers of its own
             trainer.fit()
     except Exception as error:  # Ray wraps worker exceptions; show the root cause in one line
-        raise TrainingError(_root_cause(error)) from error
+        raise TrainingError(watchdog.last or _root_cause(error)) from error
     finally:
         if started_embedded:
             local.stop()

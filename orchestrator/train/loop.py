@@ -29,7 +29,22 @@ STOP_FILE = "STOP"
 
 
 def train_worker(payload: dict) -> None:
-    """Entry point handed to TorchTrainer; payload = {config, plan, ds_config, run_dir, run_id, resume_from}."""
+    """Entry point handed to TorchTrainer; payload = {config, plan, ds_config, run_dir, run_id, resume_from,
+    progress_board}. The rank reports its progress to the driver's watchdog until it returns."""
+    import ray
+    import ray.train
+
+    from orchestrator.train.watchdog import Progress
+
+    progress = Progress(ray.get_actor(payload["progress_board"]), ray.train.get_context().get_world_rank(),
+                        ray.get_runtime_context().get_node_id())
+    try:
+        _train(payload, progress)
+    finally:
+        progress.close()
+
+
+def _train(payload: dict, progress) -> None:
     from orchestrator.train.engine import use_cpu_accelerator_unless_cuda
 
     device_type = use_cpu_accelerator_unless_cuda()
@@ -67,11 +82,13 @@ def train_worker(payload: dict) -> None:
     meta = data.meta
     train_blocks, val_blocks = data.blocks("train"), data.blocks("val")
     batches = ShardedBatches(train_blocks, t.micro_batch_size, rank, world, t.seed)
+    progress.mark(0, "setup")
 
     # --- model and engine ---
     model = build_model(cfg.model, meta["vocab_size"], t.seq_len, meta["eos_token_id"])
     n_params = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions them
     apply_activation_checkpointing(model, t.activation_checkpointing, t.activation_checkpointing_every)
+    progress.mark(0, "setup")
     engine = ds.initialize(
         model,
         payload["ds_config"],
@@ -84,6 +101,7 @@ def train_worker(payload: dict) -> None:
     start, skipped = checkpoint.newest_usable(ckpt_root)
     if start is None and payload.get("resume_from"):
         start = checkpoint.load(Path(payload["resume_from"]))
+    progress.mark(0, "setup")
     if start is not None:
         ds.load_checkpoint(engine, start.path.parent, start.tag)
         batches.restore(rank_state.restore(checkpoint.rank_state_file(start.path, rank)))
@@ -95,31 +113,36 @@ def train_worker(payload: dict) -> None:
         dist.all_reduce(tensor)
         return tensor[0].item() / world, tensor[1].item() > 0
 
-    def evaluate() -> float:
+    def evaluate(step: int) -> float:
         engine.eval()
         total = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, batches
         with torch.no_grad():
             for batch in eval_batches(val_blocks, t.micro_batch_size, rank, world, t.eval_batches):
+                progress.mark(step, "eval")
                 batch = batch.to(device)
                 total += torch.tensor([engine(input_ids=batch, labels=batch).loss.item(), 1.0],
                                       dtype=torch.float64, device=device)
+        progress.mark(step, "eval")
         dist.all_reduce(total)
         engine.train()
         return (total[0] / total[1]).item()
 
     def save(step: int) -> None:
+        progress.mark(step, "checkpoint")
         path = ckpt_root / checkpoint.tag_for(step)
         if rank == 0 and path.exists():
             shutil.rmtree(path)  # a broken earlier attempt at this step
         dist.barrier()
         ds.save_checkpoint(engine, ckpt_root, path.name)
         rank_state.save(checkpoint.rank_state_file(path, rank), batches.state())
+        progress.mark(step, "checkpoint")
         dist.barrier()  # every rank's files are on disk before the checkpoint is sealed
         if rank == 0:
             checkpoint.seal(path, {"step": step, "tokens": step * tokens_per_step, "world_size": world,
                                    "zero_stage": cfg.zero.stage, "wandb_run_id": payload["run_id"],
                                    "time": time.time()})
             checkpoint.retain(ckpt_root, t.keep_checkpoints)
+        progress.mark(step, "checkpoint")
         dist.barrier()
 
     tracker = None
@@ -145,6 +168,7 @@ def train_worker(payload: dict) -> None:
         lr = engine.get_lr()[0]
         micro_losses = []
         for micro in range(t.grad_accum):
+            progress.mark(step, "step")
             batch = batches.next().to(device)
             loss = engine(input_ids=batch, labels=batch).loss
             engine.backward(loss)
@@ -154,6 +178,7 @@ def train_worker(payload: dict) -> None:
                 measured = model_state_bytes(engine, exclude=(train_blocks, val_blocks))
             engine.step()  # applies the optimizer only at the accumulation boundary
         stop_here = signals.requested() or (rank == 0 and (run_dir / STOP_FILE).exists())
+        progress.mark(step, "sync")
         last_loss, stop = mean_over_ranks(sum(micro_losses) / len(micro_losses), stop_here)
         window_steps += 1
 
@@ -170,7 +195,7 @@ def train_worker(payload: dict) -> None:
             )
             window_start, window_steps = now, 0
         if is_last or (t.eval_every and step % t.eval_every == 0):
-            val_loss = evaluate()
+            val_loss = evaluate(step)
             record.update(val_loss=val_loss, val_ppl=_perplexity(val_loss))
         if record and tracker is not None:
             tracker.log(step, record)
@@ -192,12 +217,13 @@ def train_worker(payload: dict) -> None:
 
     wall_s = time.perf_counter() - started
     if first_step > t.max_steps:  # resumed from the final checkpoint: only the summary was missing
-        val_loss = evaluate()
+        val_loss = evaluate(t.max_steps)
         if rank == 0:
             rows = (run_dir / "metrics.jsonl").read_text().splitlines()
             last_loss = json.loads(rows[-1])["loss"] if rows else float("nan")
 
     # --- final model (Hugging Face format) and summary ---
+    progress.mark(t.max_steps, "finish")
     state = ds.full_state_dict(engine)
     peak, measured_all, nodes = [None] * world, [None] * world, [None] * world
     dist.all_gather_object(peak, _peak_memory_bytes(device_type))
@@ -208,6 +234,7 @@ def train_worker(payload: dict) -> None:
 
         model_dir = run_dir / "model"
         engine.module.save_pretrained(str(model_dir), state_dict=state)
+        progress.mark(t.max_steps, "finish")
         load_tokenizer(str(data.tokenizer_dir)).save_pretrained(str(model_dir))
         summary = {
             "final_train_loss": last_loss,
@@ -229,6 +256,7 @@ def train_worker(payload: dict) -> None:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         tracker.finish(summary)
         _event(run_dir, "finished", t.max_steps)
+    progress.mark(t.max_steps, "finish")
     dist.barrier()
 
 
