@@ -1,17 +1,54 @@
 """The `local` backend: an embedded Ray cluster started inside the driver process.
 
 Ray's dashboard (needed by Ray's state API, which Ray Train's cleanup uses) binds to
-127.0.0.1 only. The cluster gets at least as many logical CPUs as the workers reserve, so
-asking for more workers than cores oversubscribes instead of waiting forever.
+127.0.0.1 only. Several embedded clusters run side by side on one machine (two terminals, a
+sweep beside a run): each knows its own GCS address and hands it to every process of its job
+as RAY_ADDRESS, so Ray's helpers that look a cluster up (the Train placement-group cleaner's
+state API) find theirs instead of failing on "multiple active Ray instances". A reaper
+process ends the cluster's processes when the driver dies, even by SIGKILL (launch/reaper.py).
+A request this machine cannot hold is refused before Ray starts (`preflight`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
+import subprocess
 
 from orchestrator.config.schema import ClusterConfig
+from orchestrator.config.validate import visible_gpus
 from orchestrator.train.signals import SETUP_HOOK
+
+_reaper: subprocess.Popen | None = None
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: what a container or taskset grants)."""
+    return len(os.sched_getaffinity(0))
+
+
+def preflight(cluster: ClusterConfig) -> list[str]:
+    """Problems with placing the job on this machine, in one line each (numbers included)."""
+    problems = []
+    needed, cpus = cluster.num_workers * cluster.cpus_per_worker, available_cpus()
+    if needed > cpus:
+        problems.append(
+            f"cluster.num_workers={cluster.num_workers} x cluster.cpus_per_worker={cluster.cpus_per_worker} = "
+            f"{needed} CPUs, but this machine has {cpus}; lower them, or run on a cluster (cluster=ray|slurm|k8s)")
+    if cluster.gpus_per_worker:
+        needed, gpus = cluster.num_workers * cluster.gpus_per_worker, visible_gpus()
+        if needed > gpus:
+            problems.append(
+                f"cluster.num_workers={cluster.num_workers} x cluster.gpus_per_worker={cluster.gpus_per_worker} = "
+                f"{needed} GPUs, but this machine has {gpus}; lower them, or cluster.gpus_per_worker=0 for CPU workers")
+    return problems
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def start(cluster: ClusterConfig, log_to_driver: bool = True) -> bool:
@@ -26,20 +63,34 @@ def start(cluster: ClusterConfig, log_to_driver: bool = True) -> bool:
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     started = not ray.is_initialized()
     if started:
-        needed = cluster.num_workers * cluster.cpus_per_worker
-        ray.init(
-            # "local" always starts a new cluster: a bare ray.init() joins whatever `ray start` left
-            # in /tmp/ray/ray_current_cluster on this machine, even a cluster that is gone.
-            address="local",
-            num_cpus=max(os.cpu_count() or 1, needed),
-            include_dashboard=True,
-            dashboard_host="127.0.0.1",
-            logging_level=logging.WARNING,
-            log_to_driver=log_to_driver,
-            # Job-level only (Ray ignores it per actor): stop signals to a worker become checkpoint-and-stop.
-            runtime_env={"worker_process_setup_hook": SETUP_HOOK},
-            configure_logging=True,
-        )
+        global _reaper
+        from ray._private.services import get_node_ip_address
+
+        port = _free_port()  # chosen here so the job's processes can be told the address up front
+        os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+        try:
+            ray.init(
+                # "local" always starts a new cluster: a bare ray.init() joins whatever `ray start` left
+                # in /tmp/ray/ray_current_cluster on this machine, even a cluster that is gone.
+                address="local",
+                num_cpus=available_cpus(),  # what preflight() checked the request against
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
+                logging_level=logging.WARNING,
+                log_to_driver=log_to_driver,
+                runtime_env={
+                    # Job-level only (Ray ignores it per actor): stop signals to a worker become checkpoint-and-stop.
+                    "worker_process_setup_hook": SETUP_HOOK,
+                    "env_vars": {"RAY_ADDRESS": f"{get_node_ip_address()}:{port}"},
+                },
+                configure_logging=True,
+            )
+        finally:
+            del os.environ["RAY_GCS_SERVER_PORT"]
+        from orchestrator.launch import reaper
+
+        node = ray._private.worker._global_node
+        _reaper = reaper.watch([info.process.pid for infos in node.all_processes.values() for info in infos])
     return started
 
 
@@ -83,3 +134,13 @@ def stop(timeout_s: float = 60.0) -> None:
               flush=True)
         if node is not None:
             node.kill_all_processes(check_alive=False, allow_graceful=False)
+    _end_reaper()
+
+
+def _end_reaper() -> None:
+    """Closing the pipe makes the reaper kill whatever the shutdown left behind, and exit."""
+    global _reaper
+    if _reaper is not None:
+        _reaper.stdin.close()
+        _reaper.wait(timeout=30)
+        _reaper = None

@@ -26,8 +26,9 @@ STOP_GRACE_S = 300
 """How long `orchestrator stop` lets a job checkpoint after SIGTERM before Ray kills it."""
 
 
-def connect(cluster: ClusterConfig, nodes: int) -> None:
-    """Join the running cluster at cluster.address, then wait until `nodes` machines are in it."""
+def connect(cluster: ClusterConfig, nodes: int, workers: int, gpus_per_worker: int) -> None:
+    """Join the running cluster at cluster.address, wait until `nodes` machines are in it, and check
+    it can place `workers` workers (else leave it again and raise ConfigError)."""
     import ray
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
@@ -41,6 +42,11 @@ def connect(cluster: ClusterConfig, nodes: int) -> None:
         raise ConfigError([f"cluster.address={cluster.address}: cannot join a Ray cluster there "
                            f"({str(error).strip().splitlines()[0]}){hint}"]) from None
     wait_for_nodes(nodes, cluster.join_timeout_s)
+    try:
+        preflight(cluster, workers, gpus_per_worker)
+    except ConfigError:
+        disconnect()
+        raise
 
 
 def wait_for_head(address: str, timeout_s: float) -> None:
@@ -87,6 +93,53 @@ def wait_for_nodes(nodes: int, timeout_s: float) -> None:
         time.sleep(2)
         seen = alive_nodes()
     print(f"Ray cluster: {seen} node(s)", flush=True)
+
+
+def placeable(bundle: dict[str, float], workers: int, nodes: list[dict[str, float]]) -> str | None:
+    """Why `workers` bundles cannot be placed on nodes with these total resources, else None.
+
+    Pure arithmetic (Ray's STRICT placement is not needed: workers may share a node or spread).
+    """
+    wanted = {key: amount for key, amount in bundle.items() if amount}
+    per_node = [min(int(res.get(key, 0) // amount) for key, amount in wanted.items()) if wanted else workers
+                for res in nodes]
+    need = " + ".join(f"{amount:g} {key}" for key, amount in wanted.items())
+    if not per_node or max(per_node) == 0:
+        largest = max(nodes, key=lambda res: tuple(res.get(key, 0) for key in wanted), default={})
+        have = ", ".join(f"{largest.get(key, 0):g} {key}" for key in wanted)
+        return f"one worker needs {need}, but no node has that (the largest has {have})"
+    if sum(per_node) < workers:
+        return f"{workers} workers of {need} each, but the cluster's {len(nodes)} node(s) hold only {sum(per_node)}"
+    return None
+
+
+def preflight(cluster: ClusterConfig, workers: int, gpus_per_worker: int) -> None:
+    """Refuse, before anything is written, a job the joined cluster cannot place.
+
+    A cluster with an autoscaler (Ray's cluster config names node types it can add) gets up to
+    cluster.join_timeout_s to grow; a fixed cluster is refused at once.
+    """
+    import ray
+
+    bundle = {"CPU": float(cluster.cpus_per_worker), "GPU": float(gpus_per_worker)}
+    asked = (f"cluster.num_workers={workers} x (cluster.cpus_per_worker={cluster.cpus_per_worker}, "
+             f"{gpus_per_worker} GPU)")
+    deadline = time.monotonic() + cluster.join_timeout_s
+    while True:
+        nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+        problem = placeable(bundle, workers, nodes)
+        if problem is None:
+            return
+        largest = ray._private.state.state.get_max_resources_from_cluster_config()  # None: no autoscaler
+        if largest is not None and placeable(bundle, workers, [largest]) is not None:
+            problem += ", and the autoscaler's largest cluster would not hold it either"
+        elif largest is not None and time.monotonic() > deadline:
+            problem += f" after waiting cluster.join_timeout_s={cluster.join_timeout_s}s for the autoscaler"
+        elif largest is not None:
+            print(f"waiting for the autoscaler: {problem}", flush=True)
+            time.sleep(5)
+            continue
+        raise ConfigError([f"{asked}: the Ray cluster cannot place this job: {problem}; ask for less, or add nodes"])
 
 
 def disconnect(timeout_s: float = 60.0) -> None:

@@ -22,6 +22,8 @@ from orchestrator.config.compose import to_dict, to_yaml
 from orchestrator.config.schema import Backend, Config, WandbMode
 from orchestrator.ds_config import deepspeed_config
 from orchestrator.errors import ConfigError, Preempted, TrainingError
+from orchestrator.launch import local
+from orchestrator.paths import unwritable
 from orchestrator.plan import Plan, gpus_per_worker, make_plan, refuse_unfit, resolved_config
 from orchestrator.redact import redact, redact_text
 from orchestrator.train.loop import STOP_FILE
@@ -69,9 +71,16 @@ def train(cfg: Config) -> Path:
     plan = make_plan(cfg)
     for reason in plan.auto_reasons:
         print(f"zero=auto: {reason}", flush=True)
-    refuse_unfit(cfg, plan)
     run_dir = Path(cfg.run_dir).expanduser() if cfg.run_dir else default_run_dir(cfg)
     run_dir = run_dir.resolve()
+    # Where it cannot write or what the machine cannot hold first: no memory estimate matters then.
+    problems = [problem for problem in (unwritable("run_dir", str(run_dir)),
+                                        unwritable("data.cache_dir", cfg.data.cache_dir)) if problem]
+    if cfg.cluster.name is Backend.local:
+        problems += local.preflight(cfg.cluster)
+    if problems:
+        raise ConfigError(problems)
+    refuse_unfit(cfg, plan)
     cfg = dataclasses.replace(resolved_config(cfg, plan), run_dir=str(run_dir))
     resume_from = _resume_point(cfg, plan, run_dir)
     if resume_from is not None and resume_from.step >= cfg.train.max_steps and (run_dir / "summary.json").exists():
@@ -90,7 +99,8 @@ def train(cfg: Config) -> Path:
 
         from orchestrator.launch import ray_cluster
 
-        ray_cluster.connect(cfg.cluster, nodes=_ray_nodes(cfg))
+        ray_cluster.connect(cfg.cluster, nodes=_ray_nodes(cfg), workers=plan.world_size,
+                            gpus_per_worker=gpus_per_worker(cfg) or 0)
     prepared = prepare(cfg.data, cfg.train.seq_len, cfg.train.seed)
     meta = prepared.meta
     if cfg.model.vocab_size is not None and meta["vocab_size"] > cfg.model.vocab_size:
@@ -196,7 +206,7 @@ def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: check
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from orchestrator.launch import local, ray_cluster
+    from orchestrator.launch import ray_cluster
     from orchestrator.train.loop import train_worker
     from orchestrator.train.watchdog import ProgressBoard, Watchdog
 

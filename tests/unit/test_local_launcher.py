@@ -30,8 +30,48 @@ def test_the_embedded_cluster_is_always_a_new_one(monkeypatch):
     """A bare ray.init() would join a cluster `ray start` left in /tmp/ray, dead or alive."""
     from orchestrator.config.schema import ClusterConfig
 
-    calls = []
+    calls, watched = [], []
+
+    class FakeNode:
+        node_ip_address = "127.0.0.1"
+        all_processes = {"raylet": [type("Info", (), {"process": type("Popen", (), {"pid": 4242})})]}
+
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(ray._private.worker, "_global_node", FakeNode())
+    monkeypatch.setattr("orchestrator.launch.reaper.watch", watched.append)
     assert local.start(ClusterConfig(num_workers=2)) is True
     assert calls[0]["address"] == "local" and calls[0]["dashboard_host"] == "127.0.0.1"
+    assert watched == [[4242]]  # the reaper watches the cluster's processes
+
+
+def test_every_process_of_the_job_is_told_its_own_cluster(monkeypatch):
+    """Ray's state API (the Train placement-group cleaner) otherwise fails on "multiple active Ray instances"."""
+    import os
+
+    from orchestrator.config.schema import ClusterConfig
+
+    seen = {}
+
+    def init(**kwargs):
+        seen.update(port=os.environ["RAY_GCS_SERVER_PORT"], env=kwargs["runtime_env"]["env_vars"])
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray._private.worker, "_global_node", type("Node", (), {"all_processes": {}, "node_ip_address": "127.0.0.1"})())
+    monkeypatch.setattr("orchestrator.launch.reaper.watch", lambda pids: None)
+    local.start(ClusterConfig(num_workers=2))
+    assert seen["env"]["RAY_ADDRESS"].endswith(f":{seen['port']}")
+    assert "RAY_GCS_SERVER_PORT" not in os.environ  # only the embedded head reads it
+
+
+def test_preflight_refuses_more_cpus_or_gpus_than_this_machine_has(monkeypatch):
+    from orchestrator.config.schema import ClusterConfig
+
+    monkeypatch.setattr(local, "available_cpus", lambda: 2)
+    monkeypatch.setattr(local, "visible_gpus", lambda: 0)
+    assert local.preflight(ClusterConfig(num_workers=2, cpus_per_worker=1)) == []
+    [cpus] = local.preflight(ClusterConfig(num_workers=64, cpus_per_worker=1))
+    assert cpus.startswith("cluster.num_workers=64 x cluster.cpus_per_worker=1 = 64 CPUs, but this machine has 2")
+    [gpus] = local.preflight(ClusterConfig(num_workers=2, gpus_per_worker=1))
+    assert "= 2 GPUs, but this machine has 0" in gpus
