@@ -272,7 +272,9 @@ class TrainConfig:
     """Worker-group restarts (Ray Train FailureConfig) before the job fails; each resumes from
     the newest complete checkpoint."""
     collective_timeout_s: int = 600
-    """A collective that waits longer than this (a dead or stuck rank) fails the step instead of hanging."""
+    """Seconds a rank may go without progress (a step, an eval batch, a checkpoint write, or one setup stage)
+    before the watchdog ends it as stuck and names it; then train.max_failures applies. Raise it for
+    setups or checkpoint writes that legitimately take longer."""
 
 
 class PlanFormat(str, Enum):

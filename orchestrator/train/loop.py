@@ -12,6 +12,9 @@ the loop continues from the newest complete checkpoint in <run_dir>/checkpoints,
 checkpoint the driver names; metrics.jsonl is cut back to that step so every step appears once.
 Stop: a stop request (the driver's STOP file, or SIGTERM/SIGUSR1 in a worker) is shared with
 all ranks through the per-step all-reduce; they checkpoint the current step and return.
+Progress: every rank marks where it is (`progress.mark(step, phase)`) before each piece of work
+that can block on another rank; the driver's watchdog (train/watchdog.py) ends a rank whose
+marks stop for train.collective_timeout_s.
 """
 
 from __future__ import annotations

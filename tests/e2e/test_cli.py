@@ -43,6 +43,28 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, overrides,
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no runs/, outputs/ or anything else
 
 
+# What the machine or the filesystem cannot do: refused before Ray starts or data is prepared.
+PREFLIGHT = [
+    ("cluster.cpus_per_worker=1000", "cluster.num_workers=2 x cluster.cpus_per_worker=1000 = 2000 CPUs, but this "
+                                     "machine has"),
+    ("cluster.num_workers=64", "cluster.num_workers=64 x cluster.cpus_per_worker=1 = 64 CPUs, but this machine has"),
+    ("run_dir=/proc/forbidden/run", "run_dir=/proc/forbidden/run: cannot create folders in /proc"),
+    ("run_dir=/etc/passwd/x", "run_dir=/etc/passwd/x: /etc/passwd is a file, not a folder"),
+    ("data.cache_dir=/proc/nope", "data.cache_dir=/proc/nope: cannot create folders in /proc"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), PREFLIGHT, ids=[o for o, _ in PREFLIGHT])
+def test_what_this_machine_cannot_do_is_refused_in_one_line_before_anything_starts(tmp_path, override, message):
+    started = time.monotonic()
+    result = orchestrator("train", override, timeout=60)
+    assert time.monotonic() - started < 30
+    assert result.returncode == 2, result.stdout + result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and message in line
+    assert list(tmp_path.iterdir()) == []  # no runs/ folder, no run directory
+
+
 def test_help_and_config_errors_answer_fast():
     started = time.perf_counter()
     assert orchestrator("--help").returncode == 0
