@@ -151,3 +151,20 @@ def test_stop_checkpoints_then_resubmitting_the_job_file_resumes(two_nodes, tmp_
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["resumed_from_step"] == preempted["step"]
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("cluster.cpus_per_worker=2", "one worker needs 2 CPU, but no node has that (the largest has 1 CPU)"),
+    ("cluster.num_workers=3", "3 workers of 1 CPU each, but the cluster's 2 node(s) hold only 2"),
+])
+def test_a_job_the_cluster_cannot_place_is_refused_before_anything_is_written(two_nodes, tmp_path, override, message):
+    env, gcs, _ = two_nodes
+    run_dir = tmp_path / "run"
+    started = time.monotonic()
+    result = orchestrator(env, "train", "cluster=ray", f"cluster.address={gcs}", *TINY, override, f"run_dir={run_dir}",
+                          timeout=120)
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and message in line and "the Ray cluster cannot place this job" in line
+    assert time.monotonic() - started < 30
+    assert not run_dir.exists()
