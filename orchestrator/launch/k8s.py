@@ -3,11 +3,13 @@
 KubeRay creates the Ray cluster (a head pod that runs the driver and takes no training work,
 and `cluster.nodes` worker pods, one Ray Train worker per GPU), submits the entrypoint, and
 deletes the cluster after the job. Every pod mounts the shared volume (run directory, data
-cache) and gets WANDB_API_KEY from a Secret reference, never a literal value.
+cache) and gets WANDB_API_KEY from a Secret reference, never a literal value. `run_dir` and
+`data.cache_dir` must lie on that volume: anywhere else they vanish with the pod.
 """
 
 from __future__ import annotations
 
+import posixpath
 import shutil
 import subprocess
 from pathlib import Path
@@ -22,6 +24,20 @@ JOB_FILE_DIR = "/etc/orchestrator"
 
 def cpus_per_node(cfg: Config, plan: Plan) -> int:
     return cfg.cluster.k8s.cpus_per_node or plan.ranks_per_node * cfg.cluster.cpus_per_worker
+
+
+def off_the_volume(cfg: Config, run_dir: str, cache_dir: str) -> list[str]:
+    """One problem per folder that does not lie under cluster.k8s.mount_path, the only storage the pods share."""
+    mount = posixpath.normpath(cfg.cluster.k8s.mount_path)
+    problems = []
+    for key, value, default in (("run_dir", run_dir, f"{mount}/runs/<name>"),
+                                ("data.cache_dir", cache_dir, f"{mount}/cache")):
+        path = posixpath.normpath(value)
+        if not (posixpath.isabs(path) and (path == mount or path.startswith(mount.rstrip("/") + "/"))):
+            problems.append(f"{key}={value}: not on the shared volume (cluster.k8s.mount_path={mount}), so the "
+                            f"pods would not share it and it would vanish with them; leave {key} unset "
+                            f"(default {default}) or pick a folder under {mount}")
+    return problems
 
 
 def _container(name: str, cfg: Config, resources: dict, mounts: list[dict]) -> dict:

@@ -7,14 +7,21 @@ for every node to join (cluster.join_timeout_s). Preemption: `--signal=B:USR1@s`
 batch shell, which forwards it to the driver; the driver checkpoints and exits 75, the script
 stops Ray and requeues the job, and the requeued job resumes from that checkpoint.
 Each job gets its own Ray token (token auth), made at run time and never written to a file.
+
+Before anything is written, `sbatch --test-only` judges the rendered script (nothing is queued)
+and a refusal is reported with Slurm's own reason. After submission, `settle` follows the job
+until Slurm has judged it, at most cluster.join_timeout_s, and cancels a job that pends for a
+reason waiting cannot fix (HOPELESS), so no job sits in the queue forever.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from orchestrator.config.schema import Config
@@ -126,3 +133,161 @@ def submit(script: Path) -> str:
     if result.returncode != 0:
         raise ConfigError([f"sbatch {script}: {result.stderr.strip() or result.stdout.strip()}"])
     return result.stdout.strip().split(";")[0]
+
+
+def request(cfg: Config, plan: Plan) -> str:
+    """The key=value pairs that decide what the job asks Slurm for: the start of every refusal."""
+    c, s = cfg.cluster, cfg.cluster.slurm
+    cpus = (f"cluster.slurm.cpus_per_task={s.cpus_per_task}" if s.cpus_per_task else
+            f"cluster.workers_per_node={plan.ranks_per_node} cluster.cpus_per_worker={c.cpus_per_worker}")
+    keys = [f"cluster.nodes={c.nodes}", cpus, f"cluster.gpus_per_node={c.gpus_per_node}",
+            f"cluster.slurm.time={s.time}",
+            *[f"cluster.slurm.{key}={getattr(s, key)}" for key in ("partition", "account", "qos", "mem", "constraint")
+              if getattr(s, key) is not None]]
+    if s.extra_directives:
+        keys.append(f"cluster.slurm.extra_directives=[{','.join(s.extra_directives)}]")
+    return " ".join(keys)
+
+
+def test_only(cfg: Config, plan: Plan, script: str) -> None:
+    """`sbatch --test-only` on the script's text (stdin): Slurm judges the request, nothing is queued.
+
+    Runs before any file is written, so a refused job leaves nothing behind. Slurm judges against
+    the nodes that are up now: a partition whose every node is down or drained is refused too.
+    """
+    try:
+        result = subprocess.run(["sbatch", "--test-only"], input=script, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise ConfigError(["cluster=slurm: sbatch --test-only did not answer within 60 s; check that Slurm "
+                           "answers (`sinfo`)"]) from None
+    if result.returncode == 0:
+        return
+    lines = [line.strip() for line in (result.stderr + result.stdout).splitlines() if line.strip()]
+    last = lines[-1] if lines else f"exit code {result.returncode}"
+    refused = last.startswith("allocation failure:")
+    reason = re.sub(r"^(allocation failure|sbatch: (error|fatal)):\s*", "", last)
+    what = (f"sbatch --test-only refused the job ({cfg.cluster.nodes} node(s) x {cpus_per_node(cfg, plan)} CPUs, "
+            f"{cfg.cluster.gpus_per_node} GPUs each)" if refused else "sbatch --test-only failed")
+    raise ConfigError([f"{request(cfg, plan)}: {what}: {reason}; fit the request to the nodes "
+                       f"`sinfo -N -o '%P %N %c %G %m %f'` lists (partition, CPUs, GPUs, memory, features)"])
+
+
+_PARTITION = "`scontrol show partition{partition}` shows its limits"
+_LIMITS = "`sacctmgr show assoc user=$USER` and `sacctmgr show qos` show your accounts, QOS and limits"
+# Pending reasons that waiting cannot fix: the job asks for what its partition, account or QOS
+# never allows, and would sit in the queue until someone cancelled it. Each maps to (why, where
+# to look). Every other reason is ordinary queueing and the job is left to wait: Priority,
+# Resources, BeginTime, Dependency, JobHeldUser/JobHeldAdmin, Licenses, Reservation, Prolog,
+# Cleaning, PartitionDown/PartitionInactive/NodeDown (an admin brings them back), and the
+# Grp*, Per-User and Per-Account limits of a QOS or association (they free up as other jobs end).
+HOPELESS = {
+    "PartitionConfig": ("the job's size, time, account or QOS is outside what the partition allows", _PARTITION),
+    "PartitionNodeLimit": ("cluster.nodes is outside the partition's node limits", _PARTITION),
+    "PartitionTimeLimit": ("cluster.slurm.time exceeds the partition's time limit", _PARTITION),
+    "BadConstraints": ("no node satisfies the job's constraints",
+                       "`sinfo -N -o '%P %N %f'` lists each node's features"),
+    "InvalidAccount": ("the account is not valid", _LIMITS),
+    "InvalidQOS": ("the QOS is not valid", _LIMITS),
+    "AccountNotAllowed": ("the partition does not allow this account", _PARTITION),
+    "QOSNotAllowed": ("the partition does not allow this QOS", _PARTITION),
+    "DependencyNeverSatisfied": ("a job it depends on can never satisfy the dependency",
+                                 "check --dependency in cluster.slurm.extra_directives"),
+}
+# Per-job and per-node maxima, and minima, of the QOS or association (QOSMaxWallDurationPerJobLimit,
+# AssocMaxCpuPerJobLimit, QOSMaxGRESPerNode, QOSMinGRES, ...): the job itself is too big or too small.
+_SIZE_LIMIT = re.compile(r"(QOS|Assoc)Max\w*Per(Job|Node)\w*|QOSMin\w*")
+UNJUDGED = frozenset({"None", "WaitingForScheduling"})  # the scheduler has not looked at the job yet
+
+
+def hopeless(reason: str) -> tuple[str, str] | None:
+    """(why the job can never start, where to look) for a pending reason code, or None if waiting may help.
+
+    ReqNodeNotAvail is judged by `settle`: hopeless only when a node the job requires does not exist.
+    """
+    if reason in HOPELESS:
+        return HOPELESS[reason]
+    if _SIZE_LIMIT.fullmatch(reason):
+        return "the job exceeds a per-job or per-node limit of its QOS or account (or is below a minimum)", _LIMITS
+    return None
+
+
+def _job(job_id: str, timeout_s: float) -> dict[str, str] | None:
+    """`scontrol show job` as a dict; {} once Slurm has forgotten the job; None if Slurm did not answer."""
+    try:
+        result = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True,
+                                timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return None
+    if result.returncode != 0:
+        return {} if "Invalid job id" in result.stderr else None
+    info: dict[str, str] = {}
+    for item in result.stdout.split():
+        key, sep, value = item.partition("=")
+        if sep and key not in info:
+            info[key] = value
+    return info
+
+
+def _missing_nodes(nodes: str, timeout_s: float) -> list[str]:
+    """The nodes of a hostlist (`gpu[01-04]`) that Slurm does not know; [] when it does not answer."""
+    try:
+        result = subprocess.run(["scontrol", "-o", "show", "node", nodes], capture_output=True, text=True,
+                                timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return []
+    return re.findall(r"Node (\S+) not found", result.stdout + result.stderr)
+
+
+class Cancelled(ConfigError):
+    """The job pended for a reason waiting cannot fix and was cancelled before it ran."""
+
+
+def settle(cfg: Config, plan: Plan, job_id: str, poll_s: float = 0.5) -> str:
+    """Follow a just-submitted job until Slurm has judged it, at most cluster.join_timeout_s.
+
+    Returns what became of it (`running`, `pending: Priority`, ...). A job pending for a hopeless
+    reason is cancelled (Cancelled, exit 2, naming Slurm's reason); ConfigError if scancel fails.
+    """
+    deadline = time.monotonic() + cfg.cluster.join_timeout_s
+
+    def left() -> float:
+        return max(1.0, min(30.0, deadline - time.monotonic()))
+
+    while True:
+        job = _job(job_id, timeout_s=left())
+        if job == {}:
+            return "finished"
+        state = (job or {}).get("JobState", "")
+        reason = (job or {}).get("Reason", "None").replace("_", " ")  # scontrol writes spaces as underscores
+        code = reason.split(",")[0]
+        if job and state != "PENDING":
+            return state.lower()
+        if job and code not in UNJUDGED:
+            verdict = hopeless(code)
+            if code == "ReqNodeNotAvail" and job.get("ReqNodeList", "(null)") != "(null)":
+                missing = _missing_nodes(job["ReqNodeList"], timeout_s=left())
+                if missing:
+                    verdict = (f"it requires node(s) {','.join(missing)}, which do not exist",
+                               "`sinfo -N` lists the nodes")
+            if verdict is None:
+                return f"pending: {reason}"
+            _cancel(cfg, plan, job_id, reason, *verdict)
+        if time.monotonic() + poll_s > deadline:
+            limit = f"cluster.join_timeout_s={cfg.cluster.join_timeout_s}"
+            return (f"pending: {reason}, not judged by Slurm within {limit}" if job else
+                    f"state unknown: `scontrol show job {job_id}` did not answer within {limit}")
+        time.sleep(poll_s)
+
+
+def _cancel(cfg: Config, plan: Plan, job_id: str, reason: str, why: str, look: str) -> None:
+    try:
+        result = subprocess.run(["scancel", job_id], capture_output=True, text=True, timeout=60)
+        failed = result.stderr.strip() or f"exit code {result.returncode}" if result.returncode else ""
+    except subprocess.TimeoutExpired:
+        failed = "no answer within 60 s"
+    partition = cfg.cluster.slurm.partition
+    look = look.format(partition=f" {partition}" if partition else "")
+    outcome = f"`scancel {job_id}` failed ({failed}): cancel it yourself" if failed else "it was cancelled"
+    problem = (f"{request(cfg, plan)}: Slurm job {job_id} pends for {reason} ({why}), which waiting cannot fix, "
+               f"so {outcome}; change the request to fit ({look})")
+    raise (ConfigError if failed else Cancelled)([problem])

@@ -4,18 +4,22 @@ The job file (`job.yaml`) is the composed config with the cluster-side run direc
 and interpolations such as `${oc.env:HOME}` kept, so they resolve where the job runs. Every
 backend ends in the same command on the cluster: `python -m orchestrator train --config job.yaml`.
 Nothing secret is written: the job file is redacted, scripts and manifests name secrets only
-by reference, and the runtime environment carries no secret values.
+by reference, and the runtime environment carries no secret values. Every refusal (an unwritable
+run directory, a job `sbatch --test-only` refuses, folders off the Kubernetes volume, an
+unreachable Ray cluster) comes before the first file is written: exit 2, no run directory.
 """
 
 from __future__ import annotations
 
 import datetime
 import re
+import shutil
 from pathlib import Path
 
 from orchestrator.config.compose import compose_dictconfig, load_job_file, to_yaml, validated
 from orchestrator.config.schema import Backend, Config
 from orchestrator.errors import ConfigError
+from orchestrator.paths import unwritable
 from orchestrator.plan import Plan, make_plan, refuse_unfit
 from orchestrator.redact import redact_text
 
@@ -69,17 +73,58 @@ def submit(overrides: list[str], config_file: str | None = None) -> int:
     # The job file submits for real when resubmitted with --config, even if this call is a dry run.
     job = OmegaConf.merge(job, {"run_dir": run_dir, "submit": {"dry_run": False}, **updates})
     job_text = redact_text(to_yaml(job))
+    artifact = _render(cfg, plan, name, folder, run_dir, job_text)
+    _preflight(cfg, plan, folder, run_dir, job.data.cache_dir, artifact)  # every refusal: before any file
+    created = [path for path in (folder, *folder.parents) if not path.exists()]  # leaf first
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / JOB_FILE).write_text(job_text)
+    if artifact is not None:
+        (folder / artifact[0]).write_text(artifact[1])
+    print(f"plan: {plan.describe()}", flush=True)
+    if cfg.cluster.name is Backend.slurm:
+        return _slurm(cfg, plan, folder, run_dir, created)
+    backend = {Backend.k8s: _k8s, Backend.ray: _ray}[cfg.cluster.name]
+    return backend(cfg, plan, name, folder, run_dir)
+
+
+def _render(cfg: Config, plan: Plan, name: str, folder: Path, run_dir: str, job_text: str) -> tuple[str, str] | None:
+    """(file name, text) of the launch artifact: the sbatch script or the RayJob manifest; None for ray."""
+    if cfg.cluster.name is Backend.slurm:
+        from orchestrator.launch import slurm
+
+        return slurm.SCRIPT, slurm.render(cfg, plan, name, Path(run_dir), folder / JOB_FILE)
+    if cfg.cluster.name is Backend.k8s:
+        from orchestrator.launch import k8s
+
+        return k8s.MANIFEST, k8s.to_yaml(k8s.render(cfg, plan, name, job_text))
+    return None
+
+
+def _preflight(cfg: Config, plan: Plan, folder: Path, run_dir: str, cache_dir: str,
+               artifact: tuple[str, str] | None) -> None:
+    """Refuse (ConfigError, exit 2) what cannot work, before anything is written or queued."""
     if cfg.cluster.name is Backend.slurm:
         _refuse_existing(folder)
-    if cfg.cluster.name is Backend.ray and not cfg.submit.dry_run:  # unreachable: say so, write nothing
+        # The login node shares these folders with the compute nodes: what fails here fails there.
+        problems = [unwritable("run_dir", run_dir)]
+        if not cfg.submit.dry_run:  # a dry run writes only the run directory
+            problems.append(unwritable("data.cache_dir", cache_dir))
+        if any(problems):
+            raise ConfigError([problem for problem in problems if problem])
+        if not cfg.submit.dry_run and artifact is not None and shutil.which("sbatch"):
+            from orchestrator.launch import slurm
+
+            slurm.test_only(cfg, plan, artifact[1])
+    elif cfg.cluster.name is Backend.k8s:
+        from orchestrator.launch import k8s
+
+        problems = k8s.off_the_volume(cfg, run_dir, cache_dir)
+        if problems:
+            raise ConfigError(problems)
+    elif cfg.cluster.name is Backend.ray and not cfg.submit.dry_run:  # unreachable: say so, write nothing
         from orchestrator.launch import ray_cluster
 
         ray_cluster.client(ray_cluster.dashboard_url(cfg.cluster))
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / JOB_FILE).write_text(job_text)
-    print(f"plan: {plan.describe()}", flush=True)
-    backend = {Backend.slurm: _slurm, Backend.k8s: _k8s, Backend.ray: _ray}[cfg.cluster.name]
-    return backend(cfg, plan, name, folder, run_dir, job_text)
 
 
 def _refuse_existing(run_dir: Path) -> None:
@@ -88,27 +133,35 @@ def _refuse_existing(run_dir: Path) -> None:
                            f"`sbatch {run_dir}/job.sbatch`, or pick a new run_dir"])
 
 
-def _slurm(cfg: Config, plan: Plan, name: str, folder: Path, run_dir: str, job_text: str) -> int:
+def _slurm(cfg: Config, plan: Plan, folder: Path, run_dir: str, created: list[Path]) -> int:
     from orchestrator.launch import slurm
 
     script = folder / slurm.SCRIPT
-    script.write_text(slurm.render(cfg, plan, name, Path(run_dir), folder / JOB_FILE))
     script.chmod(0o755)
     if cfg.submit.dry_run:
         print(script.read_text(), end="")
         print(f"dry run: wrote {script}; submit it with `sbatch {script}`")
         return 0
     job_id = slurm.submit(script)
-    print(f"submitted Slurm job {job_id}; run directory: {run_dir}")
+    try:
+        status = slurm.settle(cfg, plan, job_id)
+    except slurm.Cancelled:  # it never ran: leave no run directory behind, so the fixed job can reuse run_dir
+        script.unlink()
+        (folder / JOB_FILE).unlink()
+        for path in created:
+            if any(path.iterdir()):
+                break
+            path.rmdir()
+        raise
+    print(f"submitted Slurm job {job_id} ({status}); run directory: {run_dir}")
     print(f"follow it with `squeue -j {job_id}` and `tail -f {run_dir}/slurm-{job_id}.out`")
     return 0
 
 
-def _k8s(cfg: Config, plan: Plan, name: str, folder: Path, run_dir: str, job_text: str) -> int:
+def _k8s(cfg: Config, plan: Plan, name: str, folder: Path, run_dir: str) -> int:
     from orchestrator.launch import k8s
 
     manifest = folder / k8s.MANIFEST
-    manifest.write_text(k8s.to_yaml(k8s.render(cfg, plan, name, job_text)))
     context = None if cfg.submit.dry_run else k8s.kubectl_context()
     if context is None:
         print(f"{'dry run: ' if cfg.submit.dry_run else 'no kubectl context configured: '}wrote {manifest}; "
@@ -121,7 +174,7 @@ def _k8s(cfg: Config, plan: Plan, name: str, folder: Path, run_dir: str, job_tex
     return 0
 
 
-def _ray(cfg: Config, plan: Plan, name: str, folder: Path, run_dir: str, job_text: str) -> int:
+def _ray(cfg: Config, plan: Plan, name: str, folder: Path, run_dir: str) -> int:
     from orchestrator.launch import ray_cluster
 
     url = ray_cluster.dashboard_url(cfg.cluster)

@@ -1,6 +1,8 @@
 """cluster=slurm on a real (throwaway, single-node) Slurm cluster: `orchestrator submit` renders and
 sbatches the script, the job brings up Ray inside the allocation and trains; a preemption notice
-(USR1 to the batch shell, as `--signal=B:USR1@s` sends it) checkpoints, requeues and resumes.
+(USR1 to the batch shell, as `--signal=B:USR1@s` sends it) checkpoints, requeues and resumes. A job
+the cluster can never run is refused: by `sbatch --test-only` before anything is written, or,
+when it pends for a reason waiting cannot fix, cancelled right after submission.
 """
 
 from __future__ import annotations
@@ -39,13 +41,16 @@ def _free_ports(count: int) -> int:
     raise RuntimeError("no free ports")
 
 
+def _orchestrator_submit(slurm: SlurmCluster, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator", "submit", "cluster=slurm", *overrides],
+                          env=slurm.env(), capture_output=True, text=True, timeout=120)
+
+
 def _submit(slurm: SlurmCluster, run_dir: Path, *overrides: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "submit", "cluster=slurm", "cluster.nodes=1", "cluster.gpus_per_node=0",
-         "cluster.workers_per_node=2", "cluster.cpus_per_worker=1", "cluster.gpu_memory_gb=null",
-         "cluster.slurm.time=15", f"cluster.slurm.ray_port={_free_ports(3)}", *TINY, f"run_dir={run_dir}",
-         *overrides],
-        env=slurm.env(), capture_output=True, text=True, timeout=120)
+    result = _orchestrator_submit(
+        slurm, "cluster.nodes=1", "cluster.gpus_per_node=0", "cluster.workers_per_node=2", "cluster.cpus_per_worker=1",
+        "cluster.gpu_memory_gb=null", "cluster.slurm.time=15", f"cluster.slurm.ray_port={_free_ports(3)}", *TINY,
+        f"run_dir={run_dir}", *overrides)
     assert result.returncode == 0, result.stdout + result.stderr
     line = next(line for line in result.stdout.splitlines() if line.startswith("submitted Slurm job"))
     return line.split()[3].rstrip(";")
@@ -92,3 +97,45 @@ def test_preemption_notice_checkpoints_requeues_and_resumes(slurm, tmp_path):
     assert summary["resumed_from_step"] == preempted["step"] and summary["steps"] == 600
     steps = [row["step"] for row in _metrics(run_dir)]
     assert steps == list(range(1, 601))  # every step logged once: nothing lost, nothing repeated
+
+
+def _job_ids(slurm: SlurmCluster) -> set[str]:
+    """Every job the controller knows, finished ones included (MinJobAge keeps them 300 s)."""
+    return set(slurm.run("squeue", "-h", "-t", "all", "-o", "%i").stdout.split())
+
+
+def test_a_job_no_node_can_run_is_refused_before_anything_is_written_or_queued(slurm, tmp_path):
+    # The issue's case: 2 workers x the Slurm group's 8 CPUs each on a node with 2 CPUs.
+    run_dir = tmp_path / "run"
+    before = _job_ids(slurm)
+    started = time.monotonic()
+    result = _orchestrator_submit(slurm, "cluster.gpus_per_node=0", "cluster.workers_per_node=2", f"run_dir={run_dir}")
+    assert time.monotonic() - started < 30
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: cluster.nodes=1 cluster.workers_per_node=2 cluster.cpus_per_worker=8 ") and \
+        "sbatch --test-only refused the job (1 node(s) x 16 CPUs, 0 GPUs each): Requested node configuration is " \
+        "not available" in line
+    assert not run_dir.exists()
+    assert _job_ids(slurm) == before  # nothing was queued
+
+
+def test_a_job_pending_for_a_reason_that_cannot_resolve_is_cancelled(slurm, tmp_path):
+    # --test-only accepts a time limit over the partition's (EnforcePartLimits=NO, Slurm's default);
+    # the queued job then pends for PartitionConfig / PartitionTimeLimit forever.
+    slurm.run("scontrol", "create", "PartitionName=short", "Nodes=ALL", "MaxTime=1", "State=UP")
+    try:
+        run_dir = tmp_path / "run"
+        before = _job_ids(slurm)
+        result = _orchestrator_submit(
+            slurm, "cluster.gpus_per_node=0", "cluster.workers_per_node=2", "cluster.cpus_per_worker=1",
+            "cluster.slurm.partition=short", "cluster.slurm.time=15", "cluster.join_timeout_s=30", f"run_dir={run_dir}")
+        assert result.returncode == 2, result.stdout + result.stderr
+        (line,) = result.stderr.splitlines()
+        (job,) = _job_ids(slurm) - before
+        assert f"cluster.slurm.time=15 cluster.slurm.partition=short: Slurm job {job} pends for Partition" in line
+        assert "which waiting cannot fix, so it was cancelled" in line
+        assert slurm.wait_job(job, timeout_s=30) == "CANCELLED"
+        assert not run_dir.exists()
+    finally:
+        slurm.run("scontrol", "delete", "PartitionName=short")

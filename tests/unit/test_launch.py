@@ -192,3 +192,139 @@ def test_an_unreachable_ray_cluster_is_one_line_and_nothing_is_written(tmp_path)
         f"error: cannot reach Ray's Job Submission API at http://127.0.0.1:{port} (Failed to connect to Ray at "
         f"address: http://127.0.0.1:{port}.); pass --address or set cluster.dashboard_url"]
     assert not (tmp_path / "runs").exists()
+
+
+def test_k8s_refuses_folders_off_the_shared_volume_and_writes_nothing(tmp_path):
+    mount = "cluster.k8s.mount_path=/mnt/shared"
+    result = submit("cluster=k8s", "run_dir=/tmp/x", "data.cache_dir=/mnt/shared/../elsewhere", mount,
+                    "submit.dry_run=true")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: run_dir=/tmp/x: not on the shared volume (cluster.k8s.mount_path=/mnt/shared), so the pods would "
+        "not share it and it would vanish with them; leave run_dir unset (default /mnt/shared/runs/<name>) or pick "
+        "a folder under /mnt/shared",
+        "error: data.cache_dir=/mnt/shared/../elsewhere: not on the shared volume (cluster.k8s.mount_path="
+        "/mnt/shared), so the pods would not share it and it would vanish with them; leave data.cache_dir unset "
+        "(default /mnt/shared/cache) or pick a folder under /mnt/shared"]
+    assert not (tmp_path / "runs").exists() and not list(tmp_path.iterdir())
+    assert submit("cluster=k8s", "run_dir=/mnt/shared/team/run1", "data.cache_dir=/mnt/shared/c",
+                  "submit.dry_run=true").returncode == 0
+
+
+@pytest.mark.parametrize("reason", [
+    "PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "BadConstraints", "InvalidAccount", "InvalidQOS",
+    "AccountNotAllowed", "QOSNotAllowed", "DependencyNeverSatisfied", "QOSMaxWallDurationPerJobLimit",
+    "QOSMaxCpuMinutesPerJobLimit", "AssocMaxCpuPerJobLimit", "AssocMaxNodePerJobLimit", "QOSMaxGRESPerJob",
+    "QOSMaxGRESPerNode", "QOSMaxMemoryPerNode", "QOSMinGRES", "QOSMinCpuNotSatisfied",
+])
+def test_pending_reasons_that_waiting_cannot_fix(reason):
+    from orchestrator.launch.slurm import hopeless
+
+    assert hopeless(reason) is not None
+
+
+@pytest.mark.parametrize("reason", [
+    "Priority", "Resources", "BeginTime", "Dependency", "JobHeldUser", "JobHeldAdmin", "Licenses", "Reservation",
+    "Prolog", "Cleaning", "PartitionDown", "PartitionInactive", "NodeDown", "ReqNodeNotAvail", "QOSGrpGRES",
+    "QOSGrpCpuLimit", "AssocGrpCpuLimit", "AssocMaxJobsLimit", "QOSMaxJobsPerUserLimit",
+    "QOSMaxSubmitJobPerUserLimit", "QOSMaxCpuPerUserLimit", "MaxCpuPerAccount", "QOSJobLimit", "None",
+])
+def test_pending_reasons_that_clear_by_waiting(reason):
+    from orchestrator.launch.slurm import hopeless
+
+    assert hopeless(reason) is None
+
+
+def _fake_slurm(tmp_path, jobs: list[str], refuse: str = "") -> dict:
+    """sbatch, scontrol and scancel on PATH, calls recorded in slurm.calls. `sbatch --test-only` refuses with
+    `refuse` when given; the submitted job is 42, and `scontrol show job` answers each of `jobs` in turn
+    (`JobState=... Reason=...`), the last one from then on. No node exists."""
+    import os
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (tmp_path / "jobs").write_text("".join(f"{job}\n" for job in jobs))
+    fakes = {
+        "sbatch": f"""if [ "$1" = --test-only ]; then
+    cat > {tmp_path}/tested.sbatch
+    [ -n "{refuse}" ] && echo "allocation failure: {refuse}" >&2 && exit 1
+    echo "sbatch: Job 42 to start at 2030-01-01T00:00:00 using 2 processors on nodes n1 in partition debug" >&2
+    exit 0
+fi
+echo 42""",
+        "scontrol": f"""if [ "$3" = node ]; then echo "Node $4 not found" >&2; exit 1; fi
+echo "JobId=42 JobName=tiny $(head -n 1 {tmp_path}/jobs)"
+[ "$(wc -l < {tmp_path}/jobs)" -gt 1 ] && sed -i 1d {tmp_path}/jobs
+exit 0""",
+        "scancel": "exit 0",
+    }
+    for name, body in fakes.items():
+        path = bin_dir / name
+        path.write_text(f'#!/usr/bin/env bash\necho "{name} $*" >> {tmp_path}/slurm.calls\n{body}\n')
+        path.chmod(0o755)
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+
+SLURM_CPU = ("cluster=slurm", "cluster.gpus_per_node=0", "cluster.workers_per_node=2")
+
+
+def test_slurm_refused_by_test_only_is_one_line_and_nothing_is_written_or_queued(tmp_path):
+    env = _fake_slurm(tmp_path, [], refuse="Requested node configuration is not available")
+    result = submit(*SLURM_CPU, f"run_dir={tmp_path / 'run'}", env_extra=env)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: cluster.nodes=1 cluster.workers_per_node=2 cluster.cpus_per_worker=8 cluster.gpus_per_node=0 "
+        "cluster.slurm.time=04:00:00: sbatch --test-only refused the job (1 node(s) x 16 CPUs, 0 GPUs each): "
+        "Requested node configuration is not available; fit the request to the nodes "
+        "`sinfo -N -o '%P %N %c %G %m %f'` lists (partition, CPUs, GPUs, memory, features)"]
+    assert (tmp_path / "slurm.calls").read_text() == "sbatch --test-only\n"  # judged on stdin, never queued
+    assert "#SBATCH --cpus-per-task=16\n" in (tmp_path / "tested.sbatch").read_text()
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("jobs", "problem"), [
+    (["JobState=PENDING Reason=None", "JobState=PENDING Reason=PartitionTimeLimit"],
+     "Slurm job 42 pends for PartitionTimeLimit (cluster.slurm.time exceeds the partition's time limit), which "
+     "waiting cannot fix, so it was cancelled; change the request to fit (`scontrol show partition short` shows "
+     "its limits)"),
+    (["JobState=PENDING Reason=ReqNodeNotAvail,_May_be_reserved_for_other_job ReqNodeList=ghost"],
+     "Slurm job 42 pends for ReqNodeNotAvail, May be reserved for other job (it requires node(s) ghost, which do "
+     "not exist), which waiting cannot fix, so it was cancelled"),
+])
+def test_slurm_job_pending_for_a_hopeless_reason_is_cancelled_and_refused(tmp_path, jobs, problem):
+    env = _fake_slurm(tmp_path, jobs)
+    result = submit(*SLURM_CPU, "cluster.cpus_per_worker=1", "cluster.slurm.partition=short", env_extra=env)
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: cluster.nodes=1 cluster.workers_per_node=2 cluster.cpus_per_worker=1 ") and \
+        problem in line
+    assert (tmp_path / "slurm.calls").read_text().splitlines()[-1] == "scancel 42"
+    assert not (tmp_path / "runs").exists()  # it never ran: nothing is left, and a run_dir can take the fixed job
+
+
+@pytest.mark.parametrize(("jobs", "status"), [
+    (["JobState=PENDING Reason=None", "JobState=PENDING Reason=Priority"], "pending: Priority"),
+    (["JobState=PENDING Reason=ReqNodeNotAvail,_UnavailableNodes:n1 ReqNodeList=(null)"],
+     "pending: ReqNodeNotAvail, UnavailableNodes:n1"),
+    (["JobState=PENDING Reason=None", "JobState=RUNNING Reason=None"], "running"),
+])
+def test_slurm_job_that_runs_or_queues_normally_is_left_alone(tmp_path, jobs, status):
+    run_dir = tmp_path / "run"
+    result = submit(*SLURM_CPU, "cluster.cpus_per_worker=1", f"run_dir={run_dir}",
+                    env_extra=_fake_slurm(tmp_path, jobs))
+    assert result.returncode == 0, result.stderr
+    assert f"submitted Slurm job 42 ({status}); run directory: {run_dir}" in result.stdout
+    assert "scancel" not in (tmp_path / "slurm.calls").read_text()
+    assert (run_dir / "job.sbatch").exists() and (run_dir / "job.yaml").exists()
+
+
+def test_slurm_waits_for_a_verdict_no_longer_than_join_timeout(tmp_path):
+    import time
+
+    started = time.monotonic()
+    result = submit(*SLURM_CPU, "cluster.cpus_per_worker=1", "cluster.join_timeout_s=2",
+                    env_extra=_fake_slurm(tmp_path, ["JobState=PENDING Reason=None"]))
+    assert result.returncode == 0, result.stderr
+    assert "(pending: None, not judged by Slurm within cluster.join_timeout_s=2)" in result.stdout
+    assert time.monotonic() - started < 15
+    assert "scancel" not in (tmp_path / "slurm.calls").read_text()
