@@ -58,7 +58,8 @@ def test_every_process_of_the_job_is_told_its_own_cluster(monkeypatch):
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", init)
-    monkeypatch.setattr(ray._private.worker, "_global_node", type("Node", (), {"all_processes": {}, "node_ip_address": "127.0.0.1"})())
+    node = type("Node", (), {"all_processes": {}, "node_ip_address": "127.0.0.1"})()
+    monkeypatch.setattr(ray._private.worker, "_global_node", node)
     monkeypatch.setattr("orchestrator.launch.reaper.watch", lambda pids: None)
     local.start(ClusterConfig(num_workers=2))
     assert seen["env"]["RAY_ADDRESS"].endswith(f":{seen['port']}")
