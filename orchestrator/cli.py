@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
         ("plan", "print the plan (world size, batch, parameters, FLOPs, DeepSpeed config) without running"),
         ("submit", "render the launch artifact for cluster=ray|slurm|k8s into runs/<name>/ and submit it "
                    "(submit.dry_run=true only renders)"),
+        ("sweep", "search hyperparameters: every trial is a whole training run (Hydra sweep grammar: "
+                  "'optim.lr=tag(log,interval(1e-4,3e-2))' 'zero=2,3')"),
     ):
         sub = commands.add_parser(name, help=summary, description=summary, epilog=_groups_epilog(),
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
         if name == "submit":
             sub.add_argument("--dry-run", action="store_true", help="same as submit.dry_run=true: render, print, "
                              "submit nothing")
+        if name == "train":
+            sub.add_argument("-m", "--multirun", action="store_true", help="Hydra multirun: comma lists "
+                             "(optim.lr=1e-3,3e-3) become a grid sweep, one run directory per member")
+        if name == "sweep":
+            sub.add_argument("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep from its folder")
     for name, summary in (
         ("status", "print a Ray job's status (cluster=ray submissions)"),
         ("logs", "print a Ray job's logs (--follow: until it ends)"),
@@ -103,9 +110,19 @@ def _run(args: argparse.Namespace) -> int:
         from orchestrator.launch.submit import submit
 
         return submit([*args.overrides, *(["submit.dry_run=true"] if args.dry_run else [])], args.config)
+    searching = args.command == "sweep" or getattr(args, "multirun", False)
+    if searching and args.cfg is None:
+        from orchestrator.sweep.driver import sweep
+
+        return sweep(args.overrides, args.config, getattr(args, "resume", None))
     from orchestrator.config.compose import compose, to_yaml
 
-    cfg = compose(args.overrides, args.config)
+    overrides = args.overrides
+    if searching:  # --cfg job: the config every trial shares (the search space is not one config)
+        from orchestrator.sweep.space import split_overrides
+
+        overrides = split_overrides(overrides)[0]
+    cfg = compose(overrides, args.config)
     if args.cfg == "job":
         print(to_yaml(cfg), end="")
         return 0

@@ -81,6 +81,17 @@ def _problem_from_hydra(error: Exception, overrides: list[str], known: dict[str,
     return first
 
 
+def strict_schema():
+    """The schema as a DictConfig that refuses unknown keys, except in the maps whose keys are config keys."""
+    from omegaconf import OmegaConf
+
+    schema = OmegaConf.structured(Config)
+    OmegaConf.set_struct(schema, True)
+    OmegaConf.set_struct(schema.sweep.params, False)
+    OmegaConf.set_struct(schema.sweep.trial_overrides, False)
+    return schema
+
+
 def compose_dictconfig(overrides: list[str], resolve: bool = True):
     """Compose conf/config.yaml with the overrides into a typed DictConfig.
 
@@ -110,9 +121,7 @@ def compose_dictconfig(overrides: list[str], resolve: bool = True):
         if missing:
             raise ConfigError([f"{key}: required, set it on the command line ({key}=...)" for key in missing])
         # Merging into the struct-mode schema refuses keys added with `+key=...`.
-        schema = OmegaConf.structured(Config)
-        OmegaConf.set_struct(schema, True)
-        cfg = OmegaConf.merge(schema, OmegaConf.to_container(cfg))  # plain dict: struct checks apply
+        cfg = OmegaConf.merge(strict_schema(), OmegaConf.to_container(cfg))  # plain dict: struct checks apply
         if resolve:
             OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException, ValueError) as error:
@@ -142,10 +151,8 @@ def load_job_file(path: str, overrides: list[str]):
     if malformed:
         raise ConfigError([f"Error parsing override '{o}': expected key=value (e.g. train.max_steps=100)"
                            for o in malformed])
-    schema = OmegaConf.structured(Config)
-    OmegaConf.set_struct(schema, True)
     try:
-        cfg = OmegaConf.merge(schema, OmegaConf.load(file), OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.merge(strict_schema(), OmegaConf.load(file), OmegaConf.from_dotlist(list(overrides)))
         OmegaConf.resolve(cfg)
     except (OmegaConfBaseException, ValueError) as error:
         raise ConfigError([_problem_from_hydra(error, overrides, groups())]) from None

@@ -235,6 +235,10 @@ class LoggerConfig:
     entity: str | None = None
     group: str | None = None
     tags: list[str] = field(default_factory=list)
+    job_type: str | None = None
+    """W&B job type (a sweep sets `trial`)."""
+    run_id: str | None = None
+    """W&B run id of a new run directory; null = a random one. Kept in <run_dir>/run.json across reruns."""
 
 
 @dataclass
@@ -298,6 +302,61 @@ class SubmitConfig:
     """cluster=ray: stream the job's logs until it ends and exit with its exit code."""
 
 
+class SearchAlgorithm(str, Enum):
+    grid = "grid"
+    random = "random"
+    optuna = "optuna"
+
+
+class SweepScheduler(str, Enum):
+    none = "none"
+    asha = "asha"
+
+
+class MetricMode(str, Enum):
+    min = "min"
+    max = "max"
+
+
+@dataclass
+class AshaConfig:
+    grace_steps: int = 20
+    """Training steps every trial runs before ASHA may stop it."""
+    reduction_factor: int = 3
+    """Only the best 1/reduction_factor of the trials at a rung go on to the next."""
+
+
+@dataclass
+class SweepConfig:
+    """`orchestrator sweep`: every trial is a whole training run in <dir>/trials/<trial>/."""
+
+    name: str = "sweep"
+    """W&B group of the trials, and the default folder's name."""
+    dir: str | None = None
+    """The sweep's folder; null = sweeps/<name>-<timestamp>. Rerunning with the same dir resumes it."""
+    params: dict[str, str] = field(default_factory=dict)
+    """Config key -> Hydra sweep expression: `choice(1,2)`, `1,2`, `range(0,30,10)`, `interval(1e-4,1e-2)`,
+    `tag(log,interval(1e-4,1e-2))`. Sweep expressions on the command line are added here."""
+    algorithm: SearchAlgorithm = SearchAlgorithm.grid
+    """grid: every combination of choice/range values; random; optuna: Tree-structured Parzen Estimator."""
+    scheduler: SweepScheduler = SweepScheduler.none
+    """asha: stop poor trials early (Async Successive Halving), judged at evaluation steps."""
+    asha: AshaConfig = field(default_factory=AshaConfig)
+    metric: str = "val_loss"
+    """What trials are ranked by: val_loss, val_ppl or loss (reported at every evaluation)."""
+    mode: MetricMode = MetricMode.min
+    num_trials: int | None = None
+    """Trials to run (random, optuna); must be null for grid, which runs every combination."""
+    max_concurrent: int | None = None
+    """Most trials at once; null = as many as the cluster holds."""
+    seed: int = 0
+    """Seeds the search algorithm (the trials' own seed is train.seed)."""
+    trial_id: str | None = None
+    """Set by the sweep in each trial's config: which trial this run is."""
+    trial_overrides: dict[str, str] = field(default_factory=dict)
+    """Set by the sweep in each trial's config: the values this trial tries."""
+
+
 @dataclass
 class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -309,5 +368,6 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     run_dir: str | None = None
     """Output folder (see README: the run directory). null = runs/<model>-<timestamp>."""

@@ -51,11 +51,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(cluster: ClusterConfig, log_to_driver: bool = True) -> bool:
+def start(cluster: ClusterConfig, log_to_driver: bool = True, env_vars: dict[str, str] | None = None) -> bool:
     """Start Ray in this process unless it already runs (a test session's shared cluster).
 
     Returns True when this call started it, so the caller knows to stop it again.
-    `log_to_driver` forwards workers' output (rank 0's progress lines) to this terminal.
+    `log_to_driver` forwards workers' output (rank 0's progress lines) to this terminal;
+    `env_vars` go to every process of the job.
     """
     import ray
 
@@ -81,7 +82,7 @@ def start(cluster: ClusterConfig, log_to_driver: bool = True) -> bool:
                 runtime_env={
                     # Job-level only (Ray ignores it per actor): stop signals to a worker become checkpoint-and-stop.
                     "worker_process_setup_hook": SETUP_HOOK,
-                    "env_vars": {"RAY_ADDRESS": f"{get_node_ip_address()}:{port}"},
+                    "env_vars": {**(env_vars or {}), "RAY_ADDRESS": f"{get_node_ip_address()}:{port}"},
                 },
                 configure_logging=True,
             )

@@ -26,6 +26,7 @@ class Tracker:
                 project=logger.project,
                 entity=logger.entity,
                 group=logger.group,
+                job_type=logger.job_type,
                 tags=list(logger.tags),
                 id=run_id,
                 name=run_name,

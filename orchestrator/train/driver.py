@@ -14,6 +14,7 @@ import dataclasses
 import datetime
 import json
 import signal
+import threading
 import uuid
 from pathlib import Path
 
@@ -26,13 +27,13 @@ from orchestrator.launch import local
 from orchestrator.paths import unwritable
 from orchestrator.plan import Plan, gpus_per_worker, make_plan, refuse_unfit, resolved_config
 from orchestrator.redact import redact, redact_text
-from orchestrator.train.loop import STOP_FILE
+from orchestrator.train.loop import EARLY_STOP, STOP_FILE
 
 # Keys that may change between the run that wrote a checkpoint and the command that resumes it.
 _RESUMABLE_CHANGES = ("train.max_steps", "train.log_every", "train.eval_every", "train.eval_batches",
                       "train.ckpt_every", "train.keep_checkpoints", "train.resume", "train.max_failures",
                       "train.collective_timeout_s", "logger.", "cluster.", "plan.", "submit.", "run_dir",
-                      "data.cache_dir", "data.num_proc", "zero.offload_", "zero.overlap_comm")
+                      "data.cache_dir", "data.num_proc", "zero.offload_", "zero.overlap_comm", "sweep.")
 
 
 BACKSTOP_S = 60
@@ -64,8 +65,11 @@ def worker_env(cfg: Config, gpus_per_worker: int) -> dict[str, str]:
     return env
 
 
-def train(cfg: Config) -> Path:
-    """Run the configured job to completion (or resume it) and return its run directory."""
+def train(cfg: Config, report_to_tune: bool = False) -> Path:
+    """Run the configured job to completion (or resume it) and return its run directory.
+
+    `report_to_tune`: inside a Ray Tune trial (a sweep), every evaluation is reported to Tune too.
+    """
     from orchestrator.data.pipeline import prepare
 
     plan = make_plan(cfg)
@@ -83,7 +87,7 @@ def train(cfg: Config) -> Path:
     refuse_unfit(cfg, plan)
     cfg = dataclasses.replace(resolved_config(cfg, plan), run_dir=str(run_dir))
     resume_from = _resume_point(cfg, plan, run_dir)
-    if resume_from is not None and resume_from.step >= cfg.train.max_steps and (run_dir / "summary.json").exists():
+    if resume_from is not None and _finished(run_dir, resume_from.step, cfg.train.max_steps):
         print(f"{run_dir} already finished at step {resume_from.step}; raise train.max_steps to train further")
         return run_dir
     print(f"plan: {plan.describe()}", flush=True)
@@ -112,8 +116,8 @@ def train(cfg: Config) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(redact_text(to_yaml(cfg)))
     (run_dir / STOP_FILE).unlink(missing_ok=True)  # a stop request belongs to the invocation that made it
-    run_id = _run_id(run_dir)
-    _fit(cfg, plan, run_dir, run_id, resume_from)
+    run_id = _run_id(run_dir, cfg.logger.run_id)
+    _fit(cfg, plan, run_dir, run_id, resume_from, report_to_tune)
     last = _last_event(run_dir)
     if last.get("event") == "preempted":
         raise Preempted(f"stopped at step {last['step']} with a complete checkpoint; "
@@ -121,12 +125,18 @@ def train(cfg: Config) -> Path:
     return run_dir
 
 
-def _run_id(run_dir: Path) -> str:
-    """One W&B run id per run directory, kept across reruns, restarts and preemptions."""
+def _finished(run_dir: Path, step: int, max_steps: int) -> bool:
+    """The run wrote its summary at its last step: max_steps, or earlier when a sweep stopped it early."""
+    summary = run_dir / "summary.json"
+    return summary.exists() and (step >= max_steps or json.loads(summary.read_text()).get("status") == EARLY_STOP)
+
+
+def _run_id(run_dir: Path, chosen: str | None) -> str:
+    """One W&B run id per run directory (logger.run_id, else a new one), kept across reruns and restarts."""
     record = run_dir / "run.json"
     if record.exists():
         return json.loads(record.read_text())["run_id"]
-    run_id = uuid.uuid4().hex[:12]
+    run_id = chosen or uuid.uuid4().hex[:12]
     record.write_text(json.dumps({"run_id": run_id}))
     return run_id
 
@@ -181,7 +191,14 @@ def _resume_point(cfg: Config, plan: Plan, run_dir: Path) -> checkpoint.Checkpoi
 
 @contextlib.contextmanager
 def _stop_on_signals(run_dir: Path):
-    """SIGTERM/SIGUSR1 (a scheduler's preemption notice) -> STOP file -> workers checkpoint and stop."""
+    """SIGTERM/SIGUSR1 (a scheduler's preemption notice) -> STOP file -> workers checkpoint and stop.
+
+    Only a process's main thread may set handlers: a sweep's trial runs in a Tune thread, and its
+    trials are stopped through the STOP file directly.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
     def request_stop(signum, frame):
         (run_dir / STOP_FILE).write_text(signal.Signals(signum).name)
@@ -201,7 +218,8 @@ def _last_event(run_dir: Path) -> dict:
     return json.loads(lines[-1]) if lines else {}
 
 
-def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: checkpoint.Checkpoint | None) -> None:
+def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: checkpoint.Checkpoint | None,
+         report_to_tune: bool) -> None:
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -226,6 +244,7 @@ def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: check
         "run_id": run_id,
         "resume_from": str(resume_from.path) if resume_from else None,
         "progress_board": board_name,
+        "report_metrics": report_to_tune,
     }
     resources = {"CPU": cfg.cluster.cpus_per_worker, **({"GPU": gpus} if gpus else {})}
     trainer = TorchTrainer(
@@ -241,6 +260,7 @@ def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: check
             storage_path=str(run_dir / ".ray"),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             worker_runtime_env={"env_vars": worker_env(cfg, gpus)},
+            callbacks=_tune_report() if report_to_tune else None,
         ),
     )
     watchdog = Watchdog(board, cfg.train.collective_timeout_s)
@@ -254,6 +274,12 @@ def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: check
             local.stop()
         elif not embedded:
             ray_cluster.disconnect()
+
+
+def _tune_report() -> list:
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    return [TuneReportCallback()]
 
 
 def _ray_nodes(cfg: Config) -> int:

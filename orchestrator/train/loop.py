@@ -29,6 +29,8 @@ import warnings
 from pathlib import Path
 
 STOP_FILE = "STOP"
+EARLY_STOP = "early_stopped"
+"""STOP file content that ends the run as finished early (a sweep's scheduler), not preempted."""
 
 
 def train_worker(payload: dict) -> None:
@@ -110,11 +112,11 @@ def _train(payload: dict, progress) -> None:
         batches.restore(rank_state.restore(checkpoint.rank_state_file(start.path, rank)))
     first_step = start.step + 1 if start else 1
 
-    def mean_over_ranks(value: float, stop: bool) -> tuple[float, bool]:
-        """One all-reduce per step carries the loss and every rank's stop request."""
-        tensor = torch.tensor([value, float(stop)], dtype=torch.float64, device=device)
+    def mean_over_ranks(value: float, stop: bool, finish: bool) -> tuple[float, bool, bool]:
+        """One all-reduce per step carries the loss and every rank's stop and finish-early requests."""
+        tensor = torch.tensor([value, float(stop), float(finish)], dtype=torch.float64, device=device)
         dist.all_reduce(tensor)
-        return tensor[0].item() / world, tensor[1].item() > 0
+        return tensor[0].item() / world, tensor[1].item() > 0, tensor[2].item() > 0
 
     def evaluate(step: int) -> float:
         engine.eval()
@@ -180,12 +182,15 @@ def _train(payload: dict, progress) -> None:
                 # Parameters, gradients and optimizer states all exist now (states appear at the first step).
                 measured = model_state_bytes(engine, exclude=(train_blocks, val_blocks))
             engine.step()  # applies the optimizer only at the accumulation boundary
-        stop_here = signals.requested() or (rank == 0 and (run_dir / STOP_FILE).exists())
+        request = _stop_request(run_dir) if rank == 0 else None
         progress.mark(step, "sync")
-        last_loss, stop = mean_over_ranks(sum(micro_losses) / len(micro_losses), stop_here)
+        last_loss, stop, finish_early = mean_over_ranks(sum(micro_losses) / len(micro_losses),
+                                                        signals.requested() or request not in (None, EARLY_STOP),
+                                                        request == EARLY_STOP)
         window_steps += 1
 
-        is_last = step == t.max_steps
+        is_last = step == t.max_steps or finish_early
+        last_step = step
         record = {}
         if is_last or stop or step % t.log_every == 0:
             now = time.perf_counter()
@@ -200,6 +205,9 @@ def _train(payload: dict, progress) -> None:
         if is_last or (t.eval_every and step % t.eval_every == 0):
             val_loss = evaluate(step)
             record.update(val_loss=val_loss, val_ppl=_perplexity(val_loss))
+            if payload.get("report_metrics"):  # a sweep's scheduler judges the trial here (every rank reports)
+                ray.train.report({"step": step, "loss": last_loss, "val_loss": val_loss,
+                                  "val_ppl": _perplexity(val_loss)})
         if record and tracker is not None:
             tracker.log(step, record)
             if "loss" in record:
@@ -208,6 +216,8 @@ def _train(payload: dict, progress) -> None:
             save(step)
         if stop and not is_last:
             stopped_at = step
+            break
+        if is_last:
             break
 
     if stopped_at is not None:
@@ -220,13 +230,15 @@ def _train(payload: dict, progress) -> None:
 
     wall_s = time.perf_counter() - started
     if first_step > t.max_steps:  # resumed from the final checkpoint: only the summary was missing
+        last_step = t.max_steps
         val_loss = evaluate(t.max_steps)
         if rank == 0:
             rows = (run_dir / "metrics.jsonl").read_text().splitlines()
             last_loss = json.loads(rows[-1])["loss"] if rows else float("nan")
 
     # --- final model (Hugging Face format) and summary ---
-    progress.mark(t.max_steps, "finish")
+    status = "completed" if last_step == t.max_steps else EARLY_STOP
+    progress.mark(last_step, "finish")
     state = ds.full_state_dict(engine)
     peak, measured_all, nodes = [None] * world, [None] * world, [None] * world
     dist.all_gather_object(peak, _peak_memory_bytes(device_type))
@@ -237,14 +249,15 @@ def _train(payload: dict, progress) -> None:
 
         model_dir = run_dir / "model"
         engine.module.save_pretrained(str(model_dir), state_dict=state)
-        progress.mark(t.max_steps, "finish")
+        progress.mark(last_step, "finish")
         load_tokenizer(str(data.tokenizer_dir)).save_pretrained(str(model_dir))
         summary = {
             "final_train_loss": last_loss,
             "final_val_loss": val_loss,
             "final_val_ppl": _perplexity(val_loss),
-            "steps": t.max_steps,
-            "tokens": t.max_steps * tokens_per_step,
+            "status": status,
+            "steps": last_step,
+            "tokens": last_step * tokens_per_step,
             "wall_s": wall_s,
             "resumed_from_step": start.step if start else None,
             "world_size": world,
@@ -258,9 +271,17 @@ def _train(payload: dict, progress) -> None:
         }
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         tracker.finish(summary)
-        _event(run_dir, "finished", t.max_steps)
-    progress.mark(t.max_steps, "finish")
+        _event(run_dir, "finished" if status == "completed" else EARLY_STOP, last_step)
+    progress.mark(last_step, "finish")
     dist.barrier()
+
+
+def _stop_request(run_dir: Path) -> str | None:
+    """The STOP file's content (why the run should stop), or None when there is none."""
+    try:
+        return (run_dir / STOP_FILE).read_text().strip()
+    except FileNotFoundError:
+        return None
 
 
 def _event(run_dir: Path, name: str, step: int) -> None:

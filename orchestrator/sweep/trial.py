@@ -1,0 +1,53 @@
+"""One sweep trial: a whole `orchestrator train` run, driven from inside a Ray Tune trial.
+
+This is Ray Train v2's supported Tune pattern: the Tune trial is a function that builds and fits
+a `TorchTrainer` (here: the driver's `train`, unchanged), reserving nothing itself, so the
+workers' bundles are placed by Ray Train alone. The trial's config is composed afresh from the
+sweep's plain overrides plus the trial's values (config groups can be swept too), and pinned to
+a stable run directory, <sweep_dir>/trials/<trial_id>/, so a restarted trial resumes its own
+checkpoints and W&B run. Every evaluation reaches Tune (the scheduler's time axis is the step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import ConfigError, Preempted, TrainingError
+from orchestrator.sweep.space import as_override
+
+TRIALS = "trials"
+
+
+def trial_config(base_overrides: list[str], config_file: str | None, values: dict[str, Any], sweep_dir: Path,
+                 trial_id: str):
+    """The trial's whole config: the sweep's command line, the trial's values, its run directory and W&B ids."""
+    from orchestrator.config.compose import compose
+
+    overrides = [as_override(key, value) for key, value in values.items()]
+    cfg = compose([*base_overrides, *overrides], config_file)
+    sweep = dataclasses.replace(cfg.sweep, dir=str(sweep_dir), trial_id=trial_id,
+                                trial_overrides={o.partition("=")[0]: o.partition("=")[2] for o in overrides})
+    logger = dataclasses.replace(cfg.logger, group=cfg.sweep.name, job_type="trial",
+                                 run_id=f"{cfg.sweep.name}-{trial_id}"[:64])
+    return dataclasses.replace(cfg, sweep=sweep, logger=logger, run_dir=str(sweep_dir / TRIALS / trial_id))
+
+
+def run_trial(values: dict[str, Any], base_overrides: list[str], config_file: str | None, sweep_dir: str) -> dict:
+    """Tune's trainable. Returns the trial's outcome as its last result; a failure is an outcome too
+    (status `failed` and the one-line root cause), so the sweep goes on and records it."""
+    from ray import tune
+
+    from orchestrator.train.driver import train
+
+    trial_id = tune.get_context().get_trial_id()
+    try:
+        cfg = trial_config(base_overrides, config_file, values, Path(sweep_dir), trial_id)
+        run_dir = train(cfg, report_to_tune=True)
+    except (ConfigError, TrainingError, Preempted) as error:
+        return {"status": "failed", "error": str(error).splitlines()[0] if str(error) else type(error).__name__}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {"status": summary["status"], "step": summary["steps"], "val_loss": summary["final_val_loss"],
+            "val_ppl": summary["final_val_ppl"], "loss": summary["final_train_loss"]}
