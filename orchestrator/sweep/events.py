@@ -45,7 +45,7 @@ class TrialLines(Callback):
 
     @staticmethod
     def asked_to_stop(trial_id: str, step: int) -> None:
-        _say(trial_id, f"ASHA stops it after step {step}: finishing at the next step")
+        _say(trial_id, f"ASHA stops it (judged at step {step}): it finishes at the step its ranks are on")
 
 
 def _say(trial_id: str, text: str) -> None:

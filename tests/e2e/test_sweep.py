@@ -1,0 +1,129 @@
+"""`orchestrator sweep` end to end: Optuna TPE + ASHA over the tiny model, every trial a 2-worker
+DeepSpeed job on the embedded Ray cluster; killed and resumed; best.yaml retrains the best trial;
+each trial's W&B run read back with W&B's own reader; `train -m` as a grid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY
+
+SWEEP = ["sweep", *TINY, "optim.lr=tag(log,interval(1e-4,3e-2))", "sweep.algorithm=optuna", "sweep.scheduler=asha",
+         "sweep.asha.grace_steps=10", "sweep.num_trials=4", "train.max_steps=30", "train.eval_every=5",
+         "train.log_every=5", "data.max_bytes=20000"]
+
+
+def orchestrator(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def inspect(run_dir: Path, *flags: str) -> list[dict]:
+    """W&B's own reader of the offline run in run_dir/wandb."""
+    result = subprocess.run(["wandb", "leet", "inspect", *flags, "--json", str(run_dir / "wandb")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    if "--summary" in flags:
+        return [json.loads(result.stdout)]
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+def digests(sweep_dir: Path) -> dict[Path, str]:
+    return {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in sweep_dir.glob("trials/*/summary.json")}
+
+
+@pytest.fixture(scope="module")
+def resumed_sweep(tmp_path_factory) -> tuple[Path, dict[Path, str], subprocess.CompletedProcess]:
+    """The sweep, SIGKILLed once two trials have ended, then the same command again."""
+    sweep_dir = tmp_path_factory.mktemp("sweep") / "s"
+    command = [sys.executable, "-m", "orchestrator", *SWEEP, f"sweep.dir={sweep_dir}"]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while len(digests(sweep_dir)) < 2:
+        assert first.poll() is None and time.monotonic() < deadline, "the sweep ended before two trials did"
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    ended = digests(sweep_dir)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    return sweep_dir, ended, again
+
+
+def test_a_killed_sweep_resumes_to_all_its_trials_leaving_finished_ones_untouched(resumed_sweep):
+    sweep_dir, ended, again = resumed_sweep
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "resuming sweep" in again.stdout
+    record = json.loads((sweep_dir / "sweep.json").read_text())
+    assert len(record["trials"]) == 4
+    assert {t["status"] for t in record["trials"]} <= {"completed", "early_stopped"}
+    assert any(t["status"] == "completed" for t in record["trials"])
+    for path, digest in ended.items():
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, f"{path} changed on resume"
+    for key in ("name", "metric", "mode", "algorithm", "scheduler", "wall_s", "concurrency", "overhead"):
+        assert record[key] is not None, key
+    for trial in record["trials"]:
+        run_dir = Path(trial["run_dir"])
+        assert run_dir == sweep_dir / "trials" / trial["id"]
+        for name in ("config.yaml", "metrics.jsonl", "summary.json", "model", "checkpoints", "wandb"):
+            assert (run_dir / name).exists(), (run_dir, name)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == trial["status"] and summary["steps"] == trial["steps"]
+        assert trial["final_metric"] == pytest.approx(summary["final_val_loss"], abs=1e-9)
+        assert set(trial["overrides"]) == {"optim.lr"} and trial["wandb_run_id"]
+
+
+def test_every_trial_is_one_wandb_run_in_the_sweeps_group(resumed_sweep):
+    sweep_dir, _, _ = resumed_sweep
+    record = json.loads((sweep_dir / "sweep.json").read_text())
+    for trial in record["trials"]:
+        run_dir = Path(trial["run_dir"])
+        runs = [r["run"] for r in inspect(run_dir) if r.get("type") == "run"]
+        assert {r["run_id"] for r in runs} == {trial["wandb_run_id"]}
+        assert {r["run_group"] for r in runs} == {"sweep"} and {r["job_type"] for r in runs} == {"trial"}
+        config = runs[-1]["config"]["update"]
+        assert config["sweep"]["trial_overrides"] == trial["overrides"]
+        assert config["sweep"]["algorithm"] == "optuna" and config["sweep"]["scheduler"] == "asha"
+        [summary] = inspect(run_dir, "--summary")
+        assert summary["summary"]["status"] == trial["status"]
+
+
+def test_best_yaml_retrains_the_best_completed_trial_exactly(resumed_sweep, tmp_path):
+    sweep_dir, _, _ = resumed_sweep
+    record = json.loads((sweep_dir / "sweep.json").read_text())
+    best = min((t for t in record["trials"] if t["status"] == "completed"), key=lambda t: t["final_metric"])
+    result = orchestrator("train", "--config", str(sweep_dir / "best.yaml"), f"run_dir={tmp_path / 'b'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    retrained = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert retrained["final_val_loss"] == pytest.approx(best["final_metric"], abs=1e-6)
+
+
+def test_a_trial_the_machine_cannot_hold_is_refused_at_once_writing_nothing(tmp_path):
+    started = time.monotonic()
+    result = orchestrator(*SWEEP, "cluster.cpus_per_worker=2", f"sweep.dir={tmp_path / 's'}", timeout=60)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "one trial cannot be placed: cluster.num_workers=2 x cluster.cpus_per_worker=2 = 4 CPUs" in line
+    assert time.monotonic() - started < 30
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_hydra_multirun_is_a_grid_with_one_run_and_one_wandb_run_per_member(tmp_path):
+    result = orchestrator("train", "-m", *TINY, "optim.lr=1e-3,3e-3", "train.max_steps=10", "train.eval_every=5",
+                          "data.max_bytes=20000", f"sweep.dir={tmp_path / 'grid'}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    runs = sorted((tmp_path / "grid" / "trials").iterdir())
+    assert len(runs) == 2
+    assert sorted(json.loads((run / "summary.json").read_text())["status"] for run in runs) == ["completed"] * 2
+    assert [len(list((run / "wandb").glob("offline-run-*"))) for run in runs] == [1, 1]
+    lrs = sorted(json.loads((tmp_path / "grid" / "sweep.json").read_text())["trials"][i]["overrides"]["optim.lr"]
+                 for i in range(2))
+    assert lrs == ["0.001", "0.003"]
