@@ -370,4 +370,8 @@ class Config:
     submit: SubmitConfig = field(default_factory=SubmitConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     run_dir: str | None = None
+
+    def command(self) -> str:
+        """What a submitted job runs on the cluster: `sweep` when the config holds a search space."""
+        return "sweep" if self.sweep.params else "train"
     """Output folder (see README: the run directory). null = runs/<model>-<timestamp>."""

@@ -82,7 +82,7 @@ def render(cfg: Config, plan: Plan, name: str, job_yaml: str) -> list[dict]:
         "kind": "RayJob",
         "metadata": {"name": name, "namespace": k.namespace, "labels": labels},
         "spec": {
-            "entrypoint": f"python -m orchestrator train --config {JOB_FILE_DIR}/job.yaml",
+            "entrypoint": f"python -m orchestrator {cfg.command()} --config {JOB_FILE_DIR}/job.yaml",
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": k.ttl_seconds_after_finished,
             "backoffLimit": k.backoff_limit,

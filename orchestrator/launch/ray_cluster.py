@@ -175,7 +175,7 @@ def _agent_not_ready(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and "No available agent" in str(error)
 
 
-def submit(url: str, job_dir: Path, submission_id: str, env_vars: dict[str, str]) -> str:
+def submit(url: str, job_dir: Path, submission_id: str, env_vars: dict[str, str], command: str = "train") -> str:
     """Send the job: its folder (the job file) becomes the working directory on the cluster.
 
     The driver adds the workers' setup hook itself (connect); Ray refuses a key set twice.
@@ -190,7 +190,7 @@ def submit(url: str, job_dir: Path, submission_id: str, env_vars: dict[str, str]
     send = retry(retry=retry_if_exception(_agent_not_ready), stop=stop_after_delay(60), wait=wait_fixed(2),
                  reraise=True)(client(url).submit_job)
     try:
-        return send(entrypoint="python -m orchestrator train --config job.yaml", runtime_env=runtime_env,
+        return send(entrypoint=f"python -m orchestrator {command} --config job.yaml", runtime_env=runtime_env,
                     submission_id=submission_id, metadata={"submitted_by": "orchestrator"})
     except RuntimeError as error:
         raise TrainingError(f"Ray refused the job at {url}: {str(error).strip().splitlines()[0]}") from None

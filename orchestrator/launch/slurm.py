@@ -106,7 +106,7 @@ def render(cfg: Config, plan: Plan, name: str, run_dir: Path, job_file: Path) ->
         "done",
         "",
         "# The driver waits for every node (cluster.join_timeout_s), trains, and checkpoints on USR1/TERM.",
-        '"$python" -m orchestrator train --config "$run_dir/job.yaml" &',
+        f'"$python" -m orchestrator {cfg.command()} --config "$run_dir/job.yaml" &',
         "driver=$!",
         "trap 'kill -USR1 \"$driver\" 2>/dev/null' USR1 TERM  # preemption notice -> checkpoint, exit 75",
         "while :; do",

@@ -11,6 +11,7 @@ unreachable Ray cluster) comes before the first file is written: exit 2, no run 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import re
 import shutil
@@ -49,7 +50,8 @@ def _compose(overrides: list[str], config_file: str | None):
 
 def _placement(cfg: Config, name: str, overrides: list[str]) -> tuple[Path, str, dict]:
     """(local folder for the rendered files, the run directory on the cluster, job-file overrides)."""
-    chosen = Path(cfg.run_dir).expanduser() if cfg.run_dir else None
+    chosen_dir = cfg.sweep.dir if cfg.command() == "sweep" else cfg.run_dir
+    chosen = Path(chosen_dir).expanduser() if chosen_dir else None
     if cfg.cluster.name is Backend.slurm:  # the login node and the compute nodes share this filesystem
         run_dir = (chosen or Path("runs") / name).resolve()
         return run_dir, str(run_dir), {}
@@ -58,20 +60,35 @@ def _placement(cfg: Config, name: str, overrides: list[str]) -> tuple[Path, str,
         mount = cfg.cluster.k8s.mount_path.rstrip("/")
         cache_chosen = any(o.startswith("data.cache_dir=") for o in overrides)
         updates = {} if cache_chosen else {"data": {"cache_dir": f"{mount}/cache"}}
-        return folder, cfg.run_dir or f"{mount}/runs/{name}", updates
-    return folder, cfg.run_dir or f"~/orchestrator/runs/{name}", {}  # ray: on the head node
+        return folder, chosen_dir or f"{mount}/runs/{name}", updates
+    return folder, chosen_dir or f"~/orchestrator/runs/{name}", {}  # ray: on the head node
 
 
 def submit(overrides: list[str], config_file: str | None = None) -> int:
+    """Submit a training run, or a sweep when the config has a search space (the sweep's driver then runs
+    on the cluster, its trials spread over the cluster's nodes, `sweep.dir` in place of `run_dir`)."""
     from omegaconf import OmegaConf
 
+    from orchestrator.sweep.space import split_overrides
+
+    overrides, swept = split_overrides(overrides)
     job, cfg = _compose(overrides, config_file)
+    if swept:
+        job = OmegaConf.merge(job, {"sweep": {"params": swept}})
+        cfg = dataclasses.replace(cfg, sweep=dataclasses.replace(cfg.sweep, params={**cfg.sweep.params, **swept}))
+    if cfg.command() == "sweep":
+        from orchestrator.sweep.driver import search_problems
+
+        problems = search_problems(cfg, {}, overrides, config_file)[1]
+        if problems:
+            raise ConfigError(problems)
     plan = make_plan(cfg)
     refuse_unfit(cfg, plan)
     name = run_name(cfg)
     folder, run_dir, updates = _placement(cfg, name, overrides)
     # The job file submits for real when resubmitted with --config, even if this call is a dry run.
-    job = OmegaConf.merge(job, {"run_dir": run_dir, "submit": {"dry_run": False}, **updates})
+    folder_key = {"sweep": {"dir": run_dir}} if cfg.command() == "sweep" else {"run_dir": run_dir}
+    job = OmegaConf.merge(job, {**folder_key, "submit": {"dry_run": False}}, updates)
     job_text = redact_text(to_yaml(job))
     artifact = _render(cfg, plan, name, folder, run_dir, job_text)
     _preflight(cfg, plan, folder, run_dir, job.data.cache_dir, artifact)  # every refusal: before any file
@@ -181,7 +198,7 @@ def _ray(cfg: Config, plan: Plan, name: str, folder: Path, run_dir: str) -> int:
     if cfg.submit.dry_run:
         print(f"dry run: wrote {folder / JOB_FILE}; it would be submitted to {url} as {name}")
         return 0
-    job_id = ray_cluster.submit(url, folder, name, {"PYTHONUNBUFFERED": "1"})
+    job_id = ray_cluster.submit(url, folder, name, {"PYTHONUNBUFFERED": "1"}, cfg.command())
     print(f"submitted Ray job {job_id} to {url}; run directory on the cluster: {run_dir}", flush=True)
     if not cfg.submit.follow:
         print(f"follow it with `orchestrator logs {job_id} --address {url}`")

@@ -18,6 +18,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from orchestrator.config.schema import Backend, Config, SearchAlgorithm, SweepScheduler
@@ -37,16 +38,12 @@ def sweep(overrides: list[str], config_file: str | None = None, resume_dir: str 
     plain, swept = space.split_overrides(overrides)
     from orchestrator.config.compose import compose
 
+    if config_file is not None:  # trials compose from it wherever their process runs
+        config_file = str(Path(config_file).expanduser().resolve())
     base = compose(plain, config_file)
-    params, problems = space.parse({**base.sweep.params, **swept})
-    problems += space.check(params, base.sweep.algorithm) + _check_settings(base, params)
-    if params:  # every key and value type, as the first trial will compose them
-        try:
-            compose([*plain, *(space.as_override(p.key, p.first()) for p in params)], config_file)
-        except ConfigError as error:
-            problems += [f"sweep: {problem}" for problem in error.problems]
+    params, problems = search_problems(base, swept, plain, config_file)
     sweep_dir = Path(resume_dir or base.sweep.dir or _default_dir(base.sweep.name)).expanduser().resolve()
-    problems += _unplaceable(base)
+    problems += _unplaceable(base)  # on this machine; a joined cluster is checked once joined
     from orchestrator.paths import unwritable
 
     problems += [p for p in (unwritable("sweep.dir", str(sweep_dir)),) if p]
@@ -54,17 +51,21 @@ def sweep(overrides: list[str], config_file: str | None = None, resume_dir: str 
         raise ConfigError(problems)
 
     trials = space.grid_size(params) if base.sweep.algorithm is SearchAlgorithm.grid else base.sweep.num_trials
-    concurrency = _concurrency(base, trials)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    if not (sweep_dir / REQUEST).exists():
-        (sweep_dir / REQUEST).write_text(json.dumps({"overrides": overrides, "config_file": config_file}))
-    print(f"sweep {base.sweep.name}: {trials} trials of {base.cluster.num_workers} workers each, "
-          f"{concurrency} at a time ({_trial_need(base)}); {sweep_dir}", flush=True)
-    from orchestrator.data.pipeline import prepare
+    _join(base)  # a joined cluster that cannot place one trial is refused here, before anything is written
+    try:
+        concurrency = _concurrency(base, trials)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if not (sweep_dir / REQUEST).exists():
+            (sweep_dir / REQUEST).write_text(json.dumps({"overrides": overrides, "config_file": config_file}))
+            print(f"sweep {base.sweep.name}: {trials} trials, {concurrency} at a time ({_trial_need(base)}); "
+              f"{sweep_dir}", flush=True)
+        from orchestrator.data.pipeline import prepare
 
-    prepare(base.data, base.train.seq_len, base.train.seed)  # once, before trials race to build the cache
-    started = time.monotonic()
-    outcomes = _tune(base, params, plain, config_file, sweep_dir, trials, concurrency)
+        prepare(base.data, base.train.seq_len, base.train.seed)  # once, before trials race to build the cache
+        started = time.monotonic()
+        outcomes = _tune(base, params, plain, config_file, sweep_dir, trials, concurrency)
+    finally:
+        _leave(base)
     maximize = base.sweep.mode.value == "max"
     runs = sorted((sweep_dir / TRIALS).iterdir()) if (sweep_dir / TRIALS).exists() else []
     known = {run.name for run in runs}
@@ -74,6 +75,21 @@ def sweep(overrides: list[str], config_file: str | None = None, resume_dir: str 
     written = record.write(sweep_dir, base.sweep, trial_records, time.monotonic() - started, concurrency)
     _table(written, sweep_dir)
     return 0 if any(t["status"] == "completed" for t in trial_records) else 1
+
+
+def search_problems(base: Config, swept: dict[str, str], plain: list[str],
+                    config_file: str | None) -> tuple[list[space.Param], list[str]]:
+    """The search space (base.sweep.params + command-line expressions) and everything wrong with it."""
+    from orchestrator.config.compose import compose
+
+    params, problems = space.parse({**base.sweep.params, **swept})
+    problems += space.check(params, base.sweep.algorithm) + _check_settings(base, params)
+    if params:  # every key and value type, as the first trial will compose them
+        try:
+            compose([*plain, *(space.as_override(p.key, p.first()) for p in params)], config_file)
+        except ConfigError as error:
+            problems += [f"sweep: {problem}" for problem in error.problems]
+    return params, problems
 
 
 def _request(resume_dir: str, overrides: list[str], config_file: str | None) -> tuple[list[str], str | None]:
@@ -114,16 +130,14 @@ def _check_settings(cfg: Config, params: list[space.Param]) -> list[str]:
         if cfg.train.eval_every < 1:
             problems.append("train.eval_every=0: ASHA judges trials at evaluations; evaluate every few steps "
                             f"(at most sweep.asha.grace_steps={s.asha.grace_steps} for the first judgement on time)")
-    if cfg.cluster.name not in (Backend.local, Backend.ray):
-        problems.append(f"cluster={cfg.cluster.name.value}: a sweep runs on cluster=local or ray; on Slurm or "
-                        "Kubernetes start it with `orchestrator submit`")
     return problems
 
 
 def _trial_need(cfg: Config) -> str:
-    c = cfg.cluster
-    gpus = f" + {c.gpus_per_worker} GPU" if c.gpus_per_worker else ""
-    return f"a trial takes {c.num_workers} workers x {c.cpus_per_worker} CPU{gpus}"
+    from orchestrator.plan import gpus_per_worker, make_plan
+
+    gpus = f" + {gpus_per_worker(cfg)} GPU" if gpus_per_worker(cfg) else ""
+    return f"a trial takes {make_plan(cfg).world_size} workers x {cfg.cluster.cpus_per_worker} CPU{gpus}"
 
 
 def _unplaceable(cfg: Config) -> list[str]:
@@ -135,14 +149,47 @@ def _unplaceable(cfg: Config) -> list[str]:
     return [f"sweep: one trial cannot be placed: {problem}" for problem in local.preflight(cfg.cluster)]
 
 
+TRIAL_ENV = {"RAY_CHDIR_TO_TRIAL_DIR": "0"}
+"""Trials chdir nowhere: relative paths on the command line mean in a trial what they meant here."""
+
+
+def _join(cfg: Config) -> None:
+    """Start the embedded cluster (workers' output stays in Ray's logs: trial lines speak), or join one."""
+    from orchestrator.launch import local, ray_cluster
+    from orchestrator.plan import gpus_per_worker, make_plan
+    from orchestrator.train.driver import ray_nodes
+
+    if cfg.cluster.name is Backend.local:
+        local.start(cfg.cluster, log_to_driver=False, env_vars=TRIAL_ENV)
+        return
+    import torch  # noqa: F401  (before Ray joins: see train/driver.py)
+
+    os.environ.update(TRIAL_ENV)
+    ray_cluster.connect(cfg.cluster, nodes=ray_nodes(cfg), workers=make_plan(cfg).world_size,
+                        gpus_per_worker=gpus_per_worker(cfg) or 0)
+
+
+def _leave(cfg: Config) -> None:
+    from orchestrator.launch import local, ray_cluster
+
+    if cfg.cluster.name is Backend.local:
+        local.stop()
+    else:
+        ray_cluster.disconnect()
+
+
 def _concurrency(cfg: Config, trials: int) -> int:
     """Trials at once: what the cluster's CPUs and GPUs hold (each trial's driver reserves none), capped."""
-    from orchestrator.launch import local
+    import ray
 
-    c = cfg.cluster
-    fits = local.available_cpus() // (c.num_workers * c.cpus_per_worker)
-    if c.gpus_per_worker:
-        fits = min(fits, local.visible_gpus() // (c.num_workers * c.gpus_per_worker))
+    from orchestrator.plan import gpus_per_worker, make_plan
+
+    world = make_plan(cfg).world_size
+    total = ray.cluster_resources()
+    fits = int(total.get("CPU", 0) // (world * cfg.cluster.cpus_per_worker))
+    gpus = gpus_per_worker(cfg) or 0
+    if gpus:
+        fits = min(fits, int(total.get("GPU", 0) // (world * gpus)))
     return max(1, min(fits, cfg.sweep.max_concurrent or math.inf, trials))
 
 
@@ -151,18 +198,10 @@ def _tune(cfg: Config, params: list[space.Param], plain: list[str], config_file:
     """Run (or resume) the search; returns each trial's outcome by trial id."""
     from ray import tune
 
-    from orchestrator.launch import local, ray_cluster
     from orchestrator.sweep.events import EarlyStopByRequest, TrialLines
 
-    # Trials chdir nowhere: relative paths on the command line mean what they meant here.
-    env = {"RAY_CHDIR_TO_TRIAL_DIR": "0"}
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # with verbose=0: no Tune status tables; TrialLines speaks instead
-    if cfg.cluster.name is Backend.local:
-        local.start(cfg.cluster, log_to_driver=False, env_vars=env)
-    else:
-        os.environ.update(env)
-        ray_cluster.connect(cfg.cluster, nodes=1, workers=cfg.cluster.num_workers,
-                            gpus_per_worker=cfg.cluster.gpus_per_worker or 0)
+    warnings.filterwarnings("ignore", message="The reported value is ignored")  # Optuna, on Tune's last result
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base_overrides=plain, config_file=config_file, sweep_dir=str(sweep_dir)),
         # The trial's driver only waits: no CPU (its workers' bundles are Ray Train's to place), just a
@@ -171,27 +210,21 @@ def _tune(cfg: Config, params: list[space.Param], plain: list[str], config_file:
     s = cfg.sweep
     lines = TrialLines(s.metric)
     experiment = sweep_dir / "tune"
-    try:
-        if tune.Tuner.can_restore(str(experiment)):
-            print(f"resuming sweep {s.name} from {sweep_dir}", flush=True)
-            tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=False)
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                param_space=space.search_space(params, s.algorithm),
-                tune_config=tune.TuneConfig(
-                    metric=s.metric, mode=s.mode.value, search_alg=_searcher(cfg, sweep_dir, concurrency),
-                    scheduler=EarlyStopByRequest.for_sweep(cfg, sweep_dir / TRIALS),
-                    num_samples=1 if s.algorithm is SearchAlgorithm.grid else trials),
-                run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), verbose=0, callbacks=[lines],
-                                          failure_config=tune.FailureConfig(max_failures=0)),
-            )
-        results = tuner.fit()
-    finally:
-        if cfg.cluster.name is Backend.local:
-            local.stop()
-        else:
-            ray_cluster.disconnect()
+    if tune.Tuner.can_restore(str(experiment)):
+        print(f"resuming sweep {s.name} from {sweep_dir}", flush=True)
+        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space.search_space(params, s.algorithm),
+            tune_config=tune.TuneConfig(
+                metric=s.metric, mode=s.mode.value, search_alg=_searcher(cfg, sweep_dir, concurrency),
+                scheduler=EarlyStopByRequest.for_sweep(cfg, sweep_dir / TRIALS),
+                num_samples=1 if s.algorithm is SearchAlgorithm.grid else trials),
+            run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), verbose=0, callbacks=[lines],
+                                      failure_config=tune.FailureConfig(max_failures=0)),
+        )
+    results = tuner.fit()
     outcomes = {}
     for result in results:
         metrics = dict(result.metrics or {})

@@ -96,14 +96,15 @@ def train(cfg: Config, report_to_tune: bool = False) -> Path:
         print(f"memory per rank: model states {m['model_states'] / 1e9:.3f} GB, activations "
               f"{m['activations'] / 1e9:.3f} GB, total {m['device'] / 1e9:.2f} GB", flush=True)
 
-    if cfg.cluster.name is not Backend.local:  # join first: no cluster, no data work, no run dir
+    joined = cfg.cluster.name is not Backend.local and not _in_ray_process()
+    if joined:  # join first: no cluster, no data work, no run dir
         # torch before Ray joins: in a Ray job's driver the other order makes oneMKL fail to load
         # libtorch_cpu ("Intel oneMKL FATAL ERROR", exit code 2).
         import torch  # noqa: F401
 
         from orchestrator.launch import ray_cluster
 
-        ray_cluster.connect(cfg.cluster, nodes=_ray_nodes(cfg), workers=plan.world_size,
+        ray_cluster.connect(cfg.cluster, nodes=ray_nodes(cfg), workers=plan.world_size,
                             gpus_per_worker=gpus_per_worker(cfg) or 0)
     prepared = prepare(cfg.data, cfg.train.seq_len, cfg.train.seed)
     meta = prepared.meta
@@ -117,12 +118,19 @@ def train(cfg: Config, report_to_tune: bool = False) -> Path:
     (run_dir / "config.yaml").write_text(redact_text(to_yaml(cfg)))
     (run_dir / STOP_FILE).unlink(missing_ok=True)  # a stop request belongs to the invocation that made it
     run_id = _run_id(run_dir, cfg.logger.run_id)
-    _fit(cfg, plan, run_dir, run_id, resume_from, report_to_tune)
+    _fit(cfg, plan, run_dir, run_id, resume_from, report_to_tune, joined)
     last = _last_event(run_dir)
     if last.get("event") == "preempted":
         raise Preempted(f"stopped at step {last['step']} with a complete checkpoint; "
                         "rerun the same command to resume")
     return run_dir
+
+
+def _in_ray_process() -> bool:
+    """A sweep's trial runs the driver inside a Ray actor: its cluster is already the one to use."""
+    import ray
+
+    return ray.is_initialized()
 
 
 def _finished(run_dir: Path, step: int, max_steps: int) -> bool:
@@ -219,7 +227,7 @@ def _last_event(run_dir: Path) -> dict:
 
 
 def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: checkpoint.Checkpoint | None,
-         report_to_tune: bool) -> None:
+         report_to_tune: bool, joined: bool) -> None:
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -228,8 +236,7 @@ def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: check
     from orchestrator.train.loop import train_worker
     from orchestrator.train.watchdog import ProgressBoard, Watchdog
 
-    embedded = cfg.cluster.name is Backend.local  # other backends joined their cluster in train()
-    started_embedded = embedded and local.start(cfg.cluster)
+    started_embedded = cfg.cluster.name is Backend.local and local.start(cfg.cluster)
     gpus = gpus_per_worker(cfg)
     if gpus is None:
         gpus = 1 if local.gpus() >= plan.world_size else 0
@@ -272,7 +279,7 @@ def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: check
     finally:
         if started_embedded:
             local.stop()
-        elif not embedded:
+        elif joined:
             ray_cluster.disconnect()
 
 
@@ -282,7 +289,7 @@ def _tune_report() -> list:
     return [TuneReportCallback()]
 
 
-def _ray_nodes(cfg: Config) -> int:
+def ray_nodes(cfg: Config) -> int:
     """Ray nodes to wait for: the allocation's machines (plus KubeRay's head pod, which trains nothing)."""
     return {Backend.ray: 1, Backend.slurm: cfg.cluster.nodes, Backend.k8s: cfg.cluster.nodes + 1}[cfg.cluster.name]
 

@@ -51,7 +51,6 @@ def test_float_values_reach_the_trial_exactly():
      "sweep.asha.grace_steps=500: must be between 1 and train.max_steps=100"),
     (["sweep.scheduler=asha", "train.eval_every=0"], "train.eval_every=0: ASHA judges trials at evaluations"),
     (["sweep.metric=accuracy"], "sweep.metric=accuracy: must be one of val_loss, val_ppl, loss"),
-    (["cluster=slurm"], "cluster=slurm: a sweep runs on cluster=local or ray"),
 ])
 def test_sweep_settings_that_cannot_work_are_refused(compose_tiny, overrides, message):
     cfg = compose_tiny(*overrides)
