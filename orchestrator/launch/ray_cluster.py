@@ -26,16 +26,18 @@ STOP_GRACE_S = 300
 """How long `orchestrator stop` lets a job checkpoint after SIGTERM before Ray kills it."""
 
 
-def connect(cluster: ClusterConfig, nodes: int, workers: int, gpus_per_worker: int) -> None:
+def connect(cluster: ClusterConfig, nodes: int, workers: int, gpus_per_worker: int,
+            env_vars: dict[str, str] | None = None) -> None:
     """Join the running cluster at cluster.address, wait until `nodes` machines are in it, and check
-    it can place `workers` workers (else leave it again and raise ConfigError)."""
+    it can place `workers` workers (else leave it again and raise ConfigError). `env_vars` go to every
+    process of this job."""
     import ray
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     wait_for_head(cluster.address, cluster.join_timeout_s)
     try:
         ray.init(address=cluster.address, logging_level=logging.WARNING, configure_logging=True,
-                 runtime_env={"worker_process_setup_hook": SETUP_HOOK})
+                 runtime_env={"worker_process_setup_hook": SETUP_HOOK, **({"env_vars": env_vars} if env_vars else {})})
     except (ConnectionError, RuntimeError, ValueError) as error:
         hint = "" if cluster.name is Backend.ray else (
             f"; cluster={cluster.name.value} jobs start with `orchestrator submit`")

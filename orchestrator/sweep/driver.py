@@ -164,9 +164,8 @@ def _join(cfg: Config) -> None:
         return
     import torch  # noqa: F401  (before Ray joins: see train/driver.py)
 
-    os.environ.update(TRIAL_ENV)
     ray_cluster.connect(cfg.cluster, nodes=ray_nodes(cfg), workers=make_plan(cfg).world_size,
-                        gpus_per_worker=gpus_per_worker(cfg) or 0)
+                        gpus_per_worker=gpus_per_worker(cfg) or 0, env_vars=TRIAL_ENV)
 
 
 def _leave(cfg: Config) -> None:

@@ -168,3 +168,17 @@ def test_a_job_the_cluster_cannot_place_is_refused_before_anything_is_written(tw
     assert line.startswith("error: ") and message in line and "the Ray cluster cannot place this job" in line
     assert time.monotonic() - started < 30
     assert not run_dir.exists()
+
+
+def test_a_submitted_sweep_runs_its_trials_across_the_nodes(two_nodes, tmp_path):
+    env, _, url = two_nodes
+    sweep_dir = tmp_path / "sweep"
+    result = orchestrator(env, "submit", "cluster=ray", f"cluster.dashboard_url={url}", *TINY, "data.max_bytes=20000",
+                          "optim.lr=1e-3,3e-3", "train.max_steps=10", "train.eval_every=5", f"sweep.dir={sweep_dir}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "trial " in result.stdout and "completed at step 10" in result.stdout  # the sweep's lines, streamed
+    record = json.loads((sweep_dir / "sweep.json").read_text())
+    assert [t["status"] for t in record["trials"]] == ["completed", "completed"]
+    for trial in record["trials"]:
+        first, second = json.loads((Path(trial["run_dir"]) / "summary.json").read_text())["node_id_per_rank"]
+        assert first != second  # each trial's two workers on the two nodes

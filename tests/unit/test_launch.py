@@ -328,3 +328,28 @@ def test_slurm_waits_for_a_verdict_no_longer_than_join_timeout(tmp_path):
     assert "(pending: None, not judged by Slurm within cluster.join_timeout_s=2)" in result.stdout
     assert time.monotonic() - started < 15
     assert "scancel" not in (tmp_path / "slurm.calls").read_text()
+
+
+@pytest.mark.parametrize("backend", ["slurm", "k8s"])
+def test_a_config_with_a_search_space_is_submitted_as_a_sweep(tmp_path, backend):
+    """The sweep's driver runs on the cluster from the job file; sweep.dir takes run_dir's place."""
+    folder = tmp_path / "sweep"
+    extra = ([f"sweep.dir={folder}", "cluster.gpus_per_node=0", "cluster.workers_per_node=2"] if backend == "slurm"
+             else ["cluster.nodes=2", "cluster.gpus_per_node=8"])
+    result = submit(f"cluster={backend}", "submit.dry_run=true", "optim.lr=1e-3,3e-3", "zero=2,3", *extra)
+    assert result.returncode == 0, result.stderr
+    folder = folder if backend == "slurm" else next(tmp_path.glob("runs/*"))
+    job = yaml.safe_load((folder / "job.yaml").read_text()) if backend == "slurm" else \
+        yaml.safe_load(next(yaml.safe_load_all((folder / "rayjob.yaml").read_text()))["data"]["job.yaml"])
+    assert job["sweep"]["params"] == {"optim.lr": "1e-3,3e-3", "zero": "2,3"}
+    assert job["run_dir"] is None and job["sweep"]["dir"]
+    artifact = (folder / ("job.sbatch" if backend == "slurm" else "rayjob.yaml")).read_text()
+    assert "-m orchestrator sweep --config" in artifact and "orchestrator train" not in artifact
+
+
+def test_a_bad_search_space_is_refused_before_anything_is_submitted(tmp_path):
+    result = submit("cluster=slurm", "submit.dry_run=true", "optim.lr=interval(1e-4,1e-2)",
+                    f"sweep.dir={tmp_path / 's'}")
+    assert result.returncode == 2
+    assert "a grid needs listed values" in result.stderr
+    assert not (tmp_path / "s").exists()
