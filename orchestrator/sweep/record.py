@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from orchestrator.config.schema import SweepConfig
+from orchestrator.sweep.trial import TRIAL_JSON
 
 SWEEP_JSON = "sweep.json"
 BEST_YAML = "best.yaml"
@@ -41,7 +42,7 @@ def trial_record(run_dir: Path, outcome: dict, metric: str, maximize: bool) -> d
         "final_metric": final[0],
         "final_step": final[1],
         "steps": rows[-1]["step"] if rows else 0,
-        "wall_s": outcome.get("time_total_s", summary.get("wall_s")),
+        "wall_s": _json(run_dir / TRIAL_JSON).get("wall_s", outcome.get("time_total_s")),
         "run_dir": str(run_dir),
         "wandb_run_id": _json(run_dir / "run.json").get("run_id"),
         "error": outcome.get("error") if status == "failed" else None,

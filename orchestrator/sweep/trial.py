@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from orchestrator.errors import ConfigError, Preempted, TrainingError
 from orchestrator.sweep.space import as_override
 
 TRIALS = "trials"
+TRIAL_JSON = "trial.json"
+"""In a trial's run directory: its id and the wall seconds of the attempt that ended it (startup included)."""
 
 
 def trial_config(base_overrides: list[str], config_file: str | None, values: dict[str, Any], sweep_dir: Path,
@@ -43,11 +46,15 @@ def run_trial(values: dict[str, Any], base_overrides: list[str], config_file: st
     from orchestrator.train.driver import train
 
     trial_id = tune.get_context().get_trial_id()
+    started = time.monotonic()
     try:
         cfg = trial_config(base_overrides, config_file, values, Path(sweep_dir), trial_id)
+        ran_before = (Path(cfg.run_dir) / "summary.json").exists()
         run_dir = train(cfg, report_to_tune=True)
     except (ConfigError, TrainingError, Preempted) as error:
         return {"status": "failed", "error": str(error).splitlines()[0] if str(error) else type(error).__name__}
+    if not ran_before:  # a resumed sweep re-entering an ended trial keeps the wall time it took
+        (run_dir / TRIAL_JSON).write_text(json.dumps({"id": trial_id, "wall_s": time.monotonic() - started}))
     summary = json.loads((run_dir / "summary.json").read_text())
     return {"status": summary["status"], "step": summary["steps"], "val_loss": summary["final_val_loss"],
             "val_ppl": summary["final_val_ppl"], "loss": summary["final_train_loss"]}
