@@ -223,6 +223,9 @@ def _tune(cfg: Config, params: list[space.Param], plain: list[str], config_file:
             run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), verbose=0, callbacks=[lines],
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
+    # Tune lists its files relative to the working folder. A Ray job's working folder (its uploaded
+    # package) was seen deleted under a running sweep, so work from the sweep's own folder.
+    os.chdir(sweep_dir)
     results = tuner.fit()
     outcomes = {}
     for result in results:
