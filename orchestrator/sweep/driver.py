@@ -46,7 +46,8 @@ def sweep(overrides: list[str], config_file: str | None = None, resume_dir: str 
     problems += _unplaceable(base)  # on this machine; a joined cluster is checked once joined
     from orchestrator.paths import unwritable
 
-    problems += [p for p in (unwritable("sweep.dir", str(sweep_dir)),) if p]
+    if problem := unwritable("sweep.dir", str(sweep_dir)):
+        problems.append(problem)
     if problems:
         raise ConfigError(problems)
 
@@ -57,7 +58,7 @@ def sweep(overrides: list[str], config_file: str | None = None, resume_dir: str 
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if not (sweep_dir / REQUEST).exists():
             (sweep_dir / REQUEST).write_text(json.dumps({"overrides": overrides, "config_file": config_file}))
-            print(f"sweep {base.sweep.name}: {trials} trials, {concurrency} at a time ({_trial_need(base)}); "
+        print(f"sweep {base.sweep.name}: {trials} trials, {concurrency} at a time ({_trial_need(base)}); "
               f"{sweep_dir}", flush=True)
         from orchestrator.data.pipeline import prepare
 
