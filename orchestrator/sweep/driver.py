@@ -234,7 +234,7 @@ def _tune(cfg: Config, params: list[space.Param], plain: list[str], config_file:
         trial_id = metrics.get("trial_id") or Path(result.path).name
         if result.error is not None:
             metrics.update(status="failed", error=str(result.error).strip().splitlines()[-1])
-        outcomes[trial_id] = metrics
+        outcomes[trial_id] = {**metrics, "overrides": space.as_overrides(result.config or {})}
     return outcomes
 
 
@@ -256,9 +256,10 @@ def _searcher(cfg: Config, sweep_dir: Path, concurrency: int):
 
 def _failed_without_run(sweep_dir: Path, trial_id: str, outcome: dict) -> dict:
     """A trial that failed before its run directory existed (a config its values made invalid)."""
-    return {"id": trial_id, "overrides": {}, "status": "failed", "best_metric": None, "best_step": None,
-            "final_metric": None, "final_step": None, "steps": 0, "wall_s": outcome.get("time_total_s"),
-            "run_dir": str(sweep_dir / TRIALS / trial_id), "wandb_run_id": None, "error": outcome.get("error")}
+    return {"id": trial_id, "overrides": outcome.get("overrides", {}), "status": "failed",
+            "best_metric": None, "best_step": None, "final_metric": None, "final_step": None, "steps": 0,
+            "wall_s": outcome.get("time_total_s"), "run_dir": str(sweep_dir / TRIALS / trial_id),
+            "wandb_run_id": None, "error": outcome.get("error")}
 
 
 def _table(written: dict, sweep_dir: Path) -> None:

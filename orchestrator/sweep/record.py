@@ -35,7 +35,7 @@ def trial_record(run_dir: Path, outcome: dict, metric: str, maximize: bool) -> d
     status = summary.get("status") if summary.get("status") else "failed"
     return {
         "id": run_dir.name,
-        "overrides": (config.get("sweep") or {}).get("trial_overrides", outcome.get("overrides", {})),
+        "overrides": (config.get("sweep") or {}).get("trial_overrides") or outcome.get("overrides", {}),
         "status": status,
         "best_metric": best[0],
         "best_step": best[1],

@@ -118,3 +118,8 @@ def search_space(params: list[Param], algorithm: SearchAlgorithm) -> dict[str, A
 def as_override(key: str, value: Any) -> str:
     """`key=value` for Hydra; floats keep every digit (repr round-trips), so a trial's value is exact."""
     return f"{key}={value!r}" if isinstance(value, float) else f"{key}={value}"
+
+
+def as_overrides(values: dict[str, Any]) -> dict[str, str]:
+    """A trial's values as recorded (sweep.trial_overrides, sweep.json): key -> the text after `=`."""
+    return {key: as_override(key, value).partition("=")[2] for key, value in values.items()}

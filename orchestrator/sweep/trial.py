@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import ConfigError, Preempted, TrainingError
-from orchestrator.sweep.space import as_override
+from orchestrator.sweep.space import as_override, as_overrides
 
 TRIALS = "trials"
 TRIAL_JSON = "trial.json"
@@ -29,10 +29,8 @@ def trial_config(base_overrides: list[str], config_file: str | None, values: dic
     """The trial's whole config: the sweep's command line, the trial's values, its run directory and W&B ids."""
     from orchestrator.config.compose import compose
 
-    overrides = [as_override(key, value) for key, value in values.items()]
-    cfg = compose([*base_overrides, *overrides], config_file)
-    sweep = dataclasses.replace(cfg.sweep, dir=str(sweep_dir), trial_id=trial_id,
-                                trial_overrides={o.partition("=")[0]: o.partition("=")[2] for o in overrides})
+    cfg = compose([*base_overrides, *(as_override(key, value) for key, value in values.items())], config_file)
+    sweep = dataclasses.replace(cfg.sweep, dir=str(sweep_dir), trial_id=trial_id, trial_overrides=as_overrides(values))
     logger = dataclasses.replace(cfg.logger, group=cfg.sweep.name, job_type="trial",
                                  run_id=f"{cfg.sweep.name}-{trial_id}"[:64])
     return dataclasses.replace(cfg, sweep=sweep, logger=logger, run_dir=str(sweep_dir / TRIALS / trial_id))

@@ -94,6 +94,8 @@ def test_every_trial_is_one_wandb_run_in_the_sweeps_group(resumed_sweep):
         assert config["sweep"]["algorithm"] == "optuna" and config["sweep"]["scheduler"] == "asha"
         [summary] = inspect(run_dir, "--summary")
         assert summary["summary"]["status"] == trial["status"]
+        exits = [r["exit"]["exit_code"] for r in inspect(run_dir) if r.get("type") == "exit"]
+        assert exits and set(exits) == {0}  # closed as finished, early-stopped trials too (not "crashed")
 
 
 def test_best_yaml_retrains_the_best_completed_trial_exactly(resumed_sweep, tmp_path):
@@ -127,3 +129,16 @@ def test_hydra_multirun_is_a_grid_with_one_run_and_one_wandb_run_per_member(tmp_
     lrs = sorted(json.loads((tmp_path / "grid" / "sweep.json").read_text())["trials"][i]["overrides"]["optim.lr"]
                  for i in range(2))
     assert lrs == ["0.001", "0.003"]
+
+
+def test_trials_that_fail_are_recorded_with_their_root_cause_and_the_sweep_exits_1(tmp_path):
+    """A value that only fails at run time (a vocabulary smaller than the tokenizer's): every trial fails."""
+    result = orchestrator("sweep", *TINY, "data.max_bytes=20000", "model.vocab_size=10,20",
+                          f"sweep.dir={tmp_path / 's'}")
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    record = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    assert [t["status"] for t in record["trials"]] == ["failed", "failed"]
+    for trial in record["trials"]:
+        assert trial["error"].startswith(f"model.vocab_size={trial['overrides']['model.vocab_size']}: smaller than "
+                                         "the tokenizer's")
+    assert not (tmp_path / "s" / "best.yaml").exists()
