@@ -87,7 +87,7 @@ def submit(overrides: list[str], config_file: str | None = None) -> int:
     name = run_name(cfg)
     folder, run_dir, updates = _placement(cfg, name, overrides)
     # The job file submits for real when resubmitted with --config, even if this call is a dry run.
-    folder_key = {"sweep": {"dir": run_dir}} if cfg.command() == "sweep" else {"run_dir": run_dir}
+    folder_key = {"run_dir": None, "sweep": {"dir": run_dir}} if cfg.command() == "sweep" else {"run_dir": run_dir}
     job = OmegaConf.merge(job, {**folder_key, "submit": {"dry_run": False}}, updates)
     job_text = redact_text(to_yaml(job))
     artifact = _render(cfg, plan, name, folder, run_dir, job_text)

@@ -139,3 +139,21 @@ def test_a_job_pending_for_a_reason_that_cannot_resolve_is_cancelled(slurm, tmp_
         assert not run_dir.exists()
     finally:
         slurm.run("scontrol", "delete", "PartitionName=short")
+
+
+def test_a_submitted_sweep_runs_its_trials_inside_the_allocation(slurm, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "submit", "cluster=slurm", "cluster.nodes=1", "cluster.gpus_per_node=0",
+         "cluster.workers_per_node=2", "cluster.cpus_per_worker=1", "cluster.slurm.time=15",
+         f"cluster.slurm.ray_port={_free_ports(3)}", *TINY, "data.max_bytes=20000", "optim.lr=1e-3,3e-3",
+         "train.max_steps=10", "train.eval_every=5", f"sweep.dir={sweep_dir}"],
+        env=slurm.env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    job = next(line for line in result.stdout.splitlines() if line.startswith("submitted Slurm job")).split()[3]
+    state = slurm.wait_job(job, timeout_s=400)
+    output = (sweep_dir / f"slurm-{job}.out").read_text()
+    assert state == "COMPLETED", output[-4000:]
+    record = json.loads((sweep_dir / "sweep.json").read_text())
+    assert [t["status"] for t in record["trials"]] == ["completed", "completed"]
+    assert "completed at step 10" in output  # the sweep's own lines, in the job's output
