@@ -7,6 +7,8 @@ share one embedded cluster for the session: starting it costs seconds on these m
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 # The tiny model on the default corpus, shrunk so a distributed test takes seconds of training.
@@ -58,3 +60,21 @@ def ray_cluster():
     yield ray
     if started:
         local.stop(timeout_s=15)  # Ray's shutdown sometimes hangs at the end of a long session
+
+
+@pytest.fixture
+def spawn():
+    """subprocess.Popen for a CLI run that must not outlive its test: when an assertion fails
+    first, the driver is SIGKILLed at teardown (its reaper ends its Ray cluster), so a failed
+    test leaves no training run behind to slow down the tests after it."""
+    started: list[subprocess.Popen] = []
+
+    def start(args: list[str], **kwargs) -> subprocess.Popen:
+        started.append(subprocess.Popen(args, **kwargs))
+        return started[-1]
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)

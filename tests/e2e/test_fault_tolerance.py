@@ -91,10 +91,10 @@ def assert_same_trajectory(run_dir: Path, reference: Path) -> None:
         assert row["loss"] == pytest.approx(expected["loss"], abs=1e-6), row["step"]
 
 
-def test_sigkill_of_a_worker_restarts_once_and_resumes_exactly(reference, tmp_path):
+def test_sigkill_of_a_worker_restarts_once_and_resumes_exactly(spawn, reference, tmp_path):
     run_dir = tmp_path / "killed"
-    process = subprocess.Popen(command(run_dir, "train.max_failures=1"), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    process = spawn(command(run_dir, "train.max_failures=1"), stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT, text=True)
     wait_for_step(run_dir, 15, process)
     victims = train_workers(process)
     assert len(victims) == 2
@@ -111,9 +111,9 @@ def test_sigkill_of_a_worker_restarts_once_and_resumes_exactly(reference, tmp_pa
     assert run_ids == {json.loads((run_dir / "run.json").read_text())["run_id"]}
 
 
-def test_sigterm_to_the_driver_checkpoints_exits_75_and_the_rerun_matches(reference, tmp_path):
+def test_sigterm_to_the_driver_checkpoints_exits_75_and_the_rerun_matches(spawn, reference, tmp_path):
     run_dir = tmp_path / "preempted"
-    process = subprocess.Popen(command(run_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = spawn(command(run_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for_step(run_dir, 10, process)
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=300)
@@ -207,14 +207,14 @@ STUCK = {
 
 
 @pytest.mark.parametrize("case", list(STUCK))
-def test_a_stuck_rank_fails_the_job_within_the_timeout_naming_it_and_leaves_no_process(tmp_path, case):
+def test_a_stuck_rank_fails_the_job_within_the_timeout_naming_it_and_leaves_no_process(spawn, tmp_path, case):
     """SIGSTOP one rank: the watchdog ends the job (exit 1) within collective_timeout_s + 60 s,
     names that rank (by its pid), and no process of the job outlives it."""
     extra, moment = STUCK[case]
     run_dir = tmp_path / "stuck"
-    process = subprocess.Popen(command(run_dir, "train.max_steps=2000", f"train.collective_timeout_s={TIMEOUT_S}",
-                                       "train.max_failures=0", *extra),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = spawn(command(run_dir, "train.max_steps=2000", f"train.collective_timeout_s={TIMEOUT_S}",
+                            "train.max_failures=0", *extra),
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for_step(run_dir, 5, process)
     victim = train_workers(process)[1]
     started = job_processes(process)
@@ -236,10 +236,10 @@ def test_a_stuck_rank_fails_the_job_within_the_timeout_naming_it_and_leaves_no_p
     assert survivors(started, within=5) == [], "a process of the job outlived it"
 
 
-def test_sigkill_of_the_driver_leaves_no_process_of_its_ray_cluster(tmp_path):
+def test_sigkill_of_the_driver_leaves_no_process_of_its_ray_cluster(spawn, tmp_path):
     run_dir = tmp_path / "orphans"
-    process = subprocess.Popen(command(run_dir, "train.max_steps=2000"), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = spawn(command(run_dir, "train.max_steps=2000"), stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL)
     wait_for_step(run_dir, 3, process)
     started = job_processes(process)
     assert {"raylet", "gcs_server"} <= {p.name() for p in started}
@@ -248,10 +248,10 @@ def test_sigkill_of_the_driver_leaves_no_process_of_its_ray_cluster(tmp_path):
     assert survivors(started, within=30) == []
 
 
-def test_two_runs_started_together_both_finish_without_a_traceback(tmp_path):
+def test_two_runs_started_together_both_finish_without_a_traceback(spawn, tmp_path):
     """Two embedded Ray clusters side by side: each job's Ray helpers find their own cluster."""
-    runs = [subprocess.Popen(command(tmp_path / name, "train.max_steps=6"), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True) for name in ("first", "second")]
+    runs = [spawn(command(tmp_path / name, "train.max_steps=6"), stdout=subprocess.PIPE,
+                  stderr=subprocess.STDOUT, text=True) for name in ("first", "second")]
     outputs = [run.communicate(timeout=300)[0] for run in runs]
     for run, output in zip(runs, outputs, strict=True):
         assert run.returncode == 0, output[-3000:]
@@ -275,10 +275,10 @@ def test_secrets_never_reach_the_run_directory_or_ray_logs(tmp_path):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM], ids=["SIGUSR1", "SIGTERM"])
-def test_a_signal_to_one_worker_checkpoints_all_ranks_and_exits_75(tmp_path, sig):
+def test_a_signal_to_one_worker_checkpoints_all_ranks_and_exits_75(spawn, tmp_path, sig):
     run_dir = tmp_path / "worker-signal"
-    process = subprocess.Popen(command(run_dir, "train.max_steps=2000"), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    process = spawn(command(run_dir, "train.max_steps=2000"), stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT, text=True)
     wait_for_step(run_dir, 5, process)
     train_workers(process)[1].send_signal(sig)
     output, _ = process.communicate(timeout=300)

@@ -47,12 +47,14 @@ def resumed_sweep(tmp_path_factory) -> tuple[Path, dict[Path, str], subprocess.C
     sweep_dir = tmp_path_factory.mktemp("sweep") / "s"
     command = [sys.executable, "-m", "orchestrator", *SWEEP, f"sweep.dir={sweep_dir}"]
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 600
-    while len(digests(sweep_dir)) < 2:
-        assert first.poll() is None and time.monotonic() < deadline, "the sweep ended before two trials did"
-        time.sleep(0.2)
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=30)
+    try:
+        deadline = time.monotonic() + 600
+        while len(digests(sweep_dir)) < 2:
+            assert first.poll() is None and time.monotonic() < deadline, "the sweep ended before two trials did"
+            time.sleep(0.2)
+    finally:  # SIGKILL whether or not two trials ended: a failed wait leaves no sweep running
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
     ended = digests(sweep_dir)
     again = subprocess.run(command, capture_output=True, text=True, timeout=900)
     return sweep_dir, ended, again

@@ -1,0 +1,30 @@
+"""Log lines of the libraries we import that a user can do nothing about, kept out of the terminal.
+
+Installed from `orchestrator/__init__.py`, so it holds in the CLI and in every Ray worker
+process (each imports this package through its setup hook) before torch, transformers or Ray
+log anything. Only these known lines are touched; everything else a library logs still shows.
+- torchao, imported by transformers whenever it is installed: warnings that its CUDA-only
+  kernels (`_C_mxfp8`, `_C_cutlass_90a`) do not load on a CPU build, and torch's deprecation
+  warning for the enums it registers with `torch.compile`.
+- Ray Train's request to the autoscaling coordinator timing out on a loaded machine: Ray calls
+  it "safe to ignore" and retries every 20 s, but logs a full traceback; one line stays.
+"""
+
+from __future__ import annotations
+
+import logging
+
+_AUTOSCALING_CLIENT = "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client"
+
+
+class _NoTraceback(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+def install() -> None:
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    logging.getLogger(_AUTOSCALING_CLIENT).addFilter(_NoTraceback())
