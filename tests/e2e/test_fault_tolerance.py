@@ -53,7 +53,10 @@ def wait_for_step(run_dir: Path, step: int, process: subprocess.Popen, limit: fl
         rows = metrics(run_dir)
         if rows and rows[-1]["step"] >= step:
             return
-        assert process.poll() is None, "the run ended before the fault was injected"
+        if process.poll() is not None:
+            output = process.stdout.read() if process.stdout else ""
+            raise AssertionError(f"the run ended (exit {process.returncode}) before the fault was injected:\n"
+                                 f"{output[-3000:]}")
         time.sleep(0.02)
     raise TimeoutError(f"step {step} not reached")
 
