@@ -24,8 +24,8 @@ def cells(run: Run, comparison: Comparison) -> list[str]:
     then the differing keys."""
     values = [run.name, status_text(run), str(run.steps), num(run.final_train_loss),
               "-" if run.best_val_loss is None else f"{num(run.best_val_loss)} ({run.best_val_step})",
-              num(run.final_val_ppl, 2), num(run.tokens_per_s, 0, thousands=True), memory(run.peak_memory_bytes_per_rank),
-              duration(run.wall_s)]
+              num(run.final_val_ppl, 2), num(run.tokens_per_s, 0, thousands=True),
+              memory(run.peak_memory_bytes_per_rank), duration(run.wall_s)]
     if comparison.metric != "val_loss":
         best, step = run.best(comparison.metric, comparison.maximize)
         values.append("-" if best is None else f"{num(best)} ({step})")
@@ -55,7 +55,8 @@ def notes(comparison: Comparison) -> list[str]:
                                               if stops else "no trial"))
     for run in comparison.runs:
         for report in run.compression:
-            lines.append(f"compressed {run.name} ({report.get('pipeline')}): sparsity {num(report.get('sparsity'), 3)}, "
+            lines.append(f"compressed {run.name} ({report.get('pipeline')}): "
+                         f"sparsity {num(report.get('sparsity'), 3)}, "
                          f"ppl {num(report.get('ppl_before'), 2)} -> {num(report.get('ppl_after'), 2)}, file "
                          f"{size(report.get('file_bytes_before'))} -> {size(report.get('file_bytes_after'))}")
     pointers = [(run.name, wandb_pointer(run)) for run in comparison.runs]
