@@ -81,7 +81,7 @@ def run(request: Request) -> int:
     if request.wandb_report:
         from orchestrator.compare.wandb_report import publish
 
-        print(f"W&B report: {publish(comparison)}", file=written)
+        print(f"W&B report: {publish(comparison, request.x)}", file=written)
     return 0
 
 
