@@ -81,7 +81,7 @@ def _curves(comparison: Comparison, x: str):
 def _sweep_sections(sweep: Sweep, comparison: Comparison, index: int) -> str:
     parts = [_plot(_parallel_coordinates(sweep, comparison), f"parcoords-{index}")]
     result = importance(sweep, comparison.metric, comparison.maximize)
-    parts.append(f"<h3>Parameter importance for {html.escape(comparison.metric)} (Optuna fANOVA, "
+    parts.append(f"<h3>Parameter importance for {html.escape(comparison.metric)} (Optuna PED-ANOVA, "
                  f"{result.trials} completed trials)</h3>")
     if result.caveat:
         parts.append(f"<p class=\"note\">{html.escape(result.caveat)}</p>")

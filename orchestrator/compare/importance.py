@@ -1,10 +1,11 @@
-"""Which searched keys mattered: Optuna's fANOVA importance evaluator on a sweep's completed trials.
+"""Which searched keys mattered: Optuna's parameter importance on a sweep's completed trials.
 
 Any sweep (grid, random or Optuna) is loaded into an in-memory Optuna study, one trial per
-completed run with its searched values and its best metric, so the same evaluator W&B-style
-parameter importance relies on runs here offline. Early-stopped and failed trials are left
-out: their metric is not comparable with runs that finished. With few trials the forest fANOVA
-fits says little; `Importance.caveat` says so in words rather than hiding the chart.
+completed run with its searched values and its best metric, and judged by Optuna's default
+evaluator, PED-ANOVA (how much each key decides whether a trial lands in the best 10%); it needs
+no scikit-learn, unlike fANOVA. Early-stopped and failed trials are left out: their metric is
+not comparable with runs that finished. With few trials the numbers say little, and
+`Importance.caveat` says so in words rather than hiding the chart.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from orchestrator.compare.runs import Sweep
 
 MEANINGFUL_TRIALS = 10
-"""Below this many completed trials fANOVA's random forest mostly fits noise."""
+"""Below this many completed trials "the best 10%" is one trial, and the importance mostly measures noise."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ def importance(sweep: Sweep, metric: str, maximize: bool) -> Importance:
         study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions,
                                                   value=trial.best(metric, maximize)[0]))
     values = optuna.importance.get_param_importances(
-        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
-    caveat = (f"only {len(done)} completed trials: fANOVA needs about {MEANINGFUL_TRIALS} or more before these "
-              "numbers mean much" if len(done) < MEANINGFUL_TRIALS else None)
+        study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+    caveat = (f"only {len(done)} completed trials: the importance compares the best 10% of the trials with "
+              f"the rest and needs about {MEANINGFUL_TRIALS} or more to mean much" if len(done) < MEANINGFUL_TRIALS
+              else None)
     return Importance(dict(values), len(done), caveat)

@@ -66,7 +66,7 @@ def notes(comparison: Comparison) -> list[str]:
     return lines
 
 
-def print_table(comparison: Comparison, out: TextIO = sys.stdout) -> None:
+def print_table(comparison: Comparison, out: TextIO | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -77,6 +77,7 @@ def print_table(comparison: Comparison, out: TextIO = sys.stdout) -> None:
                          style="cyan" if i >= len(headers(comparison)) - len(comparison.differing_keys) else None)
     for run in comparison.runs:
         table.add_row(*cells(run, comparison))
+    out = out or sys.stdout
     # A pipe gets the whole table too, not one squeezed to 80 columns.
     width = shutil.get_terminal_size((240, 24)).columns if out.isatty() else 240
     console = Console(file=out, width=width, highlight=False)
