@@ -25,7 +25,7 @@ table { border-collapse: collapse; font-size: 0.85rem; }
 th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: right; white-space: nowrap; }
 th { background: #f3f3f3; } td:first-child, td:nth-child(2) { text-align: left; }
 td.key, th.key { background: #eef6ff; text-align: left; }
-pre { background: #f7f7f7; padding: 0.5rem; overflow-x: auto; font-size: 0.8rem; }
+pre { background: #f7f7f7; padding: 0.5rem; white-space: pre-wrap; font-size: 0.8rem; }
 .note { color: #8a5300; }
 """
 
