@@ -19,8 +19,9 @@ import pytest
 from tests.browser import chromium, open_page
 from tests.conftest import TINY
 
-GRID = ["sweep", *TINY, "data.max_bytes=20000", "optim.lr=1e-2,3e-3,1e-3,1e-4", "optim.warmup_steps=2",
-        "train.max_steps=10", "train.eval_every=2", "train.log_every=1", "sweep.scheduler=asha",
+# One worker per trial: two trials at a time on a 2-CPU machine.
+GRID = ["sweep", *TINY, "cluster.num_workers=1", "data.max_bytes=20000", "optim.lr=1e-2,3e-3,1e-3,1e-4",
+        "optim.warmup_steps=2", "train.max_steps=10", "train.eval_every=2", "train.log_every=1", "sweep.scheduler=asha",
         "sweep.asha.grace_steps=2", "sweep.asha.reduction_factor=2"]
 
 

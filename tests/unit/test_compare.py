@@ -1,5 +1,9 @@
-"""`orchestrator compare` on run and sweep directories captured from real runs (tests/unit/data/compare:
-a 4-trial grid sweep over optim.lr with ASHA, one trial stopped at step 6), without training anything."""
+"""`orchestrator compare` on run and sweep directories captured from real runs, without training anything.
+
+tests/unit/data/compare holds their small files (no checkpoints, model or W&B folders): sweep/, a
+4-trial grid over optim.lr with ASHA (one trial stopped at step 6), and runs/a, runs/b, two
+`orchestrator train` runs that differ only in optim.lr (1e-3, 3e-3).
+"""
 
 from __future__ import annotations
 
@@ -53,7 +57,16 @@ def test_a_sweep_is_one_row_per_trial_sorted_by_best_val_loss_with_only_the_sear
     assert "sweep." not in command and "1e-3,3e-3" not in command  # no sweep settings, no search expression
 
 
-def test_runs_differing_only_in_the_learning_rate_list_only_that_key():
+def test_two_runs_that_differ_only_in_the_learning_rate_list_only_that_key(capsys):
+    code, out, _ = run_cli(capsys, str(DATA / "runs" / "a"), str(DATA / "runs" / "b"), "--format", "json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["differing_keys"] == ["optim.lr"]  # not run_dir, which differs too
+    assert [(row["name"], row["config"]) for row in result["runs"]] == [("b", {"optim.lr": 0.003}),
+                                                                        ("a", {"optim.lr": 0.001})]
+
+
+def test_trials_compared_as_runs_list_only_the_searched_key():
     # Trials are run directories too; their names (run_dir, W&B run id, trial id) must not count as differences.
     runs, sweeps = load([str(TRIALS[0]), str(TRIALS[1])])
     assert sweeps == []
