@@ -192,6 +192,19 @@ def test_retrain_command_keeps_a_config_file_and_quotes_values(sweep_dir):
                                              f"'logger.tags=[a,b]' optim.lr=0.001 run_dir={sweep_dir}/best-retrain")
 
 
+def test_compression_reports_a_run_holds_are_shown(tmp_path, capsys):
+    run_dir = Path(shutil.copytree(DATA / "runs" / "a", tmp_path / "a"))
+    report = {"pipeline": "prune50", "sparsity": 0.5003, "ppl_before": 239.48, "ppl_after": 251.2,
+              "file_bytes_before": 1_900_000, "file_bytes_after": 1_000_000}  # issue 11's report keys
+    (run_dir / "compressed" / "prune50").mkdir(parents=True)
+    (run_dir / "compressed" / "prune50" / "compress_report.json").write_text(json.dumps(report))
+    code, out, _ = run_cli(capsys, str(run_dir))
+    assert code == 0
+    assert "compressed a (prune50): sparsity 0.500, ppl 239.48 -> 251.20, file 1.8 MiB -> 976.6 KiB" in out
+    code, out, _ = run_cli(capsys, str(run_dir), "--format", "json")
+    assert json.loads(out)["runs"][0]["compression"] == [report]
+
+
 def test_png_has_one_labelled_curve_per_run_in_distinct_colours(sweep_dir, tmp_path, capsys):
     from orchestrator.compare.curves import figure
 
