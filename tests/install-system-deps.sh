@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # System packages the test suite needs beyond Python: Slurm and MUNGE (the throwaway cluster in
-# tests/slurm_cluster.py), shellcheck, and Chromium (opens `orchestrator compare --html` reports). Installs only what is missing, with apt-get, as root.
-# Without root or apt-get it says the Slurm and browser tests will be skipped (they fail under CI=true) and
-# exits 0; it exits non-zero only when an install it attempted failed.
+# tests/slurm_cluster.py), shellcheck, and Chromium (opens `orchestrator compare --html` reports in
+# tests/browser.py). Installs only what is missing, with apt-get, as root. Without root or apt-get
+# it says the Slurm and browser tests will be skipped (they fail under CI=true) and exits 0; it
+# exits non-zero only when an install it attempted failed.
 set -euo pipefail
 
 # command -> Debian package that provides it
