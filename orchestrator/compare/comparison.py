@@ -76,10 +76,15 @@ def best_trial(sweep: Sweep, metric: str, maximize: bool) -> Run | None:
 
 def retrain_command(sweep: Sweep, trial: Run) -> str:
     """`orchestrator train ...`: the sweep's shared command line plus the trial's values, copy-paste ready."""
-    shared = [o for o in sweep.base_overrides if not o.split("=", 1)[0].lstrip("+~").startswith("sweep")]
-    words = ["orchestrator", "train", *(["--config", sweep.config_file] if sweep.config_file else []), *shared,
-             *(as_override(key, value) for key, value in trial.overrides.items()),
-             f"run_dir={sweep.sweep_dir / 'best-retrain'}"]
+    overrides = [*sweep.base_overrides, *(as_override(key, value) for key, value in trial.overrides.items())]
+    last: dict[str, str] = {}  # a key given twice counts once, as Hydra reads it: the last value
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if not key.startswith("sweep"):
+            last.pop(key, None)
+            last[key] = override
+    words = ["orchestrator", "train", *(["--config", sweep.config_file] if sweep.config_file else []),
+             *last.values(), f"run_dir={sweep.sweep_dir / 'best-retrain'}"]
     return shlex.join(words)
 
 

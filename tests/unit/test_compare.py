@@ -186,10 +186,12 @@ def test_only_keys_that_differ_are_listed_searched_first(tmp_path):
 def test_retrain_command_keeps_a_config_file_and_quotes_values(sweep_dir):
     _, [sweep] = load([str(sweep_dir)])
     sweep = Sweep(**{**sweep.__dict__, "config_file": "/a b/job.yaml",
-                     "base_overrides": ["model=tiny", "sweep.name=x", "logger.tags=[a,b]"]})
+                     "base_overrides": ["model=tiny", "train.max_steps=5", "sweep.name=x", "logger.tags=[a,b]",
+                                        "train.max_steps=9"]})
     trial = sweep.trials[0]
     assert retrain_command(sweep, trial) == ("orchestrator train --config '/a b/job.yaml' model=tiny "
-                                             f"'logger.tags=[a,b]' optim.lr=0.001 run_dir={sweep_dir}/best-retrain")
+                                             "'logger.tags=[a,b]' train.max_steps=9 optim.lr=0.001 "
+                                             f"run_dir={sweep_dir}/best-retrain")
 
 
 def test_compression_reports_a_run_holds_are_shown(tmp_path, capsys):
