@@ -28,16 +28,13 @@ REQUEST_JSON = "request.json"  # orchestrator/sweep/driver.py's REQUEST (kept he
 IDENTITY_KEYS = ("run_dir", "logger.run_id", "sweep.dir", "sweep.trial_id", "sweep.trial_overrides")
 """Config keys that name a run rather than describe its training: different in every run, never a difference."""
 
-STATUSES = ("completed", "early_stopped", "failed", "running", "preempted")
-
-
 @dataclass
 class Run:
     """One run's numbers, each exactly as its run directory records it (None when it does not)."""
 
     name: str
     run_dir: Path
-    status: str  # one of STATUSES
+    status: str  # completed, early_stopped (by a sweep's scheduler), failed, running or preempted
     steps: int  # the last step logged: a running run's current step
     final_train_loss: float | None
     final_val_loss: float | None

@@ -52,7 +52,7 @@ def notes(comparison: Comparison) -> list[str]:
         if sweep.trials and sweep.trials[0].config.get("sweep.scheduler") == "asha":
             stops = asha_stops(sweep)
             lines.append("  ASHA stopped " + (", ".join(f"{name} at step {step}" for name, step in stops)
-                                              if stops else "no trial"))
+                                              if stops else "no trial") + ("" if sweep.ended else " so far"))
     for run in comparison.runs:
         for report in run.compression:
             lines.append(f"compressed {run.name} ({report.get('pipeline')}): "
