@@ -44,9 +44,9 @@ def run(request: Request) -> int:
         raise ConfigError(problems)
     runs, sweeps = run_files.load(request.paths)
     comparison = compare(runs, sweeps, request.metric, request.mode)
-    if not any(run.best(request.metric, comparison.maximize)[0] is not None for run in runs):
-        raise ConfigError([f"--metric {request.metric}: no run logged it; metrics.jsonl has "
-                           f"{', '.join(_logged_keys(runs)) or 'nothing yet'}"])
+    logged = _logged_keys(runs)
+    if logged and request.metric not in logged:  # runs that logged nothing yet (failed at start) are still shown
+        raise ConfigError([f"--metric {request.metric}: no run logged it; metrics.jsonl has {', '.join(logged)}"])
     png = _png_path(request, bool(sweeps))
     outputs = [("--png", png), ("--html", Path(request.html) if request.html else None)]
     problems = [problem for flag, path in outputs if path is not None
@@ -117,5 +117,5 @@ def _logged_keys(runs: list[run_files.Run]) -> list[str]:
     keys: dict[str, None] = {}
     for run in runs:
         for row in run.history:
-            keys.update(dict.fromkeys(k for k, v in row.items() if isinstance(v, float)))
+            keys.update(dict.fromkeys(k for k, v in row.items() if isinstance(v, float) and k != "step"))
     return list(keys)

@@ -102,6 +102,8 @@ def wandb_pointer(run: Run) -> str | None:
         entity = run.config.get("logger.entity")
         project = run.config.get("logger.project")
         return f"https://wandb.ai/{entity}/{project}/runs/{run_id}" if entity else f"{project}/runs/{run_id}"
+    if not any((run.run_dir / "wandb").glob(f"offline-run-*-{run_id}")):
+        return None  # it failed before W&B started
     return f"wandb sync {shlex.quote(str(run.run_dir / 'wandb'))}/offline-run-*-{run_id}"
 
 

@@ -53,6 +53,7 @@ def notes(comparison: Comparison) -> list[str]:
             stops = asha_stops(sweep)
             lines.append("  ASHA stopped " + (", ".join(f"{name} at step {step}" for name, step in stops)
                                               if stops else "no trial") + ("" if sweep.ended else " so far"))
+    lines += [f"{run.name} failed: {run.error}" for run in comparison.runs if run.status == "failed" and run.error]
     for run in comparison.runs:
         for report in run.compression:
             lines.append(f"compressed {run.name} ({report.get('pipeline')}): "
@@ -90,7 +91,7 @@ def status_text(run: Run) -> str:
     if run.status == "early_stopped":
         return f"early-stopped at {run.steps}"
     if run.status == "failed" and run.error:
-        return f"failed: {run.error}"
+        return "failed (see below)"
     if run.status in ("running", "preempted"):
         return f"{run.status} (step {run.steps})"
     return run.status

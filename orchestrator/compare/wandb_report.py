@@ -19,9 +19,10 @@ from orchestrator.compare.runs import Run
 
 def offline_reason(runs: list[Run]) -> str | None:
     """Why no report can be made from here, in a sentence; None when W&B is reachable in principle."""
-    untracked = [run.name for run in runs if run.config.get("logger.mode") == "disabled" or not run.wandb_run_id]
+    untracked = [run.name for run in runs if wandb_pointer(run) is None]
     if untracked:
-        return f"{', '.join(untracked)} kept no W&B run (logger.mode=disabled); compare them without --wandb-report"
+        return (f"{', '.join(untracked)} kept no W&B run (logger.mode=disabled, or it failed before W&B started); "
+                "compare them without --wandb-report")
     unsynced = [run for run in runs if run.config.get("logger.mode") == "offline" and not _synced(run.run_dir)]
     if unsynced:
         commands = "; ".join(str(wandb_pointer(run)) for run in unsynced)

@@ -34,6 +34,15 @@ def summaries(sweep_dir: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in sweep_dir.glob("trials/*/summary.json")}
 
 
+def lay_out_wandb(sweep_dir: Path) -> None:
+    """The fixture keeps no W&B files: lay out each trial's offline W&B folder as W&B names it."""
+    for trial in sweep_dir.glob("trials/*"):
+        run_id = json.loads((trial / "run.json").read_text())["run_id"]
+        folder = trial / "wandb" / f"offline-run-20261203_071432-{run_id}"
+        folder.mkdir(parents=True)
+        (folder / f"run-{run_id}.wandb").touch()
+
+
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     code = main(["compare", *args])
     out, err = capsys.readouterr()
@@ -75,6 +84,9 @@ def test_trials_compared_as_runs_list_only_the_searched_key():
 
 
 def test_json_round_trips_every_number_exactly_as_summary_json(sweep_dir, capsys):
+    code, out, _ = run_cli(capsys, str(sweep_dir), "--format", "json")
+    assert code == 0 and {row["wandb"] for row in json.loads(out)["runs"]} == {None}  # no W&B run on disk
+    lay_out_wandb(sweep_dir)
     code, out, _ = run_cli(capsys, str(sweep_dir), "--format", "json")
     assert code == 0
     result = json.loads(out)
@@ -304,14 +316,13 @@ def test_wandb_report_structure():
 
 def test_wandb_report_is_refused_while_the_runs_are_offline(sweep_dir, capsys, monkeypatch):
     code, out, err = run_cli(capsys, str(sweep_dir), "--wandb-report")
+    assert code == 2 and "kept no W&B run" in err
+    lay_out_wandb(sweep_dir)
+    code, out, err = run_cli(capsys, str(sweep_dir), "--wandb-report")
     assert code == 2 and out == ""
     assert "--wandb-report: 4 run(s) were tracked offline and are not on the W&B server yet; sync them first" in err
-    for trial in sweep_dir.glob("trials/*"):  # the fixture keeps no W&B files: lay out synced ones
-        run_id = json.loads((trial / "run.json").read_text())["run_id"]
-        folder = trial / "wandb" / f"offline-run-20261203_071432-{run_id}"
-        folder.mkdir(parents=True)
-        (folder / f"run-{run_id}.wandb").touch()
-        (folder / f"run-{run_id}.wandb.synced").touch()  # what `wandb sync` leaves next to what it uploaded
+    for log in sweep_dir.glob("trials/*/wandb/offline-run-*/run-*.wandb"):
+        log.with_suffix(".wandb.synced").touch()  # what `wandb sync` leaves next to what it uploaded
     monkeypatch.setenv("WANDB_MODE", "offline")
     code, _, err = run_cli(capsys, str(sweep_dir), "--wandb-report")
     assert code == 2 and "WANDB_MODE=offline" in err
