@@ -75,6 +75,18 @@ def test_two_runs_that_differ_only_in_the_learning_rate_list_only_that_key(capsy
                                                                         ("a", {"optim.lr": 0.001})]
 
 
+def test_a_quoted_glob_is_expanded_and_an_online_run_is_named_by_its_url(tmp_path, capsys):
+    runs_dir = Path(shutil.copytree(DATA / "runs", tmp_path / "runs"))
+    config = yaml.safe_load((runs_dir / "a" / "config.yaml").read_text())
+    config["logger"].update(mode="online", entity="team")
+    (runs_dir / "a" / "config.yaml").write_text(yaml.safe_dump(config))
+    code, out, _ = run_cli(capsys, str(runs_dir / "*"), "--format", "json")
+    assert code == 0
+    pointers = {row["name"]: row["wandb"] for row in json.loads(out)["runs"]}
+    run_id = json.loads((runs_dir / "a" / "run.json").read_text())["run_id"]
+    assert pointers == {"a": f"https://wandb.ai/team/orchestrator/runs/{run_id}", "b": None}  # b: no W&B files kept
+
+
 def test_trials_compared_as_runs_list_only_the_searched_key():
     # Trials are run directories too; their names (run_dir, W&B run id, trial id) must not count as differences.
     runs, sweeps = load([str(TRIALS[0]), str(TRIALS[1])])
