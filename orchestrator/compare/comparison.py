@@ -138,7 +138,8 @@ def to_json(comparison: Comparison) -> str:
     sweeps = []
     for sweep in comparison.sweeps:
         best = best_trial(sweep, comparison.metric, comparison.maximize)
-        sweeps.append({"sweep_dir": str(sweep.sweep_dir), "name": sweep.name, "searched_keys": sweep.searched,
+        sweeps.append({"sweep_dir": str(sweep.sweep_dir), "name": sweep.name, "metric": sweep.metric,
+                       "mode": sweep.mode, "searched_keys": sweep.searched,
                        "ended": sweep.ended, "best_trial": best.name if best else None,
                        "best_command": retrain_command(sweep, best) if best else None,
                        "asha_stops": [{"trial": name, "step": step} for name, step in asha_stops(sweep)]})

@@ -20,13 +20,13 @@ from typing import Any
 import yaml
 
 from orchestrator.errors import ConfigError
+from orchestrator.sweep.driver import REQUEST as REQUEST_JSON
 from orchestrator.sweep.record import SWEEP_JSON
 from orchestrator.sweep.trial import TRIALS
 
-REQUEST_JSON = "request.json"  # orchestrator/sweep/driver.py's REQUEST (kept here: that module imports Ray)
-
 IDENTITY_KEYS = ("run_dir", "logger.run_id", "sweep.dir", "sweep.trial_id", "sweep.trial_overrides")
 """Config keys that name a run rather than describe its training: different in every run, never a difference."""
+
 
 @dataclass
 class Run:
@@ -71,7 +71,7 @@ class Sweep:
 
     sweep_dir: Path
     name: str
-    metric: str
+    metric: str  # what the sweep itself ranked its trials by (`compare --metric` may differ)
     mode: str
     searched: list[str]  # the keys the search varied, in the order it listed them
     trials: list[Run]
