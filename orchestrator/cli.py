@@ -72,7 +72,27 @@ def _parser() -> argparse.ArgumentParser:
                          help="Ray's Job Submission endpoint (default: RAY_ADDRESS, else http://127.0.0.1:8265)")
         if name == "logs":
             sub.add_argument("--follow", action="store_true", help="keep printing until the job ends")
+    _compare_parser(commands)
     return parser
+
+
+def _compare_parser(commands) -> None:
+    summary = ("compare runs and sweeps from their folders: a table of what differs, loss curves (--png), "
+               "an HTML report (--html), a W&B report (--wandb-report)")
+    sub = commands.add_parser("compare", help=summary, description=summary)
+    sub.add_argument("paths", nargs="+", metavar="PATH", help="run directories, sweep directories (every trial), "
+                     "or globs of them")
+    sub.add_argument("--metric", default="val_loss", help="metrics.jsonl column the runs are sorted by, best first "
+                     "(default: val_loss)")
+    sub.add_argument("--mode", default="min", help="min or max: which end of --metric is best (default: min)")
+    sub.add_argument("--format", default="table", help="table (default), json or csv, for scripts")
+    sub.add_argument("--png", nargs="?", const="", metavar="FILE", help="write train and val loss curves; "
+                     "without FILE: <sweep>/compare.png for a sweep, else ./compare.png")
+    sub.add_argument("--x", default="step", help="the curves' x axis: step (default) or tokens")
+    sub.add_argument("--html", metavar="FILE", help="write a self-contained HTML report (table, interactive "
+                     "curves; for sweeps parallel coordinates and parameter importance)")
+    sub.add_argument("--wandb-report", action="store_true", help="online: create a W&B report comparing the "
+                     "runs (loss curves, parallel coordinates, parameter importance, run comparer)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.command in ("status", "logs", "stop"):
         return _job_command(args)
+    if args.command == "compare":
+        from orchestrator.compare.command import Request, run
+
+        return run(Request(paths=args.paths, metric=args.metric, mode=args.mode, format=args.format, png=args.png,
+                           x=args.x, html=args.html, wandb_report=args.wandb_report))
     if args.command == "submit" and args.cfg is None:
         from orchestrator.launch.submit import submit
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # System packages the test suite needs beyond Python: Slurm and MUNGE (the throwaway cluster in
-# tests/slurm_cluster.py) and shellcheck. Installs only what is missing, with apt-get, as root.
-# Without root or apt-get it says the Slurm tests will be skipped (they fail under CI=true) and
-# exits 0; it exits non-zero only when an install it attempted failed.
+# tests/slurm_cluster.py), shellcheck, and Chromium (opens `orchestrator compare --html` reports in
+# tests/browser.py). Installs only what is missing, with apt-get, as root. Without root or apt-get
+# it says the Slurm and browser tests will be skipped (they fail under CI=true) and exits 0; it
+# exits non-zero only when an install it attempted failed.
 set -euo pipefail
 
 # command -> Debian package that provides it
@@ -12,10 +13,11 @@ declare -A package_of=(
   [slurmd]=slurm-wlm
   [munged]=munge
   [shellcheck]=shellcheck
+  [chromium]=chromium
 )
 
 missing=()
-for cmd in sbatch slurmctld slurmd munged shellcheck; do
+for cmd in sbatch slurmctld slurmd munged shellcheck chromium; do
   if ! command -v "$cmd" >/dev/null 2>&1; then
     pkg=${package_of[$cmd]}
     [[ " ${missing[*]} " == *" $pkg "* ]] || missing+=("$pkg")
@@ -27,7 +29,7 @@ if ((${#missing[@]} == 0)); then
 fi
 
 if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
-  echo "install-system-deps: missing ${missing[*]} (needs root and apt-get): the Slurm tests will be skipped (they fail under CI=true)" >&2
+  echo "install-system-deps: missing ${missing[*]} (needs root and apt-get): the Slurm and browser tests will be skipped (they fail under CI=true)" >&2
   exit 0
 fi
 

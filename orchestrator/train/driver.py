@@ -15,6 +15,7 @@ import datetime
 import json
 import signal
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -275,12 +276,28 @@ def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: check
         with _stop_on_signals(run_dir), watchdog:  # after Ray starts: its core installs handlers of its own
             trainer.fit()
     except Exception as error:  # Ray wraps worker exceptions; show the root cause in one line
-        raise TrainingError(watchdog.last or _root_cause(error)) from error
+        cause = watchdog.last or _root_cause(error)
+        _record_failure(run_dir, cause)
+        raise TrainingError(cause) from error
     finally:
         if started_embedded:
             local.stop()
         elif joined:
             ray_cluster.disconnect()
+
+
+def _record_failure(run_dir: Path, cause: str) -> None:
+    """events.jsonl's last line says the command failed and why, so `compare` tells a failed run from a running one."""
+    metrics = run_dir / "metrics.jsonl"
+    step = 0
+    for line in reversed(metrics.read_text().splitlines() if metrics.exists() else []):
+        try:  # a rank killed mid-write can leave a torn last line
+            step = json.loads(line)["step"]
+            break
+        except (json.JSONDecodeError, KeyError):
+            continue
+    with open(run_dir / "events.jsonl", "a") as f:
+        f.write(json.dumps({"event": "failed", "step": step, "time": time.time(), "error": cause}) + "\n")
 
 
 def _tune_report() -> list:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.track.wandb_file import read_history, run_file
 from orchestrator.train.driver import train
+from tests.wandb_reader import history, run_ids
 
 STEPS = 30
 
@@ -78,9 +78,9 @@ def test_checkpoints_hold_every_ranks_shard(finished_run):
 
 
 def test_wandb_offline_run_holds_the_same_losses(finished_run):
-    run_id, history = read_history(run_file(finished_run))
-    assert run_id
-    logged = {row["_step"]: row["loss"] for row in history if "loss" in row}
+    wandb_dir = finished_run / "wandb"
+    assert run_ids(wandb_dir) == {json.loads((finished_run / "run.json").read_text())["run_id"]}
+    logged = {row["_step"]: row["loss"] for row in history(wandb_dir) if "loss" in row}
     assert logged == {r["step"]: r["loss"] for r in _metrics(finished_run)}
 
 

@@ -134,6 +134,11 @@ def test_a_worker_failure_exits_1_with_the_root_cause_in_one_line(tmp_path):
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: training failed: rank ") and "OSError" in last, last
+    # The run directory says so too: `compare` shows it failed (not running), with the same line.
+    event = json.loads((tmp_path / "r" / "events.jsonl").read_text().splitlines()[-1])
+    assert (event["event"], event["error"]) == ("failed", last.removeprefix("error: training failed: "))
+    shown = orchestrator("compare", str(tmp_path / "r"), "--format", "json")
+    assert [(r["status"], r["error"]) for r in json.loads(shown.stdout)["runs"]] == [("failed", event["error"])]
 
 
 def test_a_plan_that_cannot_fit_is_refused_with_the_numbers(tmp_path):

@@ -20,8 +20,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator.track.wandb_file import read_history
 from tests.conftest import TINY
+from tests.wandb_reader import run_ids
 
 STEPS = 30
 # Small data: 9 batches per rank per epoch, so step 10 onwards is the second, reshuffled pass.
@@ -110,8 +110,8 @@ def test_sigkill_of_a_worker_restarts_once_and_resumes_exactly(spawn, reference,
     # (a killed attempt may not have flushed its run record, so the folder name is the witness).
     files = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 2
-    run_ids = {f.parent.name.rsplit("-", 1)[1] for f in files} | {read_history(f)[0] for f in files} - {""}
-    assert run_ids == {json.loads((run_dir / "run.json").read_text())["run_id"]}
+    ids = {f.parent.name.rsplit("-", 1)[1] for f in files} | {i for f in files for i in run_ids(f)}
+    assert ids == {json.loads((run_dir / "run.json").read_text())["run_id"]}
 
 
 def test_sigterm_to_the_driver_checkpoints_exits_75_and_the_rerun_matches(spawn, reference, tmp_path):

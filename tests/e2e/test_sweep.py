@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TINY
+from tests.wandb_reader import inspect
 
 SWEEP = ["sweep", *TINY, "optim.lr=tag(log,interval(1e-4,3e-2))", "sweep.algorithm=optuna", "sweep.scheduler=asha",
          "sweep.asha.grace_steps=10", "sweep.num_trials=3", "train.max_steps=30", "train.eval_every=5",
@@ -25,16 +26,6 @@ SWEEP = ["sweep", *TINY, "optim.lr=tag(log,interval(1e-4,3e-2))", "sweep.algorit
 def orchestrator(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True,
                           timeout=timeout)
-
-
-def inspect(run_dir: Path, *flags: str) -> list[dict]:
-    """W&B's own reader of the offline run in run_dir/wandb."""
-    result = subprocess.run(["wandb", "leet", "inspect", *flags, "--json", str(run_dir / "wandb")],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    if "--summary" in flags:
-        return [json.loads(result.stdout)]
-    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
 
 
 def digests(sweep_dir: Path) -> dict[Path, str]:
@@ -88,15 +79,15 @@ def test_every_trial_is_one_wandb_run_in_the_sweeps_group(resumed_sweep):
     record = json.loads((sweep_dir / "sweep.json").read_text())
     for trial in record["trials"]:
         run_dir = Path(trial["run_dir"])
-        runs = [r["run"] for r in inspect(run_dir) if r.get("type") == "run"]
+        runs = [r["run"] for r in inspect(run_dir / "wandb") if r.get("type") == "run"]
         assert {r["run_id"] for r in runs} == {trial["wandb_run_id"]}
         assert {r["run_group"] for r in runs} == {"sweep"} and {r["job_type"] for r in runs} == {"trial"}
         config = runs[-1]["config"]["update"]
         assert config["sweep"]["trial_overrides"] == trial["overrides"]
         assert config["sweep"]["algorithm"] == "optuna" and config["sweep"]["scheduler"] == "asha"
-        [summary] = inspect(run_dir, "--summary")
+        [summary] = inspect(run_dir / "wandb", "--summary")
         assert summary["summary"]["status"] == trial["status"]
-        exits = [r["exit"]["exit_code"] for r in inspect(run_dir) if r.get("type") == "exit"]
+        exits = [r["exit"]["exit_code"] for r in inspect(run_dir / "wandb") if r.get("type") == "exit"]
         assert exits and set(exits) == {0}  # closed as finished, early-stopped trials too (not "crashed")
 
 

@@ -1,0 +1,178 @@
+"""The comparison itself, before any rendering: the order of the runs, the config keys that differ,
+a sweep's best trial as a command, and the rows `--format json|csv` prints.
+
+Every renderer (table, curves, HTML, W&B report) works from one Comparison, so they agree on the
+order, the keys and the numbers. Numbers are passed through untouched from runs.py, so the JSON
+output round-trips each run's summary.json exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.compare.runs import IDENTITY_KEYS, Run, Sweep
+from orchestrator.sweep.space import as_override
+
+MODES = ("min", "max")
+
+
+@dataclass
+class Comparison:
+    runs: list[Run]  # sorted by the metric, best first; runs without it last
+    sweeps: list[Sweep]
+    metric: str
+    mode: str
+    differing_keys: list[str]  # searched keys first, then every other key whose values differ
+
+    @property
+    def maximize(self) -> bool:
+        return self.mode == "max"
+
+
+def compare(runs: list[Run], sweeps: list[Sweep], metric: str, mode: str) -> Comparison:
+    maximize = mode == "max"
+
+    def order(run: Run) -> tuple:
+        value, _ = run.best(metric, maximize)
+        return (value is None, 0.0 if value is None else (-value if maximize else value))
+
+    return Comparison(runs=sorted(runs, key=order), sweeps=sweeps, metric=metric, mode=mode,
+                      differing_keys=differing_keys(runs, [key for s in sweeps for key in s.searched]))
+
+
+def differing_keys(runs: list[Run], searched: list[str]) -> list[str]:
+    """The searched keys (in the sweep's order), then the other config keys whose values are not all
+    equal, in config order. Keys that only name a run (run_dir, W&B run id, trial id) never count."""
+    keys = list(dict.fromkeys(searched))
+    described = [run for run in runs if run.config]  # a trial that failed before its run directory has none
+    for run in described:
+        for key in run.config:
+            if key in keys or _identity(key):
+                continue
+            if len({_hashable(other.config.get(key)) for other in described}) > 1:
+                keys.append(key)
+    return keys
+
+
+def _identity(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in IDENTITY_KEYS)
+
+
+def _hashable(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def best_trial(sweep: Sweep, metric: str, maximize: bool) -> Run | None:
+    """The sweep's best trial among those that ran to the end (an early-stopped one never beat them on equal terms)."""
+    done = [t for t in sweep.trials if t.status == "completed" and t.best(metric, maximize)[0] is not None]
+    return (max if maximize else min)(done, key=lambda t: t.best(metric, maximize)[0], default=None)
+
+
+def retrain_command(sweep: Sweep, trial: Run) -> str:
+    """`orchestrator train ...`: the sweep's shared command line plus the trial's values, copy-paste ready."""
+    overrides = [*sweep.base_overrides, *(as_override(key, value) for key, value in trial.overrides.items())]
+    last: dict[str, str] = {}  # a key given twice counts once, as Hydra reads it: the last value
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if not key.startswith("sweep"):
+            last.pop(key, None)
+            last[key] = override
+    words = ["orchestrator", "train", *(["--config", sweep.config_file] if sweep.config_file else []),
+             *last.values(), f"run_dir={sweep.sweep_dir / 'best-retrain'}"]
+    return shlex.join(words)
+
+
+def asha_stops(sweep: Sweep) -> list[tuple[str, int]]:
+    """(trial, step) for each trial the sweep's scheduler stopped early."""
+    return [(t.name, t.steps) for t in sweep.trials if t.status == "early_stopped"]
+
+
+def wandb_pointer(run: Run) -> str | None:
+    """Where the run's W&B run is: its URL when it was tracked online, the sync command when offline."""
+    mode, run_id = run.config.get("logger.mode"), run.wandb_run_id
+    if mode == "disabled" or run_id is None:
+        return None
+    if mode == "online":
+        entity = run.config.get("logger.entity")
+        project = run.config.get("logger.project")
+        return f"https://wandb.ai/{entity}/{project}/runs/{run_id}" if entity else f"{project}/runs/{run_id}"
+    if not any((run.run_dir / "wandb").glob(f"offline-run-*-{run_id}")):
+        return None  # it failed before W&B started
+    return f"wandb sync {shlex.quote(str(run.run_dir / 'wandb'))}/offline-run-*-{run_id}"
+
+
+def row(run: Run, comparison: Comparison) -> dict:
+    """One run as `--format json` prints it: the numbers as recorded, and only the differing config keys."""
+    best, best_step = run.best(comparison.metric, comparison.maximize)
+    return {
+        "name": run.name,
+        "run_dir": str(run.run_dir),
+        "status": run.status,
+        "steps": run.steps,
+        "final_train_loss": _finite(run.final_train_loss),
+        "best_val_loss": _finite(run.best_val_loss),
+        "best_val_step": run.best_val_step,
+        "final_val_loss": _finite(run.final_val_loss),
+        "final_val_ppl": _finite(run.final_val_ppl),
+        "metric": comparison.metric,
+        "best_metric": _finite(best),
+        "best_metric_step": best_step,
+        "tokens_per_s": _finite(run.tokens_per_s),
+        "peak_memory_bytes_per_rank": run.peak_memory_bytes_per_rank,
+        "wall_s": _finite(run.wall_s),
+        "error": run.error,
+        "sweep": run.sweep,
+        "wandb": wandb_pointer(run),
+        "compression": run.compression,
+        "config": {key: run.value(key) for key in comparison.differing_keys},
+    }
+
+
+def to_json(comparison: Comparison) -> str:
+    sweeps = []
+    for sweep in comparison.sweeps:
+        best = best_trial(sweep, comparison.metric, comparison.maximize)
+        sweeps.append({"sweep_dir": str(sweep.sweep_dir), "name": sweep.name, "metric": sweep.metric,
+                       "mode": sweep.mode, "searched_keys": sweep.searched,
+                       "ended": sweep.ended, "best_trial": best.name if best else None,
+                       "best_command": retrain_command(sweep, best) if best else None,
+                       "asha_stops": [{"trial": name, "step": step} for name, step in asha_stops(sweep)]})
+    return json.dumps({"metric": comparison.metric, "mode": comparison.mode,
+                       "differing_keys": comparison.differing_keys,
+                       "runs": [row(run, comparison) for run in comparison.runs], "sweeps": sweeps},
+                      indent=2, allow_nan=False)
+
+
+CSV_COLUMNS = ("name", "run_dir", "status", "steps", "final_train_loss", "best_val_loss", "best_val_step",
+               "final_val_ppl", "tokens_per_s", "wall_s", "wandb")
+
+
+def to_csv(comparison: Comparison) -> str:
+    """One line per run: the table's numbers, then one column per differing config key."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([*CSV_COLUMNS, "peak_memory_bytes_per_rank", *comparison.differing_keys])
+    for run in comparison.runs:
+        values = row(run, comparison)
+        peak = values["peak_memory_bytes_per_rank"]
+        writer.writerow([_cell(values[c]) for c in CSV_COLUMNS] + [" ".join(map(str, peak)) if peak else ""]
+                        + [_cell(v) for v in values["config"].values()])
+    return out.getvalue()
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return repr(value) if isinstance(value, float) else str(value)  # repr: the exact float, as in the JSON
+
+
+def _finite(value: float | None) -> float | None:
+    """JSON has no NaN or infinity: a diverged loss is reported as null (the table shows 'nan')."""
+    return value if value is not None and math.isfinite(value) else None
+

@@ -1,0 +1,341 @@
+"""`orchestrator compare` on run and sweep directories captured from real runs, without training anything.
+
+tests/unit/data/compare holds their small files (no checkpoints, model or W&B folders): sweep/, a
+4-trial grid over optim.lr with ASHA (one trial stopped at step 6), and runs/a, runs/b, two
+`orchestrator train` runs that differ only in optim.lr (1e-3, 3e-3).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.cli import main
+from orchestrator.compare.comparison import compare, differing_keys, retrain_command, to_csv, to_json
+from orchestrator.compare.runs import Run, Sweep, load
+
+DATA = Path(__file__).parent / "data" / "compare"
+SWEEP = DATA / "sweep"
+TRIALS = sorted((SWEEP / "trials").iterdir())
+
+
+@pytest.fixture
+def sweep_dir(tmp_path) -> Path:
+    """A copy: tests that change a run's state change only theirs."""
+    return Path(shutil.copytree(SWEEP, tmp_path / "sweep"))
+
+
+def summaries(sweep_dir: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sweep_dir.glob("trials/*/summary.json")}
+
+
+def lay_out_wandb(sweep_dir: Path) -> None:
+    """The fixture keeps no W&B files: lay out each trial's offline W&B folder as W&B names it."""
+    for trial in sweep_dir.glob("trials/*"):
+        run_id = json.loads((trial / "run.json").read_text())["run_id"]
+        folder = trial / "wandb" / f"offline-run-20261203_071432-{run_id}"
+        folder.mkdir(parents=True)
+        (folder / f"run-{run_id}.wandb").touch()
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["compare", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_sweep_is_one_row_per_trial_sorted_by_best_val_loss_with_only_the_searched_key(sweep_dir, capsys):
+    code, out, _ = run_cli(capsys, str(sweep_dir))
+    assert code == 0
+    rows = [line for line in out.splitlines() if line.startswith("│")]
+    names = [row.split("│")[1].strip() for row in rows]
+    best = {name: min(json.loads(line)["val_loss"] for line in (sweep_dir / "trials" / name / "metrics.jsonl")
+                      .read_text().splitlines() if "val_loss" in line) for name in names}
+    assert len(rows) == 4 and names == sorted(names, key=best.get)
+    header = next(line for line in out.splitlines() if line.startswith("┃"))
+    assert header.split("┃")[-2].strip() == "optim.lr"  # the one differing key, last column
+    assert "early-stopped at 6" in out
+    assert "ASHA stopped 8a831_00003 at step 6" in out
+    command = next(line for line in out.splitlines() if "best trial" in line).split(": ", 1)[1]
+    assert command.startswith("orchestrator train model=tiny ") and "optim.lr=0.003" in command
+    assert "sweep." not in command and "1e-3,3e-3" not in command  # no sweep settings, no search expression
+
+
+def test_two_runs_that_differ_only_in_the_learning_rate_list_only_that_key(capsys):
+    code, out, _ = run_cli(capsys, str(DATA / "runs" / "a"), str(DATA / "runs" / "b"), "--format", "json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["differing_keys"] == ["optim.lr"]  # not run_dir, which differs too
+    assert [(row["name"], row["config"]) for row in result["runs"]] == [("b", {"optim.lr": 0.003}),
+                                                                        ("a", {"optim.lr": 0.001})]
+
+
+def test_a_quoted_glob_is_expanded_and_an_online_run_is_named_by_its_url(tmp_path, capsys):
+    runs_dir = Path(shutil.copytree(DATA / "runs", tmp_path / "runs"))
+    config = yaml.safe_load((runs_dir / "a" / "config.yaml").read_text())
+    config["logger"].update(mode="online", entity="team")
+    (runs_dir / "a" / "config.yaml").write_text(yaml.safe_dump(config))
+    code, out, _ = run_cli(capsys, str(runs_dir / "*"), "--format", "json")
+    assert code == 0
+    pointers = {row["name"]: row["wandb"] for row in json.loads(out)["runs"]}
+    run_id = json.loads((runs_dir / "a" / "run.json").read_text())["run_id"]
+    assert pointers == {"a": f"https://wandb.ai/team/orchestrator/runs/{run_id}", "b": None}  # b: no W&B files kept
+
+
+def test_trials_compared_as_runs_list_only_the_searched_key():
+    # Trials are run directories too; their names (run_dir, W&B run id, trial id) must not count as differences.
+    runs, sweeps = load([str(TRIALS[0]), str(TRIALS[1])])
+    assert sweeps == []
+    assert {run.config["run_dir"] for run in runs} != {runs[0].config["run_dir"]}
+    assert compare(runs, sweeps, "val_loss", "min").differing_keys == ["optim.lr"]
+
+
+def test_json_round_trips_every_number_exactly_as_summary_json(sweep_dir, capsys):
+    code, out, _ = run_cli(capsys, str(sweep_dir), "--format", "json")
+    assert code == 0 and {row["wandb"] for row in json.loads(out)["runs"]} == {None}  # no W&B run on disk
+    lay_out_wandb(sweep_dir)
+    code, out, _ = run_cli(capsys, str(sweep_dir), "--format", "json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["differing_keys"] == ["optim.lr"]
+    recorded = summaries(sweep_dir)
+    for row in result["runs"]:
+        assert {"name", "run_dir", "status", "steps", "final_train_loss", "best_val_loss", "best_val_step",
+                "tokens_per_s", "config"} <= set(row)
+        summary = recorded[row["name"]]
+        assert row["final_train_loss"] == summary["final_train_loss"]  # ==: exact, not approximately
+        assert row["final_val_ppl"] == summary["final_val_ppl"]
+        assert row["steps"] == summary["steps"] and row["status"] == summary["status"]
+        assert row["peak_memory_bytes_per_rank"] == summary["peak_memory_bytes_per_rank"]
+        evals = [json.loads(line) for line in (Path(row["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+                 if "val_loss" in line]
+        best = min(evals, key=lambda r: r["val_loss"])
+        assert (row["best_val_loss"], row["best_val_step"]) == (best["val_loss"], best["step"])
+        assert set(row["config"]) == {"optim.lr"}
+        assert row["wandb"].startswith("wandb sync ") and row["wandb"].endswith(f"offline-run-*-sweep-{row['name']}")
+    [sweep] = result["sweeps"]
+    assert sweep["asha_stops"] == [{"trial": "8a831_00003", "step": 6}] and sweep["best_trial"] == "8a831_00001"
+
+
+def test_csv_has_one_line_per_run_with_the_exact_floats(sweep_dir):
+    runs, sweeps = load([str(sweep_dir)])
+    lines = to_csv(compare(runs, sweeps, "val_loss", "min")).splitlines()
+    assert lines[0].split(",")[-1] == "optim.lr" and len(lines) == 5
+    first = dict(zip(lines[0].split(","), lines[1].split(","), strict=True))
+    assert float(first["final_train_loss"]) == summaries(sweep_dir)[first["name"]]["final_train_loss"]
+
+
+def test_sort_by_another_metric_and_mode(sweep_dir):
+    runs, sweeps = load([str(sweep_dir)])
+    by_loss = compare(runs, sweeps, "loss", "max").runs
+    highest = [max(r["loss"] for r in run.history if "loss" in r) for run in by_loss]
+    assert highest == sorted(highest, reverse=True)
+
+
+def test_a_folder_that_is_not_a_run_is_refused_in_one_line_writing_nothing(sweep_dir, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, out, err = run_cli(capsys, str(sweep_dir), str(tmp_path / "empty"), "--png", str(tmp_path / "c.png"),
+                             "--html", str(tmp_path / "r.html"))
+    assert code == 2 and out == ""
+    [line] = err.strip().splitlines()
+    assert line.startswith(f"error: {tmp_path / 'empty'}: not a run directory")
+    assert not (tmp_path / "c.png").exists() and not (tmp_path / "r.html").exists()
+    code, _, err = run_cli(capsys, str(tmp_path / "missing*"))
+    assert code == 2 and "no such file or directory" in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--mode", "lowest"], "--mode lowest: must be one of min, max"),
+    (["--format", "xml"], "--format xml: must be one of table, json, csv"),
+    (["--png", "curves.jpg"], "--png curves.jpg: the file must end in .png"),
+    (["--metric", "bleu"], "--metric bleu: no run logged it"),
+])
+def test_bad_options_are_refused_in_one_line(sweep_dir, capsys, flags, message):
+    code, out, err = run_cli(capsys, str(sweep_dir), *flags)
+    assert code == 2 and out == ""
+    assert err.startswith(f"error: {message}") and len(err.strip().splitlines()) == 1
+
+
+def test_status_of_runs_that_have_not_ended(sweep_dir):
+    running, preempted, failed = (sweep_dir / "trials" / name for name in ("8a831_00000", "8a831_00001", "8a831_00002"))
+    for run_dir in (running, preempted, failed):
+        (run_dir / "summary.json").unlink()
+        rows = (run_dir / "metrics.jsonl").read_text().splitlines()
+        (run_dir / "metrics.jsonl").write_text("\n".join(rows[:12]) + "\n")
+        (run_dir / "events.jsonl").write_text(json.dumps({"event": "start", "step": 0, "time": 0}) + "\n")
+    with open(preempted / "events.jsonl", "a") as f:
+        f.write(json.dumps({"event": "preempted", "step": 12, "time": 1}) + "\n")
+    with open(failed / "events.jsonl", "a") as f:
+        f.write(json.dumps({"event": "failed", "step": 12, "time": 1, "error": "rank 1: RuntimeError: boom"}) + "\n")
+    (sweep_dir / "sweep.json").unlink()  # a sweep still running has no record yet
+    runs, sweeps = load([str(sweep_dir)])
+    status = {run.name: (run.status, run.steps, run.error) for run in runs}
+    assert status[running.name] == ("running", 12, None)
+    assert status[preempted.name] == ("preempted", 12, None)
+    assert status[failed.name] == ("failed", 12, "rank 1: RuntimeError: boom")
+    assert not sweeps[0].ended and sweeps[0].searched == ["optim.lr"]
+
+
+def test_a_trial_that_failed_before_its_run_directory_existed_is_a_row(sweep_dir):
+    record = json.loads((sweep_dir / "sweep.json").read_text())
+    record["trials"].append({"id": "8a831_00004", "overrides": {"optim.lr": "-1"}, "status": "failed",
+                             "run_dir": str(sweep_dir / "trials" / "8a831_00004"), "steps": 0, "wall_s": 1.0,
+                             "error": "optim.lr=-1: must be > 0"})
+    (sweep_dir / "sweep.json").write_text(json.dumps(record))
+    runs, sweeps = load([str(sweep_dir)])
+    comparison = compare(runs, sweeps, "val_loss", "min")
+    assert comparison.runs[-1].name == "8a831_00004" and comparison.runs[-1].status == "failed"
+    assert comparison.differing_keys == ["optim.lr"]
+    assert json.loads(to_json(comparison))["runs"][-1]["config"] == {"optim.lr": "-1"}
+
+
+def test_only_keys_that_differ_are_listed_searched_first(tmp_path):
+    runs = []
+    for name, lr, stage in (("a", 1e-3, 2), ("b", 1e-3, 3), ("c", 3e-3, 2)):
+        run_dir = Path(shutil.copytree(TRIALS[0], tmp_path / name))
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        config["optim"]["lr"], config["zero"]["stage"], config["run_dir"] = lr, stage, str(run_dir)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+        runs.append(str(run_dir))
+    loaded, _ = load(runs)
+    assert differing_keys(loaded, []) == ["optim.lr", "zero.stage"]  # config order
+    assert differing_keys(loaded, ["zero.stage"]) == ["zero.stage", "optim.lr"]
+
+
+def test_retrain_command_keeps_a_config_file_and_quotes_values(sweep_dir):
+    _, [sweep] = load([str(sweep_dir)])
+    sweep = Sweep(**{**sweep.__dict__, "config_file": "/a b/job.yaml",
+                     "base_overrides": ["model=tiny", "train.max_steps=5", "sweep.name=x", "logger.tags=[a,b]",
+                                        "train.max_steps=9"]})
+    trial = sweep.trials[0]
+    assert retrain_command(sweep, trial) == ("orchestrator train --config '/a b/job.yaml' model=tiny "
+                                             "'logger.tags=[a,b]' train.max_steps=9 optim.lr=0.001 "
+                                             f"run_dir={sweep_dir}/best-retrain")
+
+
+def test_compression_reports_a_run_holds_are_shown(tmp_path, capsys):
+    run_dir = Path(shutil.copytree(DATA / "runs" / "a", tmp_path / "a"))
+    report = {"pipeline": "prune50", "sparsity": 0.5003, "ppl_before": 239.48, "ppl_after": 251.2,
+              "file_bytes_before": 1_900_000, "file_bytes_after": 1_000_000}  # issue 11's report keys
+    (run_dir / "compressed" / "prune50").mkdir(parents=True)
+    (run_dir / "compressed" / "prune50" / "compress_report.json").write_text(json.dumps(report))
+    code, out, _ = run_cli(capsys, str(run_dir))
+    assert code == 0
+    assert "compressed a (prune50): sparsity 0.500, ppl 239.48 -> 251.20, file 1.8 MiB -> 976.6 KiB" in out
+    code, out, _ = run_cli(capsys, str(run_dir), "--format", "json")
+    assert json.loads(out)["runs"][0]["compression"] == [report]
+
+
+def test_png_has_one_labelled_curve_per_run_in_distinct_colours(sweep_dir, tmp_path, capsys):
+    from orchestrator.compare.curves import figure
+
+    runs, sweeps = load([str(sweep_dir)])
+    comparison = compare(runs, sweeps, "val_loss", "min")
+    train_ax, val_ax = figure(comparison).axes
+    for ax, column in ((train_ax, "loss"), (val_ax, "val_loss")):
+        lines = ax.get_lines()
+        assert [line.get_label() for line in lines] == [f"{run.name} optim.lr={run.config['optim.lr']:g}"
+                                                         for run in comparison.runs]
+        assert len({line.get_color() for line in lines}) == 4
+        for line, run in zip(lines, comparison.runs, strict=True):
+            assert list(line.get_ydata()) == [row[column] for row in run.history if column in row]
+    legend = [text.get_text() for text in figure(comparison).legends[0].get_texts()]
+    assert legend == [line.get_label() for line in train_ax.get_lines()]
+    assert [list(line.get_xdata()) for line in figure(comparison, "tokens").axes[0].get_lines()][0][:2] == [512, 1024]
+    code, _, _ = run_cli(capsys, str(sweep_dir), "--png")
+    assert code == 0 and (sweep_dir / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_html_is_self_contained_with_table_curves_and_sweep_plots(sweep_dir):
+    from orchestrator.compare.html import render
+
+    runs, sweeps = load([str(sweep_dir)])
+    page = render(compare(runs, sweeps, "val_loss", "min"))
+    scripts = Scripts()
+    scripts.feed(page)
+    assert scripts.sources == [] and scripts.inline >= 3  # plotly.js and every figure inline, nothing fetched
+    assert page.count("<tr>") == 5 and 'id="curves"' in page and 'id="parcoords-0"' in page
+    assert "one searched key (optim.lr)" in page  # importance of a single key is said to mean nothing
+
+
+class Scripts(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.sources, self.inline = [], 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("script", "link", "img", "iframe"):
+            source = dict(attrs).get("src") or dict(attrs).get("href")
+            if source:
+                self.sources.append(source)
+            elif tag == "script":
+                self.inline += 1
+
+
+def synthetic_sweep(n: int) -> Sweep:
+    """n trials whose val_loss depends on optim.lr only; optim.beta1 varies but does not matter."""
+    trials = []
+    for i in range(n):
+        lr, beta1 = [1e-4, 1e-3, 1e-2][i % 3], [0.8, 0.9][(i // 3) % 2]
+        val = 5.0 + 3 * abs(lr - 1e-3) * 100
+        trials.append(Run(name=f"t{i}", run_dir=Path(f"t{i}"), status="completed", steps=10, final_train_loss=val,
+                          final_val_loss=val, final_val_ppl=None, best_val_loss=val, best_val_step=10,
+                          tokens_per_s=None, peak_memory_bytes_per_rank=None, wall_s=None,
+                          config={"optim.lr": lr, "optim.beta1": beta1},
+                          history=[{"step": 10, "loss": val, "val_loss": val}]))
+    return Sweep(sweep_dir=Path("s"), name="s", metric="val_loss", mode="min", searched=["optim.lr", "optim.beta1"],
+                 trials=trials, base_overrides=[], config_file=None, ended=True)
+
+
+def test_parameter_importance_finds_the_key_that_matters():
+    from orchestrator.compare.importance import importance
+
+    result = importance(synthetic_sweep(12), "val_loss", maximize=False)
+    assert list(result.values) == ["optim.lr", "optim.beta1"] and result.caveat is None
+    assert result.values["optim.lr"] > 0.9
+    few = importance(synthetic_sweep(4), "val_loss", maximize=False)
+    assert few.values and "only 4 completed trials" in few.caveat
+
+
+def test_wandb_report_structure():
+    import wandb_workspaces.reports.v2 as wr
+
+    from orchestrator.compare.wandb_report import build
+
+    runs, sweeps = load([str(SWEEP)])
+    report = build(compare(runs, sweeps, "val_loss", "min"), "team", "orchestrator")
+    assert (report.entity, report.project, report.title) == ("team", "orchestrator", "compare: sweep sweep")
+    [grid] = report.blocks
+    assert isinstance(grid, wr.PanelGrid)
+    [runset] = grid.runsets
+    assert runset.filters == "Group == 'sweep'" and runset.project == "orchestrator"
+    line_train, line_val, parallel, importance, comparer = grid.panels
+    assert (line_train.x, line_train.y, line_val.y) == ("Step", ["loss"], ["val_loss"])
+    assert [(c.metric, c.log) for c in parallel.columns] == [(wr.Config("optim.lr"), True),
+                                                            (wr.SummaryMetric("val_loss"), None)]
+    assert isinstance(importance, wr.ParameterImportancePlot) and importance.with_respect_to == "val_loss"
+    assert isinstance(comparer, wr.RunComparer) and comparer.diff_only == "split"
+    # Plain runs are picked by their W&B run ids.
+    plain = build(compare(runs[:2], [], "val_loss", "min"), "team", "orchestrator")
+    ids = ", ".join(f"'{run.wandb_run_id}'" for run in compare(runs[:2], [], "val_loss", "min").runs)
+    assert plain.blocks[0].runsets[0].filters == f"ID in [{ids}]"
+
+
+def test_wandb_report_is_refused_while_the_runs_are_offline(sweep_dir, capsys, monkeypatch):
+    code, out, err = run_cli(capsys, str(sweep_dir), "--wandb-report")
+    assert code == 2 and "kept no W&B run" in err
+    lay_out_wandb(sweep_dir)
+    code, out, err = run_cli(capsys, str(sweep_dir), "--wandb-report")
+    assert code == 2 and out == ""
+    assert "--wandb-report: 4 run(s) were tracked offline and are not on the W&B server yet; sync them first" in err
+    for log in sweep_dir.glob("trials/*/wandb/offline-run-*/run-*.wandb"):
+        log.with_suffix(".wandb.synced").touch()  # what `wandb sync` leaves next to what it uploaded
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    code, _, err = run_cli(capsys, str(sweep_dir), "--wandb-report")
+    assert code == 2 and "WANDB_MODE=offline" in err
+
