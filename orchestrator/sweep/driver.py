@@ -201,6 +201,9 @@ def _tune(cfg: Config, params: list[space.Param], plain: list[str], config_file:
     from orchestrator.sweep.events import EarlyStopByRequest, TrialLines
 
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # with verbose=0: no Tune status tables; TrialLines speaks instead
+    # A failed trial's one result carries its status and error but no metric; Tune would otherwise
+    # end the whole sweep there. ASHA skips results without the metric; Optuna marks the trial pruned.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     warnings.filterwarnings("ignore", message="The reported value is ignored")  # Optuna, on Tune's last result
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base_overrides=plain, config_file=config_file, sweep_dir=str(sweep_dir)),
