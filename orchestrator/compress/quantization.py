@@ -1,0 +1,70 @@
+"""Weight quantization through torchao's `quantize_`: which config each pass uses, and the
+bytes a quantized weight really holds.
+
+On CPU: int8 weight-only and int8 dynamic use torchao's Int8Tensor; int4 uses the prototype
+Int4OpaqueTensor (two weights per byte, CPU kernels, bf16 activations), because torchao's
+default int4 packings need CUDA kernels. The same configs rebuild the module layout when a
+saved model is loaded (artifact.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from orchestrator.config.schema import PassConfig, PassName
+
+
+def dtype_for(name: PassName) -> torch.dtype:
+    """The model's dtype the quantized kernels expect: int4's CPU kernel takes bf16 activations."""
+    return torch.bfloat16 if name is PassName.int4_weight else torch.float32
+
+
+def torchao_config(spec: PassConfig):
+    if spec.name is PassName.int8_weight:
+        from torchao.quantization import Int8WeightOnlyConfig
+
+        return Int8WeightOnlyConfig()
+    if spec.name is PassName.int8_dynamic:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig
+
+        return Int8DynamicActivationInt8WeightConfig()
+    if spec.name is PassName.int4_weight:
+        from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
+
+        return PrototypeInt4WeightOnlyConfig(group_size=spec.group_size)
+    raise ValueError(f"{spec.name.value} is not a quantization pass")
+
+
+def int4_cpu_kernel() -> bool:
+    """Whether torch has the CPU int4 matmul Int4OpaqueTensor dispatches to."""
+    return hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
+
+
+def quantize(model: nn.Module, linears: dict[str, nn.Linear], spec: PassConfig) -> None:
+    """Quantize exactly the named linear layers (and cast the model to the dtype their kernels expect)."""
+    import logging
+
+    from torchao.quantization import quantize_
+
+    model.to(dtype_for(spec.name))
+    chosen = {id(module) for module in linears.values()}
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    quantize_(model, torchao_config(spec), filter_fn=lambda module, fqn: id(module) in chosen)
+
+
+def tensor_bytes(tensor: torch.Tensor) -> int:
+    """Bytes a tensor holds, counting every inner tensor of a torchao subclass (data, scales, zeros)."""
+    if hasattr(tensor, "__tensor_flatten__"):
+        names, _ = tensor.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(tensor, name)) for name in names)
+    return tensor.numel() * tensor.element_size()
+
+
+def is_quantized(tensor: torch.Tensor) -> bool:
+    return hasattr(tensor, "__tensor_flatten__")
+
+
+def dense(tensor: torch.Tensor) -> torch.Tensor:
+    """A plain float tensor of a (possibly quantized) weight, for counting its zeros."""
+    return tensor.dequantize() if is_quantized(tensor) else tensor
