@@ -58,19 +58,21 @@ def folder_bytes(folder: Path, patterns: tuple[str, ...] = ("*.safetensors", "*.
 
 def latency_ms(model: nn.Module, seq_len: int, vocab_size: int, runs: int, compiled: bool) -> dict[str, float]:
     """Median milliseconds of a prefill of one `seq_len` sequence and of one decode step after it
-    (one token attending to the cached sequence), after one warm-up of each."""
+    (one token attending to the cached sequence), after warm-ups: one eager, two compiled (the second
+    call with a new shape recompiles with dynamic shapes)."""
     target = torch.compile(model) if compiled else model
     prompt = torch.randint(0, vocab_size, (1, seq_len - 1), generator=torch.Generator().manual_seed(0))
     token = prompt[:, -1:]
     prefill, decode = [], []
+    warmup = 2 if compiled else 1
     with torch.no_grad():
-        for i in range(runs + 1):
+        for i in range(runs + warmup):
             start = time.perf_counter()
             out = target(input_ids=prompt, use_cache=True)
             middle = time.perf_counter()
             target(input_ids=token, cache=out.cache, use_cache=True)
             end = time.perf_counter()
-            if i:  # the first run warms up (and compiles)
+            if i >= warmup:
                 prefill.append(1000 * (middle - start))
                 decode.append(1000 * (end - middle))
     return {"prefill_ms": statistics.median(prefill), "decode_ms": statistics.median(decode)}

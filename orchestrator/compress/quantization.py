@@ -65,6 +65,16 @@ def is_quantized(tensor: torch.Tensor) -> bool:
     return hasattr(tensor, "__tensor_flatten__")
 
 
-def dense(tensor: torch.Tensor) -> torch.Tensor:
-    """A plain float tensor of a (possibly quantized) weight, for counting its zeros."""
-    return tensor.dequantize() if is_quantized(tensor) else tensor
+def dense(weight: torch.Tensor) -> torch.Tensor:
+    """A plain float tensor of a (possibly quantized) linear weight [out, in], for counting its zeros.
+
+    Int4OpaqueTensor implements no dequantize; multiplying the identity by it gives the same values.
+    """
+    if not is_quantized(weight):
+        return weight
+    try:
+        return weight.dequantize()
+    except NotImplementedError:
+        eye = torch.eye(weight.shape[1], dtype=weight.dtype)
+        with torch.no_grad():
+            return torch.nn.functional.linear(eye, weight).t()
