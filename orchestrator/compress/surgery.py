@@ -59,14 +59,17 @@ def linear_to_conv1d(model: nn.Module) -> int:
     return _swap(model, lambda m: type(m) is nn.Linear and m is not getattr(model, HEAD, None), build)
 
 
-def prunable(model: nn.Module, include_head: bool = False) -> dict[str, nn.Linear]:
-    """The transformer blocks' linear layers by name: what pruning and quantization act on.
+def prunable(model: nn.Module, include_head: bool = False) -> dict[str, nn.Module]:
+    """The transformer blocks' linear layers by name (nn.Linear, or GPT-2's Conv1D while training):
+    what pruning and quantization act on.
 
     The output head is left out unless asked for: it is usually tied to the input embedding,
     and changing it changes the embedding too.
     """
+    from transformers.pytorch_utils import Conv1D
+
     return {name: module for name, module in model.named_modules()
-            if isinstance(module, nn.Linear) and (include_head or name != HEAD)}
+            if isinstance(module, (nn.Linear, Conv1D)) and (include_head or name != HEAD)}
 
 
 def head_is_tied(model: nn.Module) -> bool:

@@ -54,3 +54,15 @@ def full_state_dict(engine) -> dict:
     if engine.zero_optimization_partition_weights():
         return engine._zero3_consolidated_16bit_state_dict()
     return engine.module.state_dict()
+
+
+def gathered(engine, params: list):
+    """A context in which `params` are whole on every rank: DeepSpeed's GatheredParameters under ZeRO-3
+    (a collective: every rank enters it), nothing to do at stages 0-2."""
+    import contextlib
+
+    if not engine.zero_optimization_partition_weights():
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
