@@ -61,6 +61,9 @@ def compress(overrides: list[str]) -> Path:
     if not (model_dir / "config.json").is_file():
         problems.append(f"run_dir={run_dir}: holds no final model (model/config.json); finish the run first "
                         f"(rerun its `orchestrator train ... run_dir={run_dir}`)")
+    elif (model_dir / "compression.json").is_file():
+        problems.append(f"run_dir={run_dir}: its model is already quantized (quantization-aware training); "
+                        "compress a run with a floating-point model")
     problems += pipeline_problems(c, ModelShape.of_folder(model_dir), during_training=False)
     out = run_dir / "compressed" / c.name
     problems += [p for p in [unwritable("run_dir", str(out))] if p]

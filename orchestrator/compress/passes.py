@@ -2,8 +2,8 @@
 (`check`), then does it (`apply`). Nothing here imports torch at module level, so the
 refusals answer as fast as any other config error.
 
-Post-training passes run in `orchestrator compress`; `gradual_magnitude` runs inside training
-(masks.py). A pipeline prunes first and quantizes last, at most once.
+Post-training passes run in `orchestrator compress`; `gradual_magnitude` and `qat` run inside
+training (masks.py, qat.py). A pipeline prunes first and quantizes last, at most once.
 """
 
 from __future__ import annotations
@@ -172,6 +172,22 @@ class GradualMagnitude(Pass):
         return problems
 
 
+class QuantizationAware(Pass):
+    during_training = True
+
+    def check(self, shape):
+        s = self.spec
+        if s.bits not in (4, 8):
+            return [f"{self.key}.bits={s.bits}: must be 8 or 4"]
+        if s.bits == 4:
+            if s.group_size not in INT4_GROUP_SIZES:
+                return [f"{self.key}.group_size={s.group_size}: must be one of {', '.join(map(str, INT4_GROUP_SIZES))}"]
+            if shape and any(n % s.group_size for n in shape.in_features):
+                return [f"{self.key}.group_size={s.group_size}: must divide every layer's input width "
+                        f"{sorted(shape.in_features)}; try {_largest_divisor(shape.in_features)}"]
+        return []
+
+
 _KINDS: dict[PassName, type[Pass]] = {
     PassName.magnitude: Magnitude,
     PassName.wanda: Wanda,
@@ -180,6 +196,7 @@ _KINDS: dict[PassName, type[Pass]] = {
     PassName.int8_dynamic: Quantize,
     PassName.int4_weight: Quantize,
     PassName.gradual_magnitude: GradualMagnitude,
+    PassName.qat: QuantizationAware,
 }
 
 
@@ -194,7 +211,7 @@ def pipeline_problems(compress: CompressConfig, shape: ModelShape | None, during
     seen_quantizer = False
     for step in build(compress):
         if step.during_training and not during_training:
-            problems.append(f"compress={name}: {step.key}={step.name} prunes while training; run "
+            problems.append(f"compress={name}: {step.key}={step.name} runs during training; run "
                             f"`orchestrator train compress={name}`")
             continue
         if during_training and not step.during_training:
@@ -208,6 +225,12 @@ def pipeline_problems(compress: CompressConfig, shape: ModelShape | None, during
         elif seen_quantizer:
             problems.append(f"{step.key}={step.name}: prunes after quantization; put pruning passes first")
         problems += step.check(shape)
+    names = [spec.name for spec in compress.passes]
+    if PassName.qat in names and PassName.gradual_magnitude in names:
+        problems.append(f"compress={name}: qat and gradual_magnitude in one pipeline: train with one, then "
+                        "fine-tune with the other (model.pretrained_path=<run>/model)")
+    if names.count(PassName.qat) > 1:
+        problems.append(f"compress={name}: a pipeline quantizes at most once (two qat passes)")
     if compress.max_ppl_increase is not None and compress.max_ppl_increase < 0:
         problems.append(f"compress.max_ppl_increase={compress.max_ppl_increase}: must be >= 0 (a share: 0.05 = 5%)")
     for key in ("eval_batches", "latency_runs"):

@@ -33,7 +33,29 @@ def torchao_config(spec: PassConfig):
         from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
 
         return PrototypeInt4WeightOnlyConfig(group_size=spec.group_size)
+    if spec.name is PassName.qat:
+        return qat_base_config(spec)
     raise ValueError(f"{spec.name.value} is not a quantization pass")
+
+
+def qat_base_config(spec: PassConfig):
+    """The quantization QAT simulates while training and applies at the end. Both run on CPU, and the
+    converted model computes exactly what the fake-quantized one did (same scales, same rounding)."""
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    if spec.bits == 8:
+        return Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
+    return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(spec.group_size))
+
+
+def prepare_qat(model: nn.Module, linears: dict[str, nn.Module], spec: PassConfig) -> None:
+    """Swap the layers for torchao's FakeQuantizedLinear (same parameters, same state-dict keys)."""
+    from torchao.quantization import quantize_
+    from torchao.quantization.qat import QATConfig
+
+    chosen = {id(module) for module in linears.values()}
+    quantize_(model, QATConfig(qat_base_config(spec), step="prepare"), filter_fn=lambda m, fqn: id(m) in chosen)
 
 
 def int4_cpu_kernel() -> bool:

@@ -365,6 +365,7 @@ class PassName(str, Enum):
     int8_dynamic = "int8_dynamic"
     int4_weight = "int4_weight"
     gradual_magnitude = "gradual_magnitude"
+    qat = "qat"
 
 
 class SparsityScore(str, Enum):
@@ -378,7 +379,8 @@ class PassConfig:
 
     name: PassName = PassName.magnitude
     """magnitude, wanda, semi_structured (2:4): pruning after training; int8_weight, int8_dynamic,
-    int4_weight: torchao quantization after training; gradual_magnitude: pruning while training."""
+    int4_weight: torchao quantization after training; gradual_magnitude: pruning while training;
+    qat: quantization-aware training (fake-quantized while training, converted at the end)."""
     sparsity: float = 0.5
     """magnitude, wanda, gradual_magnitude: share of the prunable weights set to zero (the final share
     for gradual_magnitude). semi_structured is always 2 of every 4."""
@@ -392,7 +394,11 @@ class PassConfig:
     lm_head: bool = False
     """int8_weight, int8_dynamic, int4_weight: quantize the output head too (needs an untied head)."""
     group_size: int = 32
-    """int4_weight: weights per quantization group along the input features (32, 64, 128 or 256)."""
+    """int4_weight, qat with bits=4: weights per quantization group along the input features (32, 64, 128
+    or 256)."""
+    bits: int = 8
+    """qat: 8 (int8 weights per output row, int8 activations per token) or 4 (int4 weights in groups of
+    group_size, stored one per byte)."""
     start_step: int = 0
     """gradual_magnitude: the step of the first prune; sparsity then rises on a cubic schedule."""
     end_step: int | None = None

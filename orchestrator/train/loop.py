@@ -253,11 +253,9 @@ def _train(payload: dict, progress) -> None:
         from orchestrator.data.tokenizer import load_tokenizer
 
         model_dir = run_dir / "model"
-        state = compression.at_export(state)
-        engine.module.save_pretrained(str(model_dir), state_dict=state)
-        compressed = compression.report(state)
-        if compressed:
-            (model_dir / "compress_report.json").write_text(json.dumps(compressed, indent=2))
+        every_rank_val = [b for r in range(world) for b in eval_batches(val_blocks, t.micro_batch_size, r, world,
+                                                                         t.eval_batches)]
+        compressed = compression.export(engine.module, state, model_dir, every_rank_val, val_loss)
         progress.mark(last_step, "finish")
         load_tokenizer(str(data.tokenizer_dir)).save_pretrained(str(model_dir))
         summary = {
@@ -279,7 +277,8 @@ def _train(payload: dict, progress) -> None:
             "params": n_params,
         }
         if compressed:
-            summary["compress"] = {compressed["pipeline"]: {"sparsity": compressed["sparsity"]}}
+            summary["compress"] = {compressed["pipeline"]: {k: v for k, v in compressed.items()
+                                                            if isinstance(v, (int, float))}}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         tracker.finish(summary)
         _event(run_dir, "finished" if status == "completed" else EARLY_STOP, last_step)

@@ -98,7 +98,7 @@ def test_a_failed_perplexity_gate_exits_1_and_keeps_the_report(trained_run):
 @pytest.mark.parametrize(("args", "message"), [
     (["compress=int4_weight", "compress.passes.0.group_size=48"],
      "compress.passes[0].group_size=48: must be one of 32, 64, 128, 256"),
-    (["compress=gradual_prune50"], "compress=gradual_prune50: compress.passes[0]=gradual_magnitude prunes while "
+    (["compress=gradual_prune50"], "compress=gradual_prune50: compress.passes[0]=gradual_magnitude runs during "
                                    "training; run `orchestrator train compress=gradual_prune50`"),
     (["compress=int8_weight", "compress.passes.0.lm_head=true"], "compress.passes[0].lm_head=true: the output head is "
                                                                  "tied"),

@@ -114,13 +114,19 @@ def _pipeline(*passes: PassConfig, **keys) -> CompressConfig:
     (_pipeline(PassConfig(name=PassName.magnitude, sparsity=1.0)), False,
      "compress.passes[0].sparsity=1.0: must be in (0, 1)"),
     (_pipeline(PassConfig(name=PassName.gradual_magnitude)), False,
-     "compress=test: compress.passes[0]=gradual_magnitude prunes while training; run `orchestrator train"),
+     "compress=test: compress.passes[0]=gradual_magnitude runs during training; run `orchestrator train"),
     (_pipeline(PassConfig(name=PassName.wanda)), True,
      "compress=test: compress.passes[0]=wanda runs after training"),
     (_pipeline(PassConfig(name=PassName.gradual_magnitude, start_step=50, end_step=20)), True,
      "compress.passes[0].end_step=20: must be after start_step=50"),
     (_pipeline(PassConfig(name=PassName.magnitude), max_ppl_increase=-0.1), False,
      "compress.max_ppl_increase=-0.1: must be >= 0"),
+    (_pipeline(PassConfig(name=PassName.qat, bits=6)), True, "compress.passes[0].bits=6: must be 8 or 4"),
+    (_pipeline(PassConfig(name=PassName.qat, bits=4, group_size=256)), True,
+     "compress.passes[0].group_size=256: must divide every layer's input width [128, 512]; try group_size=128"),
+    (_pipeline(PassConfig(name=PassName.qat), PassConfig(name=PassName.gradual_magnitude)), True,
+     "compress=test: qat and gradual_magnitude in one pipeline"),
+    (_pipeline(PassConfig(name=PassName.qat)), False, "compress=test: compress.passes[0]=qat runs during training"),
 ])
 def test_impossible_pipelines_are_refused_in_one_line_each(pipeline, during_training, message):
     problems = pipeline_problems(pipeline, SHAPE, during_training)
@@ -134,7 +140,7 @@ def test_every_named_pipeline_passes_its_own_checks(compose_tiny):
     shape = ModelShape("gpt2", 128, 512, tied_head=True)
     for name in groups()["compress"]:
         compress = OmegaConf.to_object(compose_dictconfig([f"compress={name}"])).compress
-        training = any(p.name is PassName.gradual_magnitude for p in compress.passes)
+        training = any(p.name in (PassName.gradual_magnitude, PassName.qat) for p in compress.passes)
         assert pipeline_problems(compress, shape, during_training=training) == [], name
     assert compose_tiny("compress=gradual_prune50").compress.passes[0].sparsity == 0.5
 
