@@ -43,8 +43,14 @@ class QuantizationAwareTraining:
         fp32_bytes = measure.weight_bytes(linears)
         quantization.quantize(model, linears, self.spec)
         model.eval()
-        with torch.no_grad():
-            losses = [model(input_ids=b, labels=b).loss.item() for b in val_batches]
+        # DeepSpeed's ZeRO-3 replaces F.linear process-wide with a version that transposes the weight,
+        # which torchao's quantized tensors do not implement: evaluate with torch's own linear.
+        zero3_linear, nn.functional.linear = nn.functional.linear, torch._C._nn.linear
+        try:
+            with torch.no_grad():
+                losses = [model(input_ids=b, labels=b).loss.item() for b in val_batches]
+        finally:
+            nn.functional.linear = zero3_linear
         converted = sum(losses) / len(losses)
         artifact.save(model, folder, self.spec)
         return {"qat_bits": self.spec.bits, "fake_quant_val_loss": fake_quant_val_loss,
