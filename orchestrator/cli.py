@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
         ("submit", "render the launch artifact for cluster=ray|slurm|k8s into runs/<name>/ and submit it "
                    "(submit.dry_run=true only renders)"),
         ("compress", "prune and quantize a trained run's model, measure quality, size and speed before and after: "
-                     "run_dir=runs/<name> compress=prune50|wanda50|prune_2of4|int8_weight|int8_dynamic|int4_weight|..."),
+                     "run_dir=runs/<name> compress=prune50|wanda50|prune_2of4|int8_dynamic|int4_weight|..."),
         ("sweep", "search hyperparameters: every trial is a whole training run (Hydra sweep grammar: "
                   "'optim.lr=tag(log,interval(1e-4,3e-2))' 'zero=2,3')"),
     ):

@@ -53,8 +53,8 @@ class QuantizationAwareTraining:
             nn.functional.linear = zero3_linear
         converted = sum(losses) / len(losses)
         artifact.save(model, folder, self.spec)
+        ppl_fake, ppl_converted = measure.perplexity(fake_quant_val_loss), measure.perplexity(converted)
         return {"qat_bits": self.spec.bits, "fake_quant_val_loss": fake_quant_val_loss,
-                "converted_val_loss": converted,
-                "ppl_fake_quant": measure.perplexity(fake_quant_val_loss), "ppl_converted": measure.perplexity(converted),
-                "ppl_change": measure.perplexity(converted) / measure.perplexity(fake_quant_val_loss) - 1,
+                "converted_val_loss": converted, "ppl_fake_quant": ppl_fake, "ppl_converted": ppl_converted,
+                "ppl_change": ppl_converted / ppl_fake - 1,
                 "linear_weight_bytes_before": fp32_bytes, "linear_weight_bytes_after": measure.weight_bytes(linears)}

@@ -134,8 +134,9 @@ def test_impossible_pipelines_are_refused_in_one_line_each(pipeline, during_trai
 
 
 def test_every_named_pipeline_passes_its_own_checks(compose_tiny):
-    from orchestrator.config.compose import groups, compose_dictconfig
     from omegaconf import OmegaConf
+
+    from orchestrator.config.compose import compose_dictconfig, groups
 
     shape = ModelShape("gpt2", 128, 512, tied_head=True)
     for name in groups()["compress"]:
