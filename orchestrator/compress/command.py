@@ -55,13 +55,12 @@ def compress(overrides: list[str]) -> Path:
     c = cfg.compress
     model_dir = run_dir / "model"
     problems = []
+    if not (model_dir / "config.json").is_file():
+        model_dir = _consolidate(cfg, run_dir, problems)
     if not c.passes:
         problems.append(f"compress={c.name}: no passes; pick a pipeline (compress=prune50, int8_dynamic, ... "
                         "see `orchestrator compress --help`)")
-    if not (model_dir / "config.json").is_file():
-        problems.append(f"run_dir={run_dir}: holds no final model (model/config.json); finish the run first "
-                        f"(rerun its `orchestrator train ... run_dir={run_dir}`)")
-    elif (model_dir / "compression.json").is_file():
+    if (model_dir / "compression.json").is_file():
         problems.append(f"run_dir={run_dir}: its model is already quantized (quantization-aware training); "
                         "compress a run with a floating-point model")
     problems += pipeline_problems(c, ModelShape.of_folder(model_dir), during_training=False)
@@ -148,6 +147,59 @@ def _run(cfg: Config, run_dir: Path, model_dir: Path, out: Path) -> Path:
         raise GateFailed(f"compress.max_ppl_increase={gate}: perplexity rose {100 * report['ppl_increase']:.2f}% "
                          f"({report['ppl_before']:.4f} -> {report['ppl_after']:.4f}); report kept in {out / REPORT}")
     return out
+
+
+CONSOLIDATED = "consolidated"
+
+
+def _consolidate(cfg: Config, run_dir: Path, problems: list[str]) -> Path:
+    """A run without model/ (it stopped before the end): the newest complete checkpoint's ZeRO shards merged
+    into one fp32 model, saved once in compressed/consolidated/ and used from there on."""
+    from orchestrator import checkpoint
+
+    folder = run_dir / "compressed" / CONSOLIDATED
+    if (folder / "config.json").is_file():
+        return folder
+    found, _ = checkpoint.newest_usable(run_dir / "checkpoints")
+    if found is None:
+        problems.append(f"run_dir={run_dir}: holds neither a final model (model/) nor a complete checkpoint")
+        return folder
+    if any(spec.name.value == "qat" for spec in _training_passes(run_dir)):
+        problems.append(f"run_dir={run_dir}: a quantization-aware run without model/; finish it first")
+        return folder
+    if problems:
+        return folder
+    import torch
+    from transformers import AutoTokenizer
+
+    from orchestrator.data.pipeline import prepare
+    from orchestrator.models.registry import build_model
+    from orchestrator.train.engine import consolidated_state_dict, use_cpu_accelerator_unless_cuda
+
+    use_cpu_accelerator_unless_cuda()
+    print(f"run_dir has no model/: merging the ZeRO shards of {found.path}", flush=True)
+    data = prepare(cfg.data, cfg.train.seq_len, cfg.train.seed)
+    meta = data.meta
+    model = build_model(cfg.model, meta["vocab_size"], cfg.train.seq_len, meta["eos_token_id"])
+    state = consolidated_state_dict(found.path, int(found.meta.get("zero_stage", cfg.zero.stage)))
+    for key in [k for k in state if k.endswith(".weight_mask")]:  # gradual pruning: bake the masks in
+        weight = key.removesuffix("_mask")
+        state[weight] = state[weight] * state.pop(key)
+    with torch.no_grad():
+        model.load_state_dict(state)
+    model.tie_weights()
+    model.save_pretrained(str(folder))
+    AutoTokenizer.from_pretrained(str(data.tokenizer_dir)).save_pretrained(str(folder))
+    return folder
+
+
+def _training_passes(run_dir: Path) -> list:
+    """The compress passes the run trained with (from its config.yaml)."""
+    from omegaconf import OmegaConf
+
+    from orchestrator.config.compose import load_job_file
+
+    return OmegaConf.to_object(load_job_file(str(run_dir / "config.yaml"), [])).compress.passes
 
 
 def _plain(spec) -> dict:

@@ -66,3 +66,16 @@ def gathered(engine, params: list):
     import deepspeed
 
     return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+
+def consolidated_state_dict(checkpoint_path: Path, zero_stage: int) -> dict:
+    """The whole model's fp32 weights (and buffers) from one of our checkpoints, in this process, without a
+    process group: DeepSpeed's zero_to_fp32 merges the ranks' ZeRO 1-3 shards; stage 0 saved it whole."""
+    import torch
+
+    if zero_stage == 0:
+        return torch.load(checkpoint_path / "mp_rank_00_model_states.pt", map_location="cpu",
+                          weights_only=False)["module"]
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_path.parent), tag=checkpoint_path.name)

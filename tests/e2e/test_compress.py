@@ -121,3 +121,20 @@ def test_compress_needs_a_run_directory(tmp_path):
                                      "(orchestrator compress run_dir=runs/<name> compress=prune50)")
     result = orchestrator("compress", f"run_dir={tmp_path}", "compress=prune50")
     assert result.returncode == 2 and "not a run directory (no config.yaml)" in result.stderr
+
+
+def test_a_run_without_its_final_model_is_compressed_from_its_merged_zero_shards(trained_run, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    copy = tmp_path / "unfinished"
+    shutil.copytree(trained_run, copy, ignore=shutil.ignore_patterns("model", "compressed"))
+    result = orchestrator("compress", f"run_dir={copy}", "compress=prune50", *FAST)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "merging the ZeRO shards of" in result.stdout
+    merged = load_file(copy / "compressed" / "consolidated" / "model.safetensors")
+    final = load_file(trained_run / "model" / "model.safetensors")
+    assert merged.keys() == final.keys()
+    assert max((merged[k] - final[k]).abs().max().item() for k in final) <= 1e-6
+    assert abs(report(copy, "prune50")["sparsity"] - 0.5) <= 0.005
