@@ -15,7 +15,6 @@ from pathlib import Path
 
 from orchestrator.config.schema import Arch, CompressConfig, ModelConfig, PassConfig, PassName, SparsityScore
 
-PRUNERS = (PassName.magnitude, PassName.wanda, PassName.semi_structured)
 QUANTIZERS = (PassName.int8_weight, PassName.int8_dynamic, PassName.int4_weight)
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 
@@ -75,6 +74,10 @@ class Pass:
     def check(self, shape: ModelShape | None) -> list[str]:
         return []
 
+    def reshape(self, shape: ModelShape | None) -> ModelShape | None:
+        """The model's shape after this pass (the next pass is checked against it)."""
+        return shape
+
     def apply(self, model, calibration: Calibration) -> None:
         raise NotImplementedError(f"{self.name} runs during training (orchestrator train compress=...)")
 
@@ -128,6 +131,30 @@ class SemiStructured(Pass):
             pruning.wanda(model, linears, calibration(self.spec.calibration_batches), 0.5, two_of_four=True)
         else:
             pruning.two_of_four(linears)
+
+
+class MlpChannels(Pass):
+    """Structured pruning: unlike zeroed weights, removed channels make the model smaller and faster
+    everywhere, CPU included."""
+
+    def check(self, shape):
+        problems = self._sparsity_problem()
+        if not problems and shape and shape.intermediate_size < 64:
+            problems.append(f"{self.key}={self.name}: the MLP is {shape.intermediate_size} channels wide; "
+                            "it needs at least 64 to keep 32")
+        return problems
+
+    def reshape(self, shape):
+        from dataclasses import replace
+
+        from orchestrator.compress.pruning import kept_channels
+
+        return shape and replace(shape, intermediate_size=kept_channels(shape.intermediate_size, self.spec.sparsity))
+
+    def apply(self, model, calibration):
+        from orchestrator.compress import pruning
+
+        pruning.mlp_channels(model, self.spec.sparsity)
 
 
 class Quantize(Pass):
@@ -197,6 +224,7 @@ _KINDS: dict[PassName, type[Pass]] = {
     PassName.int4_weight: Quantize,
     PassName.gradual_magnitude: GradualMagnitude,
     PassName.qat: QuantizationAware,
+    PassName.mlp_channels: MlpChannels,
 }
 
 
@@ -225,6 +253,7 @@ def pipeline_problems(compress: CompressConfig, shape: ModelShape | None, during
         elif seen_quantizer:
             problems.append(f"{step.key}={step.name}: prunes after quantization; put pruning passes first")
         problems += step.check(shape)
+        shape = step.reshape(shape)
     names = [spec.name for spec in compress.passes]
     if PassName.qat in names and PassName.gradual_magnitude in names:
         problems.append(f"compress={name}: qat and gradual_magnitude in one pipeline: train with one, then "

@@ -57,6 +57,51 @@ def two_of_four(linears: dict[str, nn.Linear]) -> None:
             blocks.scatter_(1, drop, 0.0)
 
 
+def kept_channels(width: int, share: float) -> int:
+    """MLP channels kept when `share` of `width` go: rounded down to a multiple of 32 (at least 32), so
+    int4 groups of 32 and 2:4 blocks still fit the narrower layers."""
+    return max(32, int(width * (1.0 - share)) // 32 * 32)
+
+
+def mlp_channels(model: nn.Module, share: float) -> int:
+    """Structured pruning: remove the least important MLP channels of every block, shrinking the layers.
+
+    A channel's importance is the product of the norms of the weights that write it (up/gate rows, or
+    GPT-2's c_fc row) and read it (down column, c_proj column): a channel either side barely uses
+    contributes little. Every block keeps the same number, so the model config keeps one MLP width,
+    which is updated; returns it. Runs on nn.Linear layers (GPT-2's Conv1D swapped first).
+    """
+    width = None
+    for block in [m for name, m in model.named_modules() if name.endswith(".mlp")]:
+        if hasattr(block, "up_proj"):  # Llama: down(act(gate(x)) * up(x))
+            writers, reader = [block.gate_proj, block.up_proj], block.down_proj
+        else:  # GPT-2: c_proj(act(c_fc(x)))
+            writers, reader = [block.c_fc], block.c_proj
+        score = reader.weight.detach().norm(dim=0)
+        for layer in writers:
+            score = score * layer.weight.detach().norm(dim=1)
+        width = kept_channels(score.numel(), share)
+        keep = score.topk(width).indices.sort().values
+        for layer in writers:
+            _replace(block, layer, layer.weight[keep], None if layer.bias is None else layer.bias[keep])
+        _replace(block, reader, reader.weight[:, keep], reader.bias)
+    if width is None:
+        raise ValueError("no MLP blocks found (expected Llama's gate/up/down or GPT-2's c_fc/c_proj)")
+    config = model.config
+    setattr(config, "n_inner" if config.model_type == "gpt2" else "intermediate_size", width)
+    return width
+
+
+def _replace(parent: nn.Module, old: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias)
+    name = next(n for n, child in parent.named_children() if child is old)
+    setattr(parent, name, new)
+
+
 # --- gradual pruning during training: pure arithmetic, tested without a model ---
 
 def cubic_sparsity(step: int, start: int, end: int, final: float) -> float:

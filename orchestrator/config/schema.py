@@ -366,6 +366,7 @@ class PassName(str, Enum):
     int4_weight = "int4_weight"
     gradual_magnitude = "gradual_magnitude"
     qat = "qat"
+    mlp_channels = "mlp_channels"
 
 
 class SparsityScore(str, Enum):
@@ -380,10 +381,12 @@ class PassConfig:
     name: PassName = PassName.magnitude
     """magnitude, wanda, semi_structured (2:4): pruning after training; int8_weight, int8_dynamic,
     int4_weight: torchao quantization after training; gradual_magnitude: pruning while training;
-    qat: quantization-aware training (fake-quantized while training, converted at the end)."""
+    qat: quantization-aware training (fake-quantized while training, converted at the end);
+    mlp_channels: structured pruning after training (whole MLP channels removed, layers shrunk)."""
     sparsity: float = 0.5
     """magnitude, wanda, gradual_magnitude: share of the prunable weights set to zero (the final share
-    for gradual_magnitude). semi_structured is always 2 of every 4."""
+    for gradual_magnitude). semi_structured is always 2 of every 4. mlp_channels: share of each block's
+    MLP channels removed (the kept count is rounded down to a multiple of 32)."""
     global_ranking: bool = True
     """magnitude, gradual_magnitude: rank weights across all prunable layers (true) or within each layer."""
     score: SparsityScore = SparsityScore.magnitude

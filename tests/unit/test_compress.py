@@ -153,3 +153,35 @@ def test_train_refuses_a_post_training_pipeline():
         compose(["compress=int8_dynamic"])
     assert error.value.problems == ["compress=int8_dynamic: compress.passes[0]=int8_dynamic runs after training; "
                                     "train first, then `orchestrator compress run_dir=<run> compress=int8_dynamic`"]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_mlp_channel_pruning_removes_the_least_used_channels_and_saves_a_smaller_plain_model(arch, tmp_path):
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+    from orchestrator.compress import artifact
+
+    torch.manual_seed(0)
+    config = (GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=2, n_positions=16, n_inner=128) if arch == "gpt2"
+              else LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=128, num_hidden_layers=2,
+                               num_attention_heads=2, max_position_embeddings=16))
+    model = AutoModelForCausalLM.from_config(config).eval()
+    surgery.conv1d_to_linear(model)
+    blocks = [m for n, m in model.named_modules() if n.endswith(".mlp")]
+    reader = "c_proj" if arch == "gpt2" else "down_proj"
+    dead = torch.arange(0, 128, 4)  # 32 channels nobody reads
+    with torch.no_grad():
+        for block in blocks:
+            getattr(block, reader).weight[:, dead] = 0.0
+    ids = torch.randint(0, 64, (2, 16))
+    with torch.no_grad():
+        reference = model(ids).logits
+    assert pruning.mlp_channels(model, 0.25) == 96  # 128 x 0.75, a multiple of 32
+    assert all(getattr(block, reader).weight.shape[1] == 96 for block in blocks)
+    with torch.no_grad():  # exactly the unread channels went: the function is unchanged
+        assert torch.allclose(model(ids).logits, reference, atol=1e-5)
+    artifact.save(model, tmp_path, None)
+    reloaded = AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
+    with torch.no_grad():
+        assert torch.allclose(reloaded(ids).logits, reference, atol=1e-5)
+    assert pruning.kept_channels(100, 0.5) == 32 and pruning.kept_channels(1000, 0.25) == 736
