@@ -13,7 +13,7 @@ import json
 import sys
 
 from orchestrator import __version__
-from orchestrator.errors import ConfigError, Preempted, TrainingError
+from orchestrator.errors import ConfigError, GateFailed, Preempted, TrainingError
 
 _OVERRIDES_HELP = "Hydra overrides, e.g. model=gpt2-124m zero=3 train.max_steps=200 optim.lr=3e-4"
 
@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
         ("plan", "print the plan (world size, batch, parameters, FLOPs, DeepSpeed config) without running"),
         ("submit", "render the launch artifact for cluster=ray|slurm|k8s into runs/<name>/ and submit it "
                    "(submit.dry_run=true only renders)"),
+        ("compress", "prune and quantize a trained run's model, measure quality, size and speed before and after: "
+                     "run_dir=runs/<name> compress=prune50|wanda50|prune_2of4|int8_dynamic|int4_weight|..."),
         ("sweep", "search hyperparameters: every trial is a whole training run (Hydra sweep grammar: "
                   "'optim.lr=tag(log,interval(1e-4,3e-2))' 'zero=2,3')"),
     ):
@@ -112,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingError as error:
         print(f"error: training failed: {error}", file=sys.stderr)
         return TrainingError.exit_code
+    except GateFailed as error:
+        print(f"error: gate failed: {error}", file=sys.stderr)
+        return GateFailed.exit_code
     except Preempted as error:
         print(f"preempted: {error}", file=sys.stderr)
         return Preempted.exit_code
@@ -140,6 +145,8 @@ def _run(args: argparse.Namespace) -> int:
         from orchestrator.sweep.driver import sweep
 
         return sweep(args.overrides, args.config, getattr(args, "resume", None))
+    if args.command == "compress":
+        return _compress(args)
     from orchestrator.config.compose import compose, to_yaml
 
     overrides = args.overrides
@@ -157,6 +164,21 @@ def _run(args: argparse.Namespace) -> int:
 
     run_dir = train(cfg)
     print(f"run directory: {run_dir}")
+    return 0
+
+
+def _compress(args: argparse.Namespace) -> int:
+    from orchestrator.compress import command
+
+    if args.config:
+        raise ConfigError([f"--config {args.config}: `orchestrator compress` reads the run's own config.yaml; "
+                           "name the run with run_dir=..."])
+    if args.cfg == "job":
+        from orchestrator.config.compose import to_yaml
+
+        print(to_yaml(command.compose(args.overrides)[0]), end="")
+        return 0
+    command.compress(args.overrides)
     return 0
 
 

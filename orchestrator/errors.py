@@ -23,3 +23,9 @@ class Preempted(Exception):
     """A stop signal arrived; a checkpoint of the current step was written. Rerun to resume."""
 
     exit_code = 75  # EX_TEMPFAIL: "try again later" — schedulers and scripts requeue on it
+
+
+class GateFailed(Exception):
+    """A quality gate (compress.max_ppl_increase) was not met; the report was written. Exit code 1."""
+
+    exit_code = 1

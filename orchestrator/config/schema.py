@@ -357,6 +357,78 @@ class SweepConfig:
     """Set by the sweep in each trial's config: the values this trial tries."""
 
 
+class PassName(str, Enum):
+    magnitude = "magnitude"
+    wanda = "wanda"
+    semi_structured = "semi_structured"
+    int8_weight = "int8_weight"
+    int8_dynamic = "int8_dynamic"
+    int4_weight = "int4_weight"
+    gradual_magnitude = "gradual_magnitude"
+    qat = "qat"
+    mlp_channels = "mlp_channels"
+
+
+class SparsityScore(str, Enum):
+    magnitude = "magnitude"
+    wanda = "wanda"
+
+
+@dataclass
+class PassConfig:
+    """One compression pass. Each pass reads only the keys its name uses (README: Compression)."""
+
+    name: PassName = PassName.magnitude
+    """magnitude, wanda, semi_structured (2:4): pruning after training; int8_weight, int8_dynamic,
+    int4_weight: torchao quantization after training; gradual_magnitude: pruning while training;
+    qat: quantization-aware training (fake-quantized while training, converted at the end);
+    mlp_channels: structured pruning after training (whole MLP channels removed, layers shrunk)."""
+    sparsity: float = 0.5
+    """magnitude, wanda, gradual_magnitude: share of the prunable weights set to zero (the final share
+    for gradual_magnitude). semi_structured is always 2 of every 4. mlp_channels: share of each block's
+    MLP channels removed (the kept count is rounded down to a multiple of 32)."""
+    global_ranking: bool = True
+    """magnitude, gradual_magnitude: rank weights across all prunable layers (true) or within each layer."""
+    score: SparsityScore = SparsityScore.magnitude
+    """semi_structured: which 2 of every 4 weights go: the smallest |w| (magnitude) or |w| x input norm (wanda)."""
+    calibration_batches: int = 8
+    """wanda, semi_structured with score=wanda: training-split batches of train.micro_batch_size
+    whose activations weigh the weights."""
+    lm_head: bool = False
+    """int8_weight, int8_dynamic, int4_weight: quantize the output head too (needs an untied head)."""
+    group_size: int = 32
+    """int4_weight, qat with bits=4: weights per quantization group along the input features (32, 64, 128
+    or 256)."""
+    bits: int = 8
+    """qat: 8 (int8 weights per output row, int8 activations per token) or 4 (int4 weights in groups of
+    group_size, stored one per byte)."""
+    start_step: int = 0
+    """gradual_magnitude: the step of the first prune; sparsity then rises on a cubic schedule."""
+    end_step: int | None = None
+    """gradual_magnitude: the step where sparsity reaches its final value. null = 3/4 of train.max_steps."""
+    update_every: int = 10
+    """gradual_magnitude: steps between mask updates."""
+
+
+@dataclass
+class CompressConfig:
+    """Compression: `orchestrator compress run_dir=... compress=<pipeline>` or `train compress=<pipeline>`."""
+
+    name: str = "none"
+    """The pipeline's name: its results go to <run_dir>/compressed/<name>/."""
+    passes: list[PassConfig] = field(default_factory=list)
+    """Applied in order. Empty = no compression."""
+    max_ppl_increase: float | None = None
+    """Gate: `orchestrator compress` exits 1 (report kept) when perplexity rises by more than this share
+    (0.05 = 5%). null = no gate."""
+    eval_batches: int = 16
+    """Validation micro-batches (of train.micro_batch_size) for the loss and perplexity of each pass."""
+    latency_runs: int = 5
+    """Timed runs per latency figure (the median is reported), after one warm-up."""
+    compile: bool = True
+    """Also time the model under torch.compile (the only way int8 kernels beat fp32 on CPU)."""
+
+
 @dataclass
 class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -369,6 +441,7 @@ class Config:
     plan: PlanConfig = field(default_factory=PlanConfig)
     submit: SubmitConfig = field(default_factory=SubmitConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)
     run_dir: str | None = None
 
     def command(self) -> str:

@@ -222,4 +222,11 @@ def validate(cfg: Config) -> list[str]:
     p.check(t.max_failures >= 0, "train.max_failures", t.max_failures, "must be >= 0")
     p.check(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "must be >= 1")
     p.check(t.collective_timeout_s >= 1, "train.collective_timeout_s", t.collective_timeout_s, "must be >= 1 second")
+    if cfg.compress.passes:
+        from orchestrator.compress.passes import ModelShape, pipeline_problems
+
+        p += pipeline_problems(cfg.compress, ModelShape.of_config(m), during_training=True)
+        for i, spec in enumerate(cfg.compress.passes):
+            p.check(spec.end_step is None or spec.end_step <= t.max_steps, f"compress.passes[{i}].end_step",
+                    spec.end_step, f"must be <= train.max_steps={t.max_steps} (or null: 3/4 of it)")
     return list(p)

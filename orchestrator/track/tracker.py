@@ -60,3 +60,20 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     tmp.replace(path)
+
+
+def track_compression(run_dir: Path, logger: LoggerConfig, report: dict, folder: Path) -> None:
+    """A W&B run for one `orchestrator compress`, in the training run's group (its name when it has none):
+    one logged step per pass, the report's top-level numbers as its summary."""
+    if logger.mode is WandbMode.disabled:
+        return
+    import wandb
+
+    run = wandb.init(dir=str(folder), mode=logger.mode.value, project=logger.project, entity=logger.entity,
+                     group=logger.group or run_dir.name, job_type="compress", tags=list(logger.tags),
+                     name=f"{run_dir.name}-{report['pipeline']}", config={"compress": report["config"]},
+                     settings=wandb.Settings(console="off", silent=True, x_disable_stats=True))
+    for i, row in enumerate(report["passes"]):
+        run.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=i + 1)
+    run.summary.update({k: v for k, v in report.items() if isinstance(v, (int, float, bool))})
+    run.finish()

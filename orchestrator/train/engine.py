@@ -54,3 +54,28 @@ def full_state_dict(engine) -> dict:
     if engine.zero_optimization_partition_weights():
         return engine._zero3_consolidated_16bit_state_dict()
     return engine.module.state_dict()
+
+
+def gathered(engine, params: list):
+    """A context in which `params` are whole on every rank: DeepSpeed's GatheredParameters under ZeRO-3
+    (a collective: every rank enters it), nothing to do at stages 0-2."""
+    import contextlib
+
+    if not engine.zero_optimization_partition_weights():
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+
+def consolidated_state_dict(checkpoint_path: Path, zero_stage: int) -> dict:
+    """The whole model's fp32 weights (and buffers) from one of our checkpoints, in this process, without a
+    process group: DeepSpeed's zero_to_fp32 merges the ranks' ZeRO 1-3 shards; stage 0 saved it whole."""
+    import torch
+
+    if zero_stage == 0:
+        return torch.load(checkpoint_path / "mp_rank_00_model_states.pt", map_location="cpu",
+                          weights_only=False)["module"]
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_path.parent), tag=checkpoint_path.name)

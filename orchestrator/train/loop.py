@@ -61,6 +61,7 @@ def _train(payload: dict, progress) -> None:
     import torch.distributed as dist
 
     from orchestrator import checkpoint
+    from orchestrator.compress.hooks import TrainingHooks
     from orchestrator.config.compose import from_dict
     from orchestrator.data.loader import ShardedBatches, eval_batches
     from orchestrator.data.pipeline import prepare
@@ -93,6 +94,8 @@ def _train(payload: dict, progress) -> None:
     model = build_model(cfg.model, meta["vocab_size"], t.seq_len, meta["eos_token_id"])
     n_params = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions them
     apply_activation_checkpointing(model, t.activation_checkpointing, t.activation_checkpointing_every)
+    compression = TrainingHooks(cfg)  # training-time compression passes (compress=...); no-ops for none
+    compression.before_engine(model)
     progress.mark(0, "setup")
     engine = ds.initialize(
         model,
@@ -182,6 +185,7 @@ def _train(payload: dict, progress) -> None:
                 # Parameters, gradients and optimizer states all exist now (states appear at the first step).
                 measured = model_state_bytes(engine, exclude=(train_blocks, val_blocks))
             engine.step()  # applies the optimizer only at the accumulation boundary
+        compression.on_step_end(step, lambda params: ds.gathered(engine, params))
         request = _stop_request(run_dir) if rank == 0 else None
         progress.mark(step, "sync")
         last_loss, stop, finish_early = mean_over_ranks(sum(micro_losses) / len(micro_losses),
@@ -201,6 +205,7 @@ def _train(payload: dict, progress) -> None:
                 tokens=step * tokens_per_step,
                 elapsed_s=now - started,
             )
+            record.update(compression.metrics())
             window_start, window_steps = now, 0
         if is_last or (t.eval_every and step % t.eval_every == 0):
             val_loss = evaluate(step)
@@ -248,7 +253,9 @@ def _train(payload: dict, progress) -> None:
         from orchestrator.data.tokenizer import load_tokenizer
 
         model_dir = run_dir / "model"
-        engine.module.save_pretrained(str(model_dir), state_dict=state)
+        every_rank_val = [b for r in range(world) for b in eval_batches(val_blocks, t.micro_batch_size, r, world,
+                                                                         t.eval_batches)]
+        compressed = compression.export(engine.module, state, model_dir, every_rank_val, val_loss)
         progress.mark(last_step, "finish")
         load_tokenizer(str(data.tokenizer_dir)).save_pretrained(str(model_dir))
         summary = {
@@ -269,6 +276,9 @@ def _train(payload: dict, progress) -> None:
             "predicted_memory_bytes_per_rank": plan["memory"],
             "params": n_params,
         }
+        if compressed:
+            summary["compress"] = {compressed["pipeline"]: {k: v for k, v in compressed.items()
+                                                            if isinstance(v, (int, float))}}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         tracker.finish(summary)
         _event(run_dir, "finished" if status == "completed" else EARLY_STOP, last_step)
