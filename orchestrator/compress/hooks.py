@@ -63,5 +63,5 @@ class TrainingHooks:
         sizes = {name: state[f"{name}.weight"].numel() for name in p.layers}
         return {"sparsity": sum(zeros.values()) / sum(sizes.values()),
                 "sparsity_per_layer": {name: zeros[name] / sizes[name] for name in p.layers},
-                "schedule": {"start_step": p.spec.start_step, "end_step": p.end, "final_sparsity": p.spec.sparsity,
+                "schedule": {"start_step": p.start, "end_step": p.end, "final_sparsity": p.spec.sparsity,
                              "update_every": p.spec.update_every}}

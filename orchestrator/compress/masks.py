@@ -45,7 +45,8 @@ class GradualPruning:
 
     def __init__(self, spec: PassConfig, max_steps: int):
         self.spec = spec
-        self.end = spec.end_step if spec.end_step is not None else max(spec.start_step + 1, 3 * max_steps // 4)
+        self.start = spec.start_step if spec.start_step is not None else 3 * max_steps // 5
+        self.end = spec.end_step if spec.end_step is not None else max(self.start + 1, 5 * max_steps // 6)
         self.layers: dict[str, nn.Module] = {}
 
     def before_engine(self, model: nn.Module) -> None:
@@ -56,12 +57,12 @@ class GradualPruning:
             module.forward = _masked_forward(module)
 
     def target(self, step: int) -> float:
-        return pruning.cubic_sparsity(step, self.spec.start_step, self.end, self.spec.sparsity)
+        return pruning.cubic_sparsity(step, self.start, self.end, self.spec.sparsity)
 
     def due(self, step: int) -> bool:
         """Masks change every update_every steps from start_step, and at end_step itself."""
-        s = self.spec
-        return s.start_step <= step <= self.end and ((step - s.start_step) % s.update_every == 0 or step == self.end)
+        return self.start <= step <= self.end and ((step - self.start) % self.spec.update_every == 0
+                                                   or step == self.end)
 
     def on_step_end(self, step: int, gather: Gather) -> None:
         """After the optimizer step: recompute the masks when the schedule says so (all ranks together)."""

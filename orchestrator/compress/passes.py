@@ -190,9 +190,9 @@ class GradualMagnitude(Pass):
     def check(self, shape):
         problems = self._sparsity_problem()
         s = self.spec
-        if s.start_step < 0:
+        if s.start_step is not None and s.start_step < 0:
             problems.append(f"{self.key}.start_step={s.start_step}: must be >= 0")
-        if s.end_step is not None and s.end_step <= s.start_step:
+        if s.end_step is not None and s.start_step is not None and s.end_step <= s.start_step:
             problems.append(f"{self.key}.end_step={s.end_step}: must be after start_step={s.start_step}")
         if s.update_every < 1:
             problems.append(f"{self.key}.update_every={s.update_every}: must be >= 1")

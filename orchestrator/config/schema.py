@@ -402,11 +402,13 @@ class PassConfig:
     bits: int = 8
     """qat: 8 (int8 weights per output row, int8 activations per token) or 4 (int4 weights in groups of
     group_size, stored one per byte)."""
-    start_step: int = 0
-    """gradual_magnitude: the step of the first prune; sparsity then rises on a cubic schedule."""
+    start_step: int | None = None
+    """gradual_magnitude: the step of the first prune; sparsity then rises on a cubic schedule. null = 3/5 of
+    train.max_steps: the dense model learns first, and pruning then costs less than when it starts at step 0."""
     end_step: int | None = None
-    """gradual_magnitude: the step where sparsity reaches its final value. null = 3/4 of train.max_steps."""
-    update_every: int = 10
+    """gradual_magnitude: the step where sparsity reaches its final value. null = 5/6 of train.max_steps, so the
+    last sixth of training recovers from the final prune."""
+    update_every: int = 5
     """gradual_magnitude: steps between mask updates."""
 
 

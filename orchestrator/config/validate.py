@@ -228,5 +228,5 @@ def validate(cfg: Config) -> list[str]:
         p += pipeline_problems(cfg.compress, ModelShape.of_config(m), during_training=True)
         for i, spec in enumerate(cfg.compress.passes):
             p.check(spec.end_step is None or spec.end_step <= t.max_steps, f"compress.passes[{i}].end_step",
-                    spec.end_step, f"must be <= train.max_steps={t.max_steps} (or null: 3/4 of it)")
+                    spec.end_step, f"must be <= train.max_steps={t.max_steps} (or null: 5/6 of it)")
     return list(p)

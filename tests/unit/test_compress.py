@@ -185,3 +185,12 @@ def test_mlp_channel_pruning_removes_the_least_used_channels_and_saves_a_smaller
     with torch.no_grad():
         assert torch.allclose(reloaded(ids).logits, reference, atol=1e-5)
     assert pruning.kept_channels(100, 0.5) == 32 and pruning.kept_channels(1000, 0.25) == 736
+
+
+def test_gradual_pruning_by_default_prunes_in_the_last_two_fifths_and_leaves_a_sixth_to_recover():
+    from orchestrator.compress.masks import GradualPruning
+
+    schedule = GradualPruning(PassConfig(name=PassName.gradual_magnitude, sparsity=0.5), max_steps=120)
+    assert (schedule.start, schedule.end) == (72, 100)
+    assert [s for s in range(121) if schedule.due(s)] == [72, 77, 82, 87, 92, 97, 100]
+    assert schedule.target(71) == 0 and schedule.target(100) == 0.5 and schedule.target(120) == 0.5
