@@ -21,10 +21,37 @@ def use_cpu_accelerator_unless_cuda() -> str:
     return device
 
 
+def build_ops(names: list[str]) -> None:
+    """Load (JIT-building if needed) the DeepSpeed C++ ops the engine will load, one builder at a time.
+
+    DeepSpeed builds them under torch's FileBaton: a plain `lock` file that outlives a builder killed
+    mid-build (the watchdog, SIGKILL, preemption), after which every later run on the machine waits on
+    it forever (seen here). We build under an fcntl lock instead, which dies with its holder: whoever
+    holds it is the only builder, so a baton file found then is stale and is removed. DeepSpeed then
+    finds the op already loaded in this process.
+    """
+    import filelock
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.ops import __compatible_ops__
+    from torch.utils.cpp_extension import _get_build_directory  # where torch builds and locks (private)
+
+    for name in names:
+        builder = get_accelerator().create_op_builder(name)
+        if builder is None or not __compatible_ops__.get(builder.NAME, False):
+            continue
+        build_dir = Path(_get_build_directory(builder.name, verbose=False))
+        with filelock.FileLock(str(build_dir.parent / f"{build_dir.name}.orchestrator-lock")):
+            (build_dir / "lock").unlink(missing_ok=True)
+            builder.load(verbose=False)
+
+
 def initialize(model, ds_config: dict, lr_lambda: Callable[[int], float]):
     """Wrap the model in a DeepSpeed engine with the configured optimizer and our LR schedule."""
     import deepspeed
     from torch.optim.lr_scheduler import LambdaLR
+
+    offload = ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device") == "cpu"
+    build_ops(["ShareMemCommBuilder", *(["CPUAdamBuilder"] if offload else [])])
 
     engine, _, _, _ = deepspeed.initialize(
         model=model,

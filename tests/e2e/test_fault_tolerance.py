@@ -302,3 +302,16 @@ def test_a_crash_after_the_final_checkpoint_only_writes_the_summary(reference, t
     assert summary["final_train_loss"] == expected["final_train_loss"]
     assert summary["final_val_loss"] == pytest.approx(expected["final_val_loss"], abs=1e-6)
     assert metrics(run_dir) == metrics(reference)
+
+
+def test_a_lock_file_left_by_a_killed_deepspeed_op_build_does_not_block_the_next_run(tmp_path):
+    """torch's build lock outlives a builder killed mid-build (e.g. by the watchdog during setup);
+    DeepSpeed would then wait on it forever at every start. The next run clears it and trains."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    lock = Path(_get_build_directory("deepspeed_shm_comm", verbose=False)) / "lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.touch()
+    result = run(tmp_path / "run", "train.max_steps=3", "train.collective_timeout_s=60")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert not lock.exists()
