@@ -75,7 +75,34 @@ def _parser() -> argparse.ArgumentParser:
         if name == "logs":
             sub.add_argument("--follow", action="store_true", help="keep printing until the job ends")
     _compare_parser(commands)
+    summary = ("keep a local Ray cluster running between commands (up), show it (status), end it (down): "
+               "cluster=local commands join it instead of starting their own, seconds sooner")
+    sub = commands.add_parser("cluster", help=summary, description=summary)
+    sub.add_argument("action", choices=["up", "status", "down"])
+    sub.add_argument("--num-cpus", type=int, help="CPUs the cluster offers (default: all this process may use)")
     return parser
+
+
+def _cluster_command(action: str, num_cpus: int | None) -> int:
+    from orchestrator.launch import warm
+
+    if action == "up":
+        from orchestrator.launch.local import available_cpus
+
+        if num_cpus is not None and num_cpus < 1:
+            raise ConfigError([f"--num-cpus={num_cpus}: must be at least 1"])
+        record, started = warm.up(num_cpus or available_cpus())
+        print(f"{'started' if started else 'already running:'} local Ray cluster at {record['address']} with "
+              f"{record['num_cpus']} CPUs (log: {record['log']}); cluster=local commands join it until "
+              "`orchestrator cluster down`")
+    elif action == "down":
+        record = warm.down()
+        print(f"stopped the local Ray cluster at {record['address']}" if record else "no local Ray cluster runs")
+    else:
+        record = warm.running()
+        print(f"running: {record['address']}, {record['num_cpus']} CPUs, pid {record['pid']} (log: {record['log']})"
+              if record else "no local Ray cluster runs (`orchestrator cluster up` starts one)")
+    return 0
 
 
 def _compare_parser(commands) -> None:
@@ -131,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.command in ("status", "logs", "stop"):
         return _job_command(args)
+    if args.command == "cluster":
+        return _cluster_command(args.action, args.num_cpus)
     if args.command == "compare":
         from orchestrator.compare.command import Request, run
 
@@ -162,7 +191,9 @@ def _run(args: argparse.Namespace) -> int:
         return _plan(cfg)
     from orchestrator.train.driver import train
 
-    run_dir = train(cfg)
+    from orchestrator.train.startup import Startup
+
+    run_dir = train(cfg, startup=Startup.of_this_process())
     print(f"run directory: {run_dir}")
     return 0
 

@@ -60,6 +60,8 @@ def deepspeed_config(cfg: Config, plan: Plan) -> dict:
                 "eps": o.eps,
                 "weight_decay": o.weight_decay,
                 "torch_adam": not offloaded,
+                # torch's fused AdamW: one kernel for all parameters instead of several per tensor (CUDA only)
+                **({"fused": True} if plan.uses_gpus and not offloaded else {}),
             },
         },
         "steps_per_print": 2**31 - 1,  # our tracker reports; keep DeepSpeed's own log quiet

@@ -36,6 +36,12 @@ class ActivationCheckpointing(str, Enum):
     every_n = "every_n"
 
 
+class AttnImplementation(str, Enum):
+    sdpa = "sdpa"
+    eager = "eager"
+    flash_attention_2 = "flash_attention_2"
+
+
 class WandbMode(str, Enum):
     online = "online"
     offline = "offline"
@@ -156,6 +162,9 @@ class ModelConfig:
     tie_word_embeddings: bool = True
     pretrained_path: str | None = None
     """Local Hugging Face checkpoint directory; when set, shapes above are ignored."""
+    attn_implementation: AttnImplementation = AttnImplementation.sdpa
+    """Attention kernel: sdpa (torch's scaled_dot_product_attention: flash or memory-efficient kernels on
+    GPUs), eager (the reference Python implementation), flash_attention_2 (needs the flash-attn package)."""
 
 
 @dataclass
@@ -258,6 +267,9 @@ class TrainConfig:
     """Recompute activations in the backward pass to save memory: none, full (every layer),
     or every_n (layers 0, n, 2n, ...; n = activation_checkpointing_every)."""
     activation_checkpointing_every: int = 2
+    compile: bool = False
+    """torch.compile the model (through DeepSpeed's engine.compile). Compiling happens during the first
+    step: the start-up breakdown reports it as `compile_s`, and the steady tokens/s leaves it out."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value; 0 disables clipping."""
     log_every: int = 10

@@ -1,12 +1,14 @@
-"""The `local` backend: an embedded Ray cluster started inside the driver process.
+"""The `local` backend: an embedded Ray cluster started inside the driver process, or the warm one
+`orchestrator cluster up` keeps running between commands (launch/warm.py), joined instead.
 
-Ray's dashboard (needed by Ray's state API, which Ray Train's cleanup uses) binds to
-127.0.0.1 only. Several embedded clusters run side by side on one machine (two terminals, a
-sweep beside a run): each knows its own GCS address and hands it to every process of its job
-as RAY_ADDRESS, so Ray's helpers that look a cluster up (the Train placement-group cleaner's
-state API) find theirs instead of failing on "multiple active Ray instances". A reaper
-process ends the cluster's processes when the driver dies, even by SIGKILL (launch/reaper.py).
-A request this machine cannot hold is refused before Ray starts (`preflight`).
+Ray's dashboard is not started: nothing here uses it (train/ray_trainer.py drops the Train
+placement-group cleaner that queried Ray's state API through it), and it cost a second of
+start-up. Several embedded clusters run side by side on one machine (two terminals, a sweep
+beside a run): each knows its own GCS address and hands it to every process of its job as
+RAY_ADDRESS, so Ray's helpers that look a cluster up find theirs instead of failing on
+"multiple active Ray instances". A reaper process ends the embedded cluster's processes when
+the driver dies, even by SIGKILL (launch/reaper.py). A request this machine cannot hold is
+refused before Ray starts (`preflight`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from orchestrator.config.validate import visible_gpus
 from orchestrator.train.signals import SETUP_HOOK
 
 _reaper: subprocess.Popen | None = None
+_joined_warm = False
 
 
 def available_cpus() -> int:
@@ -52,9 +55,10 @@ def _free_port() -> int:
 
 
 def start(cluster: ClusterConfig, log_to_driver: bool = True, env_vars: dict[str, str] | None = None) -> bool:
-    """Start Ray in this process unless it already runs (a test session's shared cluster).
+    """Start Ray in this process, or join the warm cluster `orchestrator cluster up` keeps (launch/warm.py),
+    unless Ray already runs here (a test session's shared cluster).
 
-    Returns True when this call started it, so the caller knows to stop it again.
+    Returns True when this call started or joined it, so the caller knows to stop (or leave) it again.
     `log_to_driver` forwards workers' output (rank 0's progress lines) to this terminal;
     `env_vars` go to every process of the job.
     """
@@ -62,37 +66,50 @@ def start(cluster: ClusterConfig, log_to_driver: bool = True, env_vars: dict[str
 
     # The watcher polls cloud node-preemption notices; on one machine it only adds log noise.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    started = not ray.is_initialized()
-    if started:
-        global _reaper
-        from ray._private.services import get_node_ip_address
+    if ray.is_initialized():
+        return False
+    global _reaper, _joined_warm
+    from orchestrator.launch import warm
 
-        port = _free_port()  # chosen here so the job's processes can be told the address up front
-        os.environ["RAY_GCS_SERVER_PORT"] = str(port)
-        try:
-            ray.init(
-                # "local" always starts a new cluster: a bare ray.init() joins whatever `ray start` left
-                # in /tmp/ray/ray_current_cluster on this machine, even a cluster that is gone.
-                address="local",
-                num_cpus=available_cpus(),  # what preflight() checked the request against
-                include_dashboard=True,
-                dashboard_host="127.0.0.1",
-                logging_level=logging.WARNING,
-                log_to_driver=log_to_driver,
-                runtime_env={
-                    # Job-level only (Ray ignores it per actor): stop signals to a worker become checkpoint-and-stop.
-                    "worker_process_setup_hook": SETUP_HOOK,
-                    "env_vars": {**(env_vars or {}), "RAY_ADDRESS": f"{get_node_ip_address()}:{port}"},
-                },
-                configure_logging=True,
-            )
-        finally:
-            del os.environ["RAY_GCS_SERVER_PORT"]
-        from orchestrator.launch import reaper
+    def job_env(address: str) -> dict:
+        # Job-level only (Ray ignores it per actor): stop signals to a worker become checkpoint-and-stop.
+        return {"worker_process_setup_hook": SETUP_HOOK, "env_vars": {**(env_vars or {}), "RAY_ADDRESS": address}}
 
-        node = ray._private.worker._global_node
-        _reaper = reaper.watch([info.process.pid for infos in node.all_processes.values() for info in infos])
-    return started
+    record = warm.running()
+    if record:  # `orchestrator cluster up` keeps one running: no cluster to start
+        warm.use_token(record["token"])
+        ray.init(address=record["address"], logging_level=logging.WARNING, log_to_driver=log_to_driver,
+                 runtime_env=job_env(record["address"]), configure_logging=True)
+        _joined_warm = True
+        print(f"joined the warm local Ray cluster at {record['address']} (`orchestrator cluster down` ends it)",
+              flush=True)
+        return True
+    from ray._private.services import get_node_ip_address
+
+    port = _free_port()  # chosen here so the job's processes can be told the address up front
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    try:
+        ray.init(
+            # "local" always starts a new cluster: a bare ray.init() joins whatever `ray start` left
+            # in /tmp/ray/ray_current_cluster on this machine, even a cluster that is gone.
+            address="local",
+            num_cpus=available_cpus(),  # what preflight() checked the request against
+            include_dashboard=False,  # seconds of start-up, and nothing here uses it
+            logging_level=logging.WARNING,
+            log_to_driver=log_to_driver,
+            runtime_env=job_env(f"{get_node_ip_address()}:{port}"),
+            configure_logging=True,
+            # Ray would prestart one idle worker process per CPU for this driver, but every process of our
+            # job needs the job's runtime environment, so none was used: they only took CPU from the start-up.
+            _system_config={"prestart_worker_first_driver": False},
+        )
+    finally:
+        del os.environ["RAY_GCS_SERVER_PORT"]
+    from orchestrator.launch import reaper
+
+    node = ray._private.worker._global_node
+    _reaper = reaper.watch([info.process.pid for infos in node.all_processes.values() for info in infos])
+    return True
 
 
 def gpus() -> int:
@@ -127,7 +144,12 @@ def stop(timeout_s: float = 60.0) -> None:
     the cluster's processes ourselves."""
     import ray
 
+    global _joined_warm
     if not ray.is_initialized():
+        return
+    if _joined_warm:  # leave the warm cluster running
+        _joined_warm = False
+        shutdown_within(timeout_s)
         return
     node = ray._private.worker._global_node
     if not shutdown_within(timeout_s):

@@ -52,10 +52,12 @@ def build_model(model: ModelConfig, vocab_size: int, seq_len: int, eos_token_id:
     """A transformers causal LM in fp32 (DeepSpeed casts for bf16/fp16)."""
     from transformers import AutoModelForCausalLM
 
+    attention = model.attn_implementation.value
     if model.pretrained_path:
-        built = AutoModelForCausalLM.from_pretrained(model.pretrained_path)
+        built = AutoModelForCausalLM.from_pretrained(model.pretrained_path, attn_implementation=attention)
     else:
-        built = AutoModelForCausalLM.from_config(hf_config(model, vocab_size, seq_len, eos_token_id))
+        built = AutoModelForCausalLM.from_config(hf_config(model, vocab_size, seq_len, eos_token_id),
+                                                 attn_implementation=attention)
     built.loss_type = "ForCausalLM"  # name it, or transformers warns on every rank
     return built
 

@@ -7,17 +7,29 @@ Both receive the same dict, so the two never disagree. Only rank 0 constructs a 
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 from orchestrator.config.schema import LoggerConfig, WandbMode
 
 
 class Tracker:
+    """W&B starts in a background thread (its service process takes seconds to come up), so the first
+    training steps run meanwhile; the first call that needs the run waits for it."""
+
     def __init__(self, run_dir: Path, logger: LoggerConfig, run_id: str, run_name: str, config: dict):
         self.metrics_path = run_dir / "metrics.jsonl"
         self._metrics = self.metrics_path.open("a", buffering=1)  # line-buffered: readable while running
         self._wandb = None
+        self._starting: threading.Thread | None = None
+        self._start_error: BaseException | None = None
         if logger.mode is not WandbMode.disabled:
+            self._starting = threading.Thread(target=self._start_wandb, name="wandb-init", daemon=True,
+                                              args=(run_dir, logger, run_id, run_name, config))
+            self._starting.start()
+
+    def _start_wandb(self, run_dir: Path, logger: LoggerConfig, run_id: str, run_name: str, config: dict) -> None:
+        try:
             import wandb
 
             self._wandb = wandb.init(
@@ -34,21 +46,32 @@ class Tracker:
                 config=config,
                 settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
             )
+        except BaseException as error:  # raised again in the training thread, where it ends the run
+            self._start_error = error
+
+    def _run(self):
+        """The W&B run once it has started (None when disabled); its start-up error, raised here."""
+        if self._starting is not None:
+            self._starting.join()
+            self._starting = None
+            if self._start_error is not None:
+                raise self._start_error
+        return self._wandb
 
     def log(self, step: int, metrics: dict) -> None:
         record = {"step": step, **metrics}
         self._metrics.write(json.dumps(record) + "\n")
-        if self._wandb is not None:
+        if self._run() is not None:
             self._wandb.log(metrics, step=step)
 
     def finish(self, summary: dict) -> None:
-        if self._wandb is not None:
+        if self._run() is not None:
             self._wandb.summary.update(summary)
         self.close()
 
     def close(self) -> None:
         self._metrics.close()
-        if self._wandb is not None:
+        if self._run() is not None:
             self._wandb.finish()
 
 

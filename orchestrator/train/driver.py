@@ -29,6 +29,7 @@ from orchestrator.paths import unwritable
 from orchestrator.plan import Plan, gpus_per_worker, make_plan, refuse_unfit, resolved_config
 from orchestrator.redact import redact, redact_text
 from orchestrator.train.loop import EARLY_STOP, STOP_FILE
+from orchestrator.train.startup import Startup
 
 # Keys that may change between the run that wrote a checkpoint and the command that resumes it.
 _RESUMABLE_CHANGES = ("train.max_steps", "train.log_every", "train.eval_every", "train.eval_batches",
@@ -66,12 +67,18 @@ def worker_env(cfg: Config, gpus_per_worker: int) -> dict[str, str]:
     return env
 
 
-def train(cfg: Config, report_to_tune: bool = False) -> Path:
+def train(cfg: Config, report_to_tune: bool = False, startup: Startup | None = None) -> Path:
     """Run the configured job to completion (or resume it) and return its run directory.
 
     `report_to_tune`: inside a Ray Tune trial (a sweep), every evaluation is reported to Tune too.
+    `startup`: the command's start-up timeline (the CLI's starts at process start); None = from this call.
     """
     from orchestrator.data.pipeline import prepare
+
+    startup = startup or Startup(time.time())
+    # Ray Train's modules take seconds to import; meanwhile this thread plans, prepares data and starts Ray.
+    preload = threading.Thread(target=_import_trainer, name="import-ray-train", daemon=True)
+    preload.start()
 
     plan = make_plan(cfg)
     for reason in plan.auto_reasons:
@@ -107,6 +114,7 @@ def train(cfg: Config, report_to_tune: bool = False) -> Path:
 
         ray_cluster.connect(cfg.cluster, nodes=ray_nodes(cfg), workers=plan.world_size,
                             gpus_per_worker=gpus_per_worker(cfg) or 0)
+        startup.mark("cluster")
     prepared = prepare(cfg.data, cfg.train.seq_len, cfg.train.seed)
     meta = prepared.meta
     if cfg.model.vocab_size is not None and meta["vocab_size"] > cfg.model.vocab_size:
@@ -119,7 +127,8 @@ def train(cfg: Config, report_to_tune: bool = False) -> Path:
     (run_dir / "config.yaml").write_text(redact_text(to_yaml(cfg)))
     (run_dir / STOP_FILE).unlink(missing_ok=True)  # a stop request belongs to the invocation that made it
     run_id = _run_id(run_dir, cfg.logger.run_id)
-    _fit(cfg, plan, run_dir, run_id, resume_from, report_to_tune, joined)
+    startup.mark("prepare")
+    _fit(cfg, plan, run_dir, run_id, resume_from, report_to_tune, joined, startup, preload)
     last = _last_event(run_dir)
     if last.get("event") == "preempted":
         raise Preempted(f"stopped at step {last['step']} with a complete checkpoint; "
@@ -228,16 +237,20 @@ def _last_event(run_dir: Path) -> dict:
 
 
 def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: checkpoint.Checkpoint | None,
-         report_to_tune: bool, joined: bool) -> None:
+         report_to_tune: bool, joined: bool, startup: Startup, preload: threading.Thread) -> None:
+    started_embedded = cfg.cluster.name is Backend.local and local.start(cfg.cluster)
+    if started_embedded:
+        startup.mark("cluster")
+    preload.join()
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
     from orchestrator.launch import ray_cluster
     from orchestrator.train.loop import train_worker
+    from orchestrator.train.ray_trainer import LeanTorchTrainer
     from orchestrator.train.watchdog import ProgressBoard, Watchdog
 
-    started_embedded = cfg.cluster.name is Backend.local and local.start(cfg.cluster)
     gpus = gpus_per_worker(cfg)
     if gpus is None:
         gpus = 1 if local.gpus() >= plan.world_size else 0
@@ -253,10 +266,12 @@ def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: check
         "resume_from": str(resume_from.path) if resume_from else None,
         "progress_board": board_name,
         "report_metrics": report_to_tune,
+        "startup": startup.to_payload(),
     }
     resources = {"CPU": cfg.cluster.cpus_per_worker, **({"GPU": gpus} if gpus else {})}
-    trainer = TorchTrainer(
+    trainer = LeanTorchTrainer(
         train_worker,
+        lean_cluster=cfg.cluster.name is Backend.local,
         train_loop_config=payload,
         # The watchdog ends a stalled job at collective_timeout_s and names the rank that stalled; the process
         # group's own timeout is only a backstop, set later so it cannot preempt the watchdog's verdict.
@@ -284,6 +299,12 @@ def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: check
             local.stop()
         elif joined:
             ray_cluster.disconnect()
+
+
+def _import_trainer() -> None:
+    import orchestrator.train.loop  # noqa: F401
+    import orchestrator.train.ray_trainer  # noqa: F401
+    import orchestrator.train.watchdog  # noqa: F401
 
 
 def _record_failure(run_dir: Path, cause: str) -> None:

@@ -45,7 +45,32 @@ def build_ops(names: list[str]) -> None:
             builder.load(verbose=False)
 
 
-def initialize(model, ds_config: dict, lr_lambda: Callable[[int], float]):
+def import_libraries() -> None:
+    """Import DeepSpeed and transformers up front, so the start-up breakdown shows their cost as its own phase."""
+    import deepspeed  # noqa: F401
+    import transformers  # noqa: F401
+
+
+def parameter_groups(model, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups as nanoGPT and Hugging Face's Trainer make them: weight decay on the
+    matrices of linear layers only; none on biases, norm weights and embeddings (decaying them
+    toward zero only hurts). Tied weights appear once."""
+    import torch
+
+    no_decay_modules = (torch.nn.Embedding, torch.nn.LayerNorm)
+    exempt = set()
+    for module in model.modules():
+        norm = isinstance(module, no_decay_modules) or "norm" in type(module).__name__.lower()
+        for name, param in module.named_parameters(recurse=False):
+            if norm or name.endswith("bias") or param.ndim < 2:
+                exempt.add(id(param))
+    trainable = [p for p in model.parameters() if p.requires_grad]  # each shared parameter once
+    groups = [{"params": [p for p in trainable if id(p) not in exempt], "weight_decay": weight_decay},
+              {"params": [p for p in trainable if id(p) in exempt], "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]
+
+
+def initialize(model, ds_config: dict, lr_lambda: Callable[[int], float], weight_decay: float):
     """Wrap the model in a DeepSpeed engine with the configured optimizer and our LR schedule."""
     import deepspeed
     from torch.optim.lr_scheduler import LambdaLR
@@ -55,7 +80,7 @@ def initialize(model, ds_config: dict, lr_lambda: Callable[[int], float]):
 
     engine, _, _, _ = deepspeed.initialize(
         model=model,
-        model_parameters=[p for p in model.parameters() if p.requires_grad],
+        model_parameters=parameter_groups(model, weight_decay),
         config=ds_config,
         lr_scheduler=lambda optimizer: LambdaLR(optimizer, lr_lambda),
     )

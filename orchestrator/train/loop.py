@@ -11,7 +11,12 @@ Resume: on every start (the first, a rerun, or Ray Train's restart after a worke
 the loop continues from the newest complete checkpoint in <run_dir>/checkpoints, or from the
 checkpoint the driver names; metrics.jsonl is cut back to that step so every step appears once.
 Stop: a stop request (the driver's STOP file, or SIGTERM/SIGUSR1 in a worker) is shared with
-all ranks through the per-step all-reduce; they checkpoint the current step and return.
+all ranks through the all-reduce that also averages the loss, on logging steps and every
+STOP_CHECK_EVERY steps; they checkpoint that step and return.
+Lean step: the loss stays on the device; the host waits on the accelerator only at those
+all-reduces, so a GPU runs ahead of Python on every other step.
+Start-up and throughput: rank 0 prints where the time to the first step went (train/startup.py)
+and logs tokens/s, MFU and HFU (mfu.py) on every logging step.
 Progress: every rank marks where it is (`progress.mark(step, phase)`) before each piece of work
 that can block on another rank; the driver's watchdog (train/watchdog.py) ends a rank whose
 marks stop for train.collective_timeout_s.
@@ -29,6 +34,9 @@ import warnings
 from pathlib import Path
 
 STOP_FILE = "STOP"
+STOP_CHECK_EVERY = 10
+"""Steps between the all-reduces that share stop requests when no logging step comes sooner: a stop
+waits at most this many steps, and other steps need no host sync at all."""
 EARLY_STOP = "early_stopped"
 """STOP file content that ends the run as finished early (a sweep's scheduler), not preempted."""
 
@@ -36,6 +44,10 @@ EARLY_STOP = "early_stopped"
 def train_worker(payload: dict) -> None:
     """Entry point handed to TorchTrainer; payload = {config, plan, ds_config, run_dir, run_id, resume_from,
     progress_board}. The rank reports its progress to the driver's watchdog until it returns."""
+    from orchestrator.train.startup import WORKER_GROUP, Startup
+
+    startup = Startup.from_payload(payload["startup"])
+    startup.mark(WORKER_GROUP)
     import ray
     import ray.train
 
@@ -44,12 +56,12 @@ def train_worker(payload: dict) -> None:
     progress = Progress(ray.get_actor(payload["progress_board"]), ray.train.get_context().get_world_rank(),
                         ray.get_runtime_context().get_node_id())
     try:
-        _train(payload, progress)
+        _train(payload, progress, startup)
     finally:
         progress.close()
 
 
-def _train(payload: dict, progress) -> None:
+def _train(payload: dict, progress, startup) -> None:
     from orchestrator.train.engine import use_cpu_accelerator_unless_cuda
 
     device_type = use_cpu_accelerator_unless_cuda()
@@ -60,7 +72,7 @@ def _train(payload: dict, progress) -> None:
     import torch
     import torch.distributed as dist
 
-    from orchestrator import checkpoint
+    from orchestrator import checkpoint, mfu
     from orchestrator.compress.hooks import TrainingHooks
     from orchestrator.config.compose import from_dict
     from orchestrator.data.loader import ShardedBatches, eval_batches
@@ -71,6 +83,8 @@ def _train(payload: dict, progress) -> None:
     from orchestrator.train.memory_probe import model_state_bytes
     from orchestrator.train.schedule import lr_factor
 
+    ds.import_libraries()
+    startup.mark("imports")
     cfg = from_dict(payload["config"])
     plan = payload["plan"]
     run_dir = Path(payload["run_dir"])
@@ -88,6 +102,7 @@ def _train(payload: dict, progress) -> None:
     meta = data.meta
     train_blocks, val_blocks = data.blocks("train"), data.blocks("val")
     batches = ShardedBatches(train_blocks, t.micro_batch_size, rank, world, t.seed)
+    startup.mark("data")
     progress.mark(0, "setup")
 
     # --- model and engine ---
@@ -96,14 +111,19 @@ def _train(payload: dict, progress) -> None:
     apply_activation_checkpointing(model, t.activation_checkpointing, t.activation_checkpointing_every)
     compression = TrainingHooks(cfg)  # training-time compression passes (compress=...); no-ops for none
     compression.before_engine(model)
+    startup.mark("model")
     progress.mark(0, "setup")
     engine = ds.initialize(
         model,
         payload["ds_config"],
         lambda s: lr_factor(s, cfg.optim.warmup_steps, t.max_steps, cfg.optim.min_lr_ratio),
+        cfg.optim.weight_decay,
     )
+    if t.compile:
+        engine.compile()  # compiles lazily, during the first step
     device = engine.device
     tokens_per_step = plan["tokens_per_step"]
+    startup.mark("engine")
 
     # --- resume: newest complete checkpoint of this run, else the one the driver named ---
     start, skipped = checkpoint.newest_usable(ckpt_root)
@@ -113,13 +133,23 @@ def _train(payload: dict, progress) -> None:
     if start is not None:
         ds.load_checkpoint(engine, start.path.parent, start.tag)
         batches.restore(rank_state.restore(checkpoint.rank_state_file(start.path, rank)))
+        startup.mark("resume")
     first_step = start.step + 1 if start else 1
+    peak_flops, peak_flops_source = _peak_flops(rank, device_type, plan["precision"], cfg.cluster.cpus_per_worker,
+                                    Path(cfg.data.cache_dir))
+    flops_per_token = plan["flops_per_token"] or 6 * n_params  # a pretrained model: 6N, its shapes unknown
+    hfu_factor = mfu.hfu_factor(mfu.checkpointed_layers(t.activation_checkpointing.value,
+                                                        t.activation_checkpointing_every, model.config.num_hidden_layers),
+                                model.config.num_hidden_layers)
 
-    def mean_over_ranks(value: float, stop: bool, finish: bool) -> tuple[float, bool, bool]:
-        """One all-reduce per step carries the loss and every rank's stop and finish-early requests."""
-        tensor = torch.tensor([value, float(stop), float(finish)], dtype=torch.float64, device=device)
+    def sync(loss, stop: bool, finish: bool) -> tuple[float, bool, bool]:
+        """One all-reduce carries the loss (a device tensor until now) and every rank's stop and
+        finish-early requests; the one host sync of a step, and only on steps that log or may stop."""
+        flags = torch.tensor([float(stop), float(finish)], dtype=torch.float64, device=device)
+        tensor = torch.cat([loss.detach().to(torch.float64).reshape(1), flags])
         dist.all_reduce(tensor)
-        return tensor[0].item() / world, tensor[1].item() > 0, tensor[2].item() > 0
+        values = tensor.tolist()
+        return values[0] / world, values[1] > 0, values[2] > 0
 
     def evaluate(step: int) -> float:
         engine.eval()
@@ -172,42 +202,58 @@ def _train(payload: dict, progress) -> None:
     probe_step, measured = min(first_step + 1, t.max_steps), {}
     last_loss = val_loss = float("nan")
     stopped_at = None
+    window_rates = []  # tokens/s of every logged window: the summary's steady rate is their median
     for step in range(first_step, t.max_steps + 1):
-        lr = engine.get_lr()[0]
-        micro_losses = []
+        lr = engine.get_lr()[0]  # the rate this step uses (the scheduler moves on in engine.step)
+        step_loss = torch.zeros((), device=device)
         for micro in range(t.grad_accum):
             progress.mark(step, "step")
-            batch = batches.next().to(device)
+            batch = batches.next().to(device, non_blocking=True)
             loss = engine(input_ids=batch, labels=batch).loss
             engine.backward(loss)
-            micro_losses.append(loss.item())
+            step_loss += loss.detach()
             if step == probe_step and micro == t.grad_accum - 1:
                 # Parameters, gradients and optimizer states all exist now (states appear at the first step).
                 measured = model_state_bytes(engine, exclude=(train_blocks, val_blocks))
             engine.step()  # applies the optimizer only at the accumulation boundary
         compression.on_step_end(step, lambda params: ds.gathered(engine, params))
-        request = _stop_request(run_dir) if rank == 0 else None
-        progress.mark(step, "sync")
-        last_loss, stop, finish_early = mean_over_ranks(sum(micro_losses) / len(micro_losses),
-                                                        signals.requested() or request not in (None, EARLY_STOP),
-                                                        request == EARLY_STOP)
         window_steps += 1
+        if step == first_step:
+            _first_step_done(device_type, startup, rank, "compile" if t.compile else "first_step")
 
-        is_last = step == t.max_steps or finish_early
+        is_last = step == t.max_steps
+        evaluates = is_last or bool(t.eval_every and step % t.eval_every == 0)
+        logs = is_last or step % t.log_every == 0
+        if logs or evaluates or step % STOP_CHECK_EVERY == 0:
+            request = _stop_request(run_dir) if rank == 0 else None
+            progress.mark(step, "sync")
+            last_loss, stop, finish_early = sync(step_loss / t.grad_accum,
+                                                 signals.requested() or request not in (None, EARLY_STOP),
+                                                 request == EARLY_STOP)
+            is_last = is_last or finish_early
+            logs = logs or stop or finish_early
+            evaluates = evaluates or finish_early
+        else:
+            stop = False
+
         last_step = step
         record = {}
-        if is_last or stop or step % t.log_every == 0:
+        if logs:
             now = time.perf_counter()
+            tokens_per_s = window_steps * tokens_per_step / (now - window_start)
+            window_rates.append(tokens_per_s)
+            utilization = mfu.utilization(flops_per_token, tokens_per_s, peak_flops, world)
             record.update(
                 loss=last_loss,
                 lr=lr,
-                tokens_per_s=window_steps * tokens_per_step / (now - window_start),
+                tokens_per_s=tokens_per_s,
+                mfu=utilization,
+                hfu=utilization * hfu_factor,
                 tokens=step * tokens_per_step,
                 elapsed_s=now - started,
             )
             record.update(compression.metrics())
-            window_start, window_steps = now, 0
-        if is_last or (t.eval_every and step % t.eval_every == 0):
+        if evaluates:
             val_loss = evaluate(step)
             record.update(val_loss=val_loss, val_ppl=_perplexity(val_loss))
             if payload.get("report_metrics"):  # a sweep's scheduler judges the trial here (every rank reports)
@@ -219,6 +265,8 @@ def _train(payload: dict, progress) -> None:
                 _progress(step, t.max_steps, step - first_step + 1, record, time.perf_counter() - started)
         if is_last or stop or (t.ckpt_every and step % t.ckpt_every == 0):
             save(step)
+        if logs:  # throughput counts training steps only, not the evaluation and checkpoint above
+            window_start, window_steps = time.perf_counter(), 0
         if stop and not is_last:
             stopped_at = step
             break
@@ -275,6 +323,11 @@ def _train(payload: dict, progress) -> None:
             "predicted_model_state_bytes_per_rank": (plan["memory"] or {}).get("model_states"),
             "predicted_memory_bytes_per_rank": plan["memory"],
             "params": n_params,
+            **_throughput(window_rates, flops_per_token, peak_flops, world, hfu_factor),
+            "flops_per_token": flops_per_token,
+            "peak_flops_per_device": peak_flops,
+            "peak_flops_source": peak_flops_source,
+            "startup": startup.breakdown(),
         }
         if compressed:
             summary["compress"] = {compressed["pipeline"]: {k: v for k, v in compressed.items()
@@ -284,6 +337,44 @@ def _train(payload: dict, progress) -> None:
         _event(run_dir, "finished" if status == "completed" else EARLY_STOP, last_step)
     progress.mark(last_step, "finish")
     dist.barrier()
+
+
+def _first_step_done(device_type: str, startup, rank: int, phase: str) -> None:
+    """Close the start-up timeline once the first optimizer step has really finished, and show it."""
+    if device_type == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+    startup.mark(phase)
+    if rank == 0:
+        print(startup.describe(), flush=True)
+
+
+def _peak_flops(rank: int, device_type: str, precision: str, threads: int, cache_dir: Path) -> tuple[float, str]:
+    """Rank 0 looks one device's peak up (or probes it, once per machine, while the others wait); all get it."""
+    import torch.distributed as dist
+
+    from orchestrator import mfu
+
+    found = [mfu.peak_flops(device_type, precision, threads, cache_dir) if rank == 0 else None]
+    dist.broadcast_object_list(found, src=0)
+    return found[0]
+
+
+def _throughput(window_rates: list[float], flops_per_token: float, peak_flops: float, world: int,
+                hfu_factor: float) -> dict:
+    """The run's steady tokens/s (median of the logged windows after the first, which holds the warm-up),
+    and the MFU and HFU it gives."""
+    import statistics
+
+    from orchestrator import mfu
+
+    steady = window_rates[1:] or window_rates
+    if not steady:
+        return {}
+    tokens_per_s = statistics.median(steady)
+    utilization = mfu.utilization(flops_per_token, tokens_per_s, peak_flops, world)
+    return {"tokens_per_s": tokens_per_s, "mfu": utilization, "hfu": utilization * hfu_factor}
 
 
 def _stop_request(run_dir: Path) -> str | None:

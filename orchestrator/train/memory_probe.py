@@ -13,8 +13,11 @@ import gc
 
 
 def _storage(tensor) -> tuple[int, int] | None:
-    storage = tensor.untyped_storage()
-    return (storage.data_ptr(), storage.nbytes()) if storage.data_ptr() else None
+    try:
+        storage = tensor.untyped_storage()
+        return (storage.data_ptr(), storage.nbytes()) if storage.data_ptr() else None
+    except RuntimeError:  # a fake tensor torch.compile traced with: it holds no memory
+        return None
 
 
 def _unique_bytes(tensors, seen: set[int]) -> int:

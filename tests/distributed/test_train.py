@@ -84,6 +84,28 @@ def test_wandb_offline_run_holds_the_same_losses(finished_run):
     assert logged == {r["step"]: r["loss"] for r in _metrics(finished_run)}
 
 
+def test_throughput_mfu_and_startup_are_in_metrics_summary_and_wandb(finished_run):
+    from tests.wandb_reader import inspect
+
+    summary = json.loads((finished_run / "summary.json").read_text())
+    rows = _metrics(finished_run)
+    assert all(0 < r["mfu"] <= r["hfu"] < 1 for r in rows)  # no checkpointing: hfu == mfu
+    assert 0 < summary["mfu"] < 1 and summary["hfu"] == pytest.approx(summary["mfu"])
+    # MFU is the plan's FLOPs per token x tokens/s over the peak of both workers
+    assert summary["mfu"] == pytest.approx(summary["flops_per_token"] * summary["tokens_per_s"]
+                                           / (2 * summary["peak_flops_per_device"]))
+    startup = summary["startup"]
+    phases = ["prepare_s", "cluster_s", "worker_group_s", "imports_s", "data_s", "model_s", "engine_s", "first_step_s"]
+    # the test session's shared cluster was already up: this run had no cluster phase of its own
+    assert [p for p in startup if p != "time_to_first_step_s"] == [p for p in phases if p != "cluster_s"]
+    assert sum(startup[p] for p in startup if p != "time_to_first_step_s") == pytest.approx(
+        startup["time_to_first_step_s"], abs=0.01)
+    [recorded] = inspect(finished_run / "wandb", "--summary")
+    text = json.dumps(recorded)
+    for key in ("mfu", "hfu", "time_to_first_step_s", "worker_group_s"):
+        assert f'"{key}"' in text, key
+
+
 def test_config_yaml_is_the_resolved_config(finished_run):
     text = (finished_run / "config.yaml").read_text()
     assert f"run_dir: {finished_run}" in text

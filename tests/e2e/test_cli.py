@@ -99,10 +99,36 @@ def test_train_zero3_end_to_end(tmp_path):
     assert rows[-1]["loss"] < rows[0]["loss"] - 0.5
     summary = json.loads((run_dir / "summary.json").read_text())
     for key in ("final_train_loss", "final_val_loss", "final_val_ppl", "steps", "tokens", "wall_s", "world_size",
-                "peak_memory_bytes_per_rank"):
+                "peak_memory_bytes_per_rank", "mfu", "hfu", "startup"):
         assert key in summary
+    # the start-up breakdown is printed, counted from the command's process start
+    assert "first step " in result.stdout and "s after the command started: prepare " in result.stdout
+    assert summary["startup"]["cluster_s"] > 0 and summary["startup"]["time_to_first_step_s"] > 3
     assert (run_dir / "model" / "config.json").is_file()
     assert len(list((run_dir / "checkpoints" / "step_00000020").glob("*optim_states.pt"))) == 2
+
+
+def test_a_warm_cluster_is_joined_by_later_commands_until_it_is_stopped(tmp_path, monkeypatch):
+    """`orchestrator cluster up`, then a run that joins it instead of starting Ray, then `cluster down`."""
+    import os
+
+    import psutil
+
+    monkeypatch.setenv("ORCHESTRATOR_CACHE", str(tmp_path / "cache"))  # its own record (and data cache)
+    up = orchestrator("cluster", "up", timeout=120)
+    assert up.returncode == 0 and "started local Ray cluster at 127.0.0.1:" in up.stdout, up.stderr
+    record = json.loads((tmp_path / "cache" / "local-cluster.json").read_text())
+    try:
+        assert oct(os.stat(tmp_path / "cache" / "local-cluster.json").st_mode & 0o777) == "0o600"  # holds the token
+        result = orchestrator("train", *TINY, "train.max_steps=3", "logger.mode=disabled", f"run_dir={tmp_path / 'x'}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"joined the warm local Ray cluster at {record['address']}" in result.stdout
+        assert psutil.pid_exists(record["pid"])  # the run left the cluster running
+    finally:
+        down = orchestrator("cluster", "down", timeout=60)
+    assert down.returncode == 0 and f"stopped the local Ray cluster at {record['address']}" in down.stdout
+    assert not psutil.pid_exists(record["pid"]) or psutil.Process(record["pid"]).status() == psutil.STATUS_ZOMBIE
+    assert "no local Ray cluster runs" in orchestrator("cluster", "status").stdout
 
 
 def test_rerun_into_a_run_dir_with_another_config_is_refused(tmp_path):

@@ -36,13 +36,42 @@ def test_the_embedded_cluster_is_always_a_new_one(monkeypatch):
         node_ip_address = "127.0.0.1"
         all_processes = {"raylet": [type("Info", (), {"process": type("Popen", (), {"pid": 4242})})]}
 
+    monkeypatch.setattr("orchestrator.launch.warm.running", lambda: None)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
     monkeypatch.setattr(ray._private.worker, "_global_node", FakeNode())
     monkeypatch.setattr("orchestrator.launch.reaper.watch", watched.append)
     assert local.start(ClusterConfig(num_workers=2)) is True
-    assert calls[0]["address"] == "local" and calls[0]["dashboard_host"] == "127.0.0.1"
+    assert calls[0]["address"] == "local" and calls[0]["include_dashboard"] is False
+    assert calls[0]["_system_config"] == {"prestart_worker_first_driver": False}
     assert watched == [[4242]]  # the reaper watches the cluster's processes
+
+
+def test_a_warm_cluster_is_joined_and_left_running(monkeypatch, capsys):
+    from orchestrator.config.schema import ClusterConfig
+    from orchestrator.launch import warm
+
+    calls, tokens, watched, killed = [], [], [], []
+    record = {"address": "127.0.0.1:6380", "token": "t0k3n", "pid": 1, "started": 0.0, "num_cpus": 2, "log": "x"}
+    monkeypatch.setattr(warm, "running", lambda: record)
+    monkeypatch.setattr(warm, "use_token", tokens.append)
+    monkeypatch.setattr(ray, "is_initialized", lambda: bool(calls))
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr("orchestrator.launch.reaper.watch", watched.append)
+    assert local.start(ClusterConfig(num_workers=2)) is True
+    assert calls[0]["address"] == "127.0.0.1:6380" and tokens == ["t0k3n"]
+    assert calls[0]["runtime_env"]["env_vars"]["RAY_ADDRESS"] == "127.0.0.1:6380"
+    assert watched == []  # no reaper: the cluster outlives this command
+    assert "joined the warm local Ray cluster at 127.0.0.1:6380" in capsys.readouterr().out
+
+    class FakeNode:
+        def kill_all_processes(self, **kwargs):
+            killed.append(kwargs)
+
+    monkeypatch.setattr(ray._private.worker, "_global_node", FakeNode())
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.clear())
+    local.stop(timeout_s=5)
+    assert killed == [] and not calls  # disconnected, nothing killed
 
 
 def test_every_process_of_the_job_is_told_its_own_cluster(monkeypatch):
@@ -56,6 +85,7 @@ def test_every_process_of_the_job_is_told_its_own_cluster(monkeypatch):
     def init(**kwargs):
         seen.update(port=os.environ["RAY_GCS_SERVER_PORT"], env=kwargs["runtime_env"]["env_vars"])
 
+    monkeypatch.setattr("orchestrator.launch.warm.running", lambda: None)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", init)
     node = type("Node", (), {"all_processes": {}, "node_ip_address": "127.0.0.1"})()
