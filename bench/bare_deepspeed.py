@@ -41,8 +41,15 @@ def main(spec_path: str) -> None:
         progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
+    # AdamW groups as nanoGPT's: weight decay on the linear layers' matrices only
+    no_decay = {id(p) for m in model.modules() for n, p in m.named_parameters(recurse=False)
+                if isinstance(m, (torch.nn.Embedding, torch.nn.LayerNorm)) or "norm" in type(m).__name__.lower()
+                or p.ndim < 2}
+    decay = spec["ds_config"]["optimizer"]["params"]["weight_decay"]
+    groups = [{"params": [p for p in model.parameters() if id(p) not in no_decay], "weight_decay": decay},
+              {"params": [p for p in model.parameters() if id(p) in no_decay], "weight_decay": 0.0}]
     engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=spec["ds_config"],
+        model=model, model_parameters=groups, config=spec["ds_config"],
         lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor))
     device, micro = engine.device, spec["micro_batch_size"]
     order = np.random.default_rng(spec["seed"]).permutation(len(blocks))[rank::world]

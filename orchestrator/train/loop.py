@@ -24,6 +24,7 @@ marks stop for train.collective_timeout_s.
 
 from __future__ import annotations
 
+import gc
 import json
 import random
 import resource
@@ -197,6 +198,9 @@ def _train(payload: dict, progress, startup) -> None:
         print(f"plan: {payload['plan_text']}", flush=True)
 
     # --- the loop ---
+    # Everything built so far (Ray, DeepSpeed, transformers, W&B: millions of objects) lives until the end;
+    # frozen, Python's garbage collector stops walking it again and again during the steps.
+    gc.freeze()
     started = window_start = time.perf_counter()
     window_steps = 0
     probe_step, measured = min(first_step + 1, t.max_steps), {}
