@@ -160,7 +160,7 @@ def main() -> int:
             print(f"pair {i + 1}/{args.pairs}: bare {bare['time_to_first_step_s']:.1f}s, "
                   f"{bare['steady_tokens_per_s']:,.0f} tok/s", flush=True)
             warm_cluster("up")
-            time.sleep(3)  # let the cluster's own start-up settle: it is not part of what a warm start costs
+            time.sleep(8)  # let the cluster's own start-up settle: it is not part of what a warm start costs
             try:
                 warm_run = run_orchestrated(args, work, f"warm-{i}")
             finally:

@@ -104,8 +104,7 @@ def start(cluster: ClusterConfig, log_to_driver: bool = True, env_vars: dict[str
             configure_logging=True,
             # Ray would prestart one idle worker process per CPU for this driver, but every process of our job
             # needs the job's runtime environment, so none was used: they only took CPU from the start-up.
-            # Ray's own metrics (Prometheus export) have no reader on an embedded cluster.
-            _system_config={"prestart_worker_first_driver": False, "enable_metrics_collection": False},
+            _system_config={"prestart_worker_first_driver": False},
         )
     finally:
         del os.environ["RAY_GCS_SERVER_PORT"]

@@ -238,24 +238,27 @@ def _last_event(run_dir: Path) -> dict:
 
 def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: checkpoint.Checkpoint | None,
          report_to_tune: bool, joined: bool, startup: Startup, preload: threading.Thread) -> None:
-    started_embedded = cfg.cluster.name is Backend.local and local.start(cfg.cluster)
-    if started_embedded:
+    started_local = cfg.cluster.name is Backend.local and local.start(cfg.cluster)
+    if started_local:
         startup.mark("cluster")
-    preload.join()
     import ray
+
+    from orchestrator.train.watchdog import ProgressBoard, Watchdog
+
+    # The board's process starts while this one finishes importing Ray Train (the preload thread).
+    board_name = f"progress-{run_id}-{uuid.uuid4().hex[:8]}"
+    board = ray.remote(num_cpus=0)(ProgressBoard).options(name=board_name).remote()
+    preload.join()
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig
 
     from orchestrator.launch import ray_cluster
     from orchestrator.train.loop import train_worker
     from orchestrator.train.ray_trainer import LeanTorchTrainer
-    from orchestrator.train.watchdog import ProgressBoard, Watchdog
 
     gpus = gpus_per_worker(cfg)
     if gpus is None:
         gpus = 1 if local.gpus() >= plan.world_size else 0
-    board_name = f"progress-{run_id}-{uuid.uuid4().hex[:8]}"
-    board = ray.remote(num_cpus=0)(ProgressBoard).options(name=board_name).remote()
     payload = {
         "config": redact(to_dict(cfg)),
         "plan": plan.to_dict(),
@@ -295,7 +298,7 @@ def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: check
         _record_failure(run_dir, cause)
         raise TrainingError(cause) from error
     finally:
-        if started_embedded:
+        if started_local:
             local.stop()
         elif joined:
             ray_cluster.disconnect()
