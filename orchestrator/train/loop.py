@@ -260,6 +260,7 @@ def _train(payload: dict, progress, startup) -> None:
                 elapsed_s=now - started,
             )
             record.update(compression.metrics())
+        paused = time.perf_counter()
         if evaluates:
             val_loss = evaluate(step)
             record.update(val_loss=val_loss, val_ppl=_perplexity(val_loss))
@@ -274,6 +275,8 @@ def _train(payload: dict, progress, startup) -> None:
             save(step)
         if logs:  # throughput counts training steps only, not the evaluation and checkpoint above
             window_start, window_steps = time.perf_counter(), 0
+        else:
+            window_start += time.perf_counter() - paused
         if stop and not is_last:
             stopped_at = step
             break
