@@ -80,10 +80,10 @@ def up(num_cpus: int) -> tuple[dict, bool]:
     port, log = _free_port(), root / "local-cluster.log"
     command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
                "--node-ip-address=127.0.0.1", f"--port={port}", f"--num-cpus={num_cpus}",
-               "--include-dashboard=false", f"--dashboard-agent-listen-port={_free_port()}",
-               f"--ray-client-server-port={_free_port()}", "--disable-usage-stats",
-               # as the embedded cluster (launch/local.py): no idle prestarted workers for each new driver
-               '--system-config={"prestart_worker_first_driver": false}']
+               # Ray's defaults otherwise (dashboard on loopback included): sweeps may join it too
+               "--dashboard-host=127.0.0.1", f"--dashboard-port={_free_port()}",
+               f"--dashboard-agent-listen-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
+               "--disable-usage-stats"]
     token = secrets.token_hex(16)  # Ray's token authentication: only who can read the record may join
     process = subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                env={**os.environ, **auth_env(token)},

@@ -238,7 +238,10 @@ def _last_event(run_dir: Path) -> dict:
 
 def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: checkpoint.Checkpoint | None,
          report_to_tune: bool, joined: bool, startup: Startup, preload: threading.Thread) -> None:
-    started_local = cfg.cluster.name is Backend.local and local.start(cfg.cluster)
+    # The Train controller polls its workers every 2 s by default, so a finished run waited up to 2 s more
+    # to end; 1 s halves that for about 1% of a core (0.5 s cost 1.7%, measured).
+    started_local = cfg.cluster.name is Backend.local and local.start(
+        cfg.cluster, env_vars={"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "1"}, lean=True)
     if started_local:
         startup.mark("cluster")
     import ray
@@ -274,7 +277,9 @@ def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: check
     resources = {"CPU": cfg.cluster.cpus_per_worker, **({"GPU": gpus} if gpus else {})}
     trainer = LeanTorchTrainer(
         train_worker,
-        lean_cluster=cfg.cluster.name is Backend.local,
+        # A sweep's cluster outlives each trial, and a trial's controller can die with its Tune actor: its
+        # placement group must still be freed for the next trial (the cleaner), so sweeps keep all of Ray Train.
+        lean_cluster=cfg.cluster.name is Backend.local and not report_to_tune,
         train_loop_config=payload,
         # The watchdog ends a stalled job at collective_timeout_s and names the rank that stalled; the process
         # group's own timeout is only a backstop, set later so it cannot preempt the watchdog's verdict.

@@ -7,10 +7,9 @@ whose shutdown waits on Ray's state API. On this 2-core machine they cost second
 about 12 s at exit (measured: a trivial training function entered at 16.2 s and `fit()` returned
 12 s after it finished; without them 12.0 s and at once).
 
-We never hand Ray datasets to the trainer, so the Ray Data parts are dropped everywhere. The
-autoscaling coordinator and the cleaner matter on a shared cluster that can grow or outlive the
-driver (`ray`, `slurm`, `k8s`), so they are dropped only on a local cluster (`lean_cluster=True`),
-which the reaper (launch/reaper.py) ends with the driver.
+All three are dropped only for a plain run on a local cluster (`lean_cluster=True`): it cannot
+autoscale, we hand Ray no datasets, and its placement group ends with its driver. Everywhere else
+(`ray`, `slurm`, `k8s`, and a sweep, whose cluster its trials share) the trainer is Ray's own.
 
 This overrides two private methods of Ray 2.60 (pinned in pyproject.toml);
 tests/unit/test_ray_trainer.py fails if an upgrade renames them.
@@ -40,8 +39,11 @@ class LeanTorchTrainer(TorchTrainer):
         self._lean_cluster = lean_cluster
 
     def _create_default_callbacks(self) -> list:
-        unused = (DatasetsCallback, PlacementGroupCleanerCallback) if self._lean_cluster else (DatasetsCallback,)
-        return [callback for callback in super()._create_default_callbacks() if not isinstance(callback, unused)]
+        callbacks = super()._create_default_callbacks()
+        if not self._lean_cluster:
+            return callbacks
+        unused = (DatasetsCallback, PlacementGroupCleanerCallback)
+        return [callback for callback in callbacks if not isinstance(callback, unused)]
 
     def _initialize_and_run_controller(self, **controller_init_kwargs):
         if self._lean_cluster:

@@ -41,7 +41,7 @@ def test_the_embedded_cluster_is_always_a_new_one(monkeypatch):
     monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
     monkeypatch.setattr(ray._private.worker, "_global_node", FakeNode())
     monkeypatch.setattr("orchestrator.launch.reaper.watch", watched.append)
-    assert local.start(ClusterConfig(num_workers=2)) is True
+    assert local.start(ClusterConfig(num_workers=2), lean=True) is True
     assert calls[0]["address"] == "local" and calls[0]["include_dashboard"] is False
     assert calls[0]["_system_config"] == {"prestart_worker_first_driver": False}
     assert watched == [[4242]]  # the reaper watches the cluster's processes

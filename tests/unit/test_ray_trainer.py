@@ -31,9 +31,9 @@ def test_a_local_cluster_runs_without_ray_data_the_cleaner_or_the_autoscaler():
     assert DatasetsCallback not in kinds and PlacementGroupCleanerCallback not in kinds
 
 
-def test_a_shared_cluster_keeps_the_placement_group_cleaner():
+def test_a_shared_cluster_keeps_all_of_ray_train():
     kinds = {type(callback) for callback in _callbacks(lean_cluster=False)}
-    assert DatasetsCallback not in kinds and PlacementGroupCleanerCallback in kinds
+    assert DatasetsCallback in kinds and PlacementGroupCleanerCallback in kinds
 
 
 def test_fixed_workers_never_asks_an_autoscaler(monkeypatch):
