@@ -1,8 +1,13 @@
-"""Per-rank batches: each rank reads a disjoint, seeded shard of the packed blocks.
+"""Per-rank batches cut from one global, seeded sample order, so the data position survives a change
+of world size.
 
-Every epoch draws a fresh permutation from (seed, epoch); rank r takes positions r, r+W, ...
-of it, cut to the same length on every rank so all ranks step together. The position is
-two integers (epoch, offset), so a checkpoint can record exactly where each rank stands.
+Every epoch draws a fresh permutation of the blocks from (seed, epoch): the global order. Each
+micro-step consumes the next `batch_size x world_size` samples of it, and rank r takes the r-th
+`batch_size` of those; an epoch ends when fewer than that remain (the tail waits for the next
+epoch's reshuffle). The position is the global sample count (epoch, samples), the same on every
+rank: a checkpoint written by N ranks resumes on M at exactly the next unseen sample, and with
+grad_accum scaled to keep the global batch, every optimizer step sees the same samples as it
+would have on N ranks.
 """
 
 from __future__ import annotations
@@ -21,12 +26,12 @@ class ShardedBatches:
     world_size: int
     seed: int
     epoch: int = 0
-    offset: int = 0
-    """Batches already taken in this epoch."""
+    samples: int = 0
+    """Samples of this epoch's global order already consumed, by all ranks together."""
 
     def __post_init__(self) -> None:
-        self.per_rank = len(self.blocks) // self.world_size
-        self.batches_per_epoch = self.per_rank // self.batch_size
+        self.per_micro_step = self.batch_size * self.world_size
+        self.batches_per_epoch = len(self.blocks) // self.per_micro_step
         if self.batches_per_epoch == 0:
             raise ValueError(
                 f"{len(self.blocks)} blocks cannot give each of {self.world_size} ranks one batch of "
@@ -36,24 +41,30 @@ class ShardedBatches:
 
     def _epoch_order(self) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        perm = torch.randperm(len(self.blocks), generator=g)
-        return perm[self.rank :: self.world_size][: self.per_rank]
+        return torch.randperm(len(self.blocks), generator=g)
 
     def next(self) -> torch.Tensor:
-        if self.offset == self.batches_per_epoch:
-            self.epoch, self.offset = self.epoch + 1, 0
+        if self.samples + self.per_micro_step > len(self.blocks):
+            self.epoch, self.samples = self.epoch + 1, 0
             self._order = self._epoch_order()
-        idx = self._order[self.offset * self.batch_size : (self.offset + 1) * self.batch_size]
-        self.offset += 1
+        start = self.samples + self.rank * self.batch_size
+        idx = self._order[start : start + self.batch_size]
+        self.samples += self.per_micro_step
         return self.blocks[idx]
 
     def state(self) -> dict:
-        return {"epoch": self.epoch, "offset": self.offset}
+        return {"epoch": self.epoch, "samples": self.samples}
 
     def restore(self, state: dict) -> None:
-        """Continue exactly where a checkpointed loader stood."""
-        self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
+        """Continue at the global position a checkpoint recorded, whatever world size wrote it."""
+        self.epoch, self.samples = int(state["epoch"]), int(state["samples"])
         self._order = self._epoch_order()
+
+    def position_after(self, micro_steps: int) -> dict:
+        """The position after `micro_steps` micro-steps from the start at this world size: for a checkpoint
+        that recorded no position (a universal checkpoint converted by hand)."""
+        epoch, done = divmod(micro_steps, self.batches_per_epoch)
+        return {"epoch": epoch, "samples": done * self.per_micro_step}
 
 
 def eval_batches(blocks: torch.Tensor, batch_size: int, rank: int, world_size: int, limit: int):

@@ -28,12 +28,14 @@ from orchestrator.launch import local
 from orchestrator.paths import unwritable
 from orchestrator.plan import Plan, gpus_per_worker, make_plan, refuse_unfit, resolved_config
 from orchestrator.redact import redact, redact_text
+from orchestrator.train import elastic
 from orchestrator.train.loop import EARLY_STOP, STOP_FILE
 from orchestrator.train.startup import Startup
 
 # Keys that may change between the run that wrote a checkpoint and the command that resumes it.
 _RESUMABLE_CHANGES = ("train.max_steps", "train.log_every", "train.eval_every", "train.eval_batches",
                       "train.ckpt_every", "train.keep_checkpoints", "train.resume", "train.max_failures",
+                      "train.micro_batch_size", "train.grad_accum",  # the global batch is kept (train/elastic.py)
                       "train.collective_timeout_s", "logger.", "cluster.", "plan.", "submit.", "run_dir",
                       "data.cache_dir", "data.num_proc", "zero.offload_", "zero.overlap_comm", "sweep.")
 
@@ -94,10 +96,12 @@ def train(cfg: Config, report_to_tune: bool = False, startup: Startup | None = N
         raise ConfigError(problems)
     refuse_unfit(cfg, plan)
     cfg = dataclasses.replace(resolved_config(cfg, plan), run_dir=str(run_dir))
-    resume_from = _resume_point(cfg, plan, run_dir)
+    resume_from = _resume_point(cfg, run_dir)
     if resume_from is not None and _finished(run_dir, resume_from.step, cfg.train.max_steps):
         print(f"{run_dir} already finished at step {resume_from.step}; raise train.max_steps to train further")
         return run_dir
+    if resume_from is not None:
+        cfg, plan = _continue_from(cfg, plan, resume_from)
     print(f"plan: {plan.describe()}", flush=True)
     if plan.memory:
         m = plan.memory
@@ -171,40 +175,50 @@ def _changed_keys(saved: dict, current: dict, prefix: str = "") -> list[str]:
     return changed
 
 
-def _resume_point(cfg: Config, plan: Plan, run_dir: Path) -> checkpoint.Checkpoint | None:
-    """The checkpoint this command continues from, or None for a fresh start; ConfigError if unusable."""
+def _resume_point(cfg: Config, run_dir: Path) -> checkpoint.Checkpoint | None:
+    """The checkpoint this command continues from, its hashes verified, or None for a fresh start;
+    ConfigError if unusable."""
     import yaml
 
     resume = cfg.train.resume
     if resume not in ("auto", "never"):
         path = Path(resume).expanduser().resolve()
-        reason = checkpoint.problem(path)
+        if elastic.is_universal_folder(path) and not (path / checkpoint.MARKER).exists():
+            return elastic.hand_converted(path)
+        reason = checkpoint.problem(path, verify=True)
         if reason:
             raise ConfigError([f"train.resume={resume}: not a usable checkpoint: {reason}"])
-        found = checkpoint.load(path)
-    elif resume == "auto" and (run_dir / "config.yaml").exists():
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-        changed = _changed_keys(saved, to_dict(cfg))
-        if changed:
-            raise ConfigError([f"run_dir={run_dir} holds a run with a different config: {', '.join(changed)}; "
-                               "keep those values to resume, or pick a new run_dir"])
-        found, skipped = checkpoint.newest_usable(run_dir / "checkpoints")
-        for path, reason in skipped:
-            print(f"warning: skipping checkpoint {path}: {reason}", flush=True)
-        if found is None and skipped:
-            listed = "; ".join(f"{path}: {reason}" for path, reason in skipped)
-            raise ConfigError([f"run_dir={run_dir} has checkpoints but none is usable ({listed}); "
-                               "fix or remove them, or pick a new run_dir"])
-    else:
+        return checkpoint.load(path)
+    if resume == "never" or not (run_dir / "config.yaml").exists():
         return None
-    if found is not None and found.world_size != plan.world_size:
-        raise ConfigError([
-            f"cluster.num_workers={plan.world_size}: the checkpoint {found.path} was written by "
-            f"{found.world_size} ranks and ZeRO shards are per rank. Resume with cluster.num_workers="
-            f"{found.world_size}, or convert it to a world-size-independent checkpoint with "
-            f"`python -m deepspeed.checkpoint.ds_to_universal --input_folder {found.path} --output_folder "
-            f"{found.path}_universal` (loading universal checkpoints is not supported yet)"])
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    changed = _changed_keys(saved, to_dict(cfg))
+    if changed:
+        raise ConfigError([f"run_dir={run_dir} holds a run with a different config: {', '.join(changed)}; "
+                           "keep those values to resume, or pick a new run_dir"])
+    found, skipped = checkpoint.newest_usable(run_dir / "checkpoints")
+    for path, reason in skipped:
+        print(f"warning: skipping checkpoint {path}: {reason}", flush=True)
+    if found is None and skipped:
+        listed = "; ".join(f"{path}: {reason}" for path, reason in skipped)
+        raise ConfigError([f"run_dir={run_dir} has checkpoints but none is usable ({listed}); "
+                           "fix or remove them, or pick a new run_dir"])
     return found
+
+
+def _continue_from(cfg: Config, plan: Plan, found: checkpoint.Checkpoint) -> tuple[Config, Plan]:
+    """Keep the checkpoint's global batch on this world size (the plan follows), and convert a sharded
+    checkpoint of another world size to a universal one."""
+    cfg, note = elastic.keep_global_batch(cfg, plan.world_size, found)
+    if note:
+        print(note, flush=True)
+        plan = make_plan(cfg)
+        refuse_unfit(cfg, plan)
+    if found.world_size and found.world_size != plan.world_size:
+        print(elastic.describe(found, plan.world_size), flush=True)
+    if elastic.needs_universal(found, plan.world_size) and not found.meta.get("universal_only"):
+        elastic.ensure_universal(found)
+    return cfg, plan
 
 
 @contextlib.contextmanager
@@ -269,7 +283,8 @@ def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: check
         "ds_config": deepspeed_config(cfg, plan),
         "run_dir": str(run_dir),
         "run_id": run_id,
-        "resume_from": str(resume_from.path) if resume_from else None,
+        "resume_from": resume_from and {"path": str(resume_from.path), "step": resume_from.step,
+                                        "world_size": resume_from.world_size, "meta": resume_from.meta},
         "progress_board": board_name,
         "report_metrics": report_to_tune,
         "startup": startup.to_payload(),

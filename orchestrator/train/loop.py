@@ -80,7 +80,7 @@ def _train(payload: dict, progress, startup) -> None:
     from orchestrator.data.pipeline import prepare
     from orchestrator.models.registry import apply_activation_checkpointing, build_model
     from orchestrator.train import engine as ds
-    from orchestrator.train import rank_state, signals
+    from orchestrator.train import elastic, rank_state, signals
     from orchestrator.train.memory_probe import model_state_bytes
     from orchestrator.train.schedule import lr_factor
 
@@ -114,9 +114,14 @@ def _train(payload: dict, progress, startup) -> None:
     compression.before_engine(model)
     startup.mark("model")
     progress.mark(0, "setup")
+    # --- resume: newest complete checkpoint of this run (rank 0 checks its hashes), else the driver's ---
+    start, skipped = _resume_point(rank, ckpt_root, payload.get("resume_from"))
+    ds_config = payload["ds_config"]
+    if start is not None and elastic.needs_universal(start, world):
+        ds_config = {**ds_config, "checkpoint": {"load_universal": True}}
     engine = ds.initialize(
         model,
-        payload["ds_config"],
+        ds_config,
         lambda s: lr_factor(s, cfg.optim.warmup_steps, t.max_steps, cfg.optim.min_lr_ratio),
         cfg.optim.weight_decay,
     )
@@ -125,15 +130,14 @@ def _train(payload: dict, progress, startup) -> None:
     device = engine.device
     tokens_per_step = plan["tokens_per_step"]
     startup.mark("engine")
-
-    # --- resume: newest complete checkpoint of this run, else the one the driver named ---
-    start, skipped = checkpoint.newest_usable(ckpt_root)
-    if start is None and payload.get("resume_from"):
-        start = checkpoint.load(Path(payload["resume_from"]))
     progress.mark(0, "setup")
     if start is not None:
-        ds.load_checkpoint(engine, start.path.parent, start.tag)
-        batches.restore(rank_state.restore(checkpoint.rank_state_file(start.path, rank)))
+        ds.load_checkpoint(engine, *elastic.deepspeed_location(start, world))
+        source = elastic.rank_state_source(start, rank)
+        if source is not None:
+            batches.restore(rank_state.restore(source))
+        else:  # a universal checkpoint converted by hand records no data position: derive it from the step
+            batches.restore(batches.position_after(start.step * t.grad_accum))
         startup.mark("resume")
     first_step = start.step + 1 if start else 1
     peak_flops, peak_flops_source = _peak_flops(rank, device_type, plan["precision"], cfg.cluster.cpus_per_worker,
@@ -175,11 +179,15 @@ def _train(payload: dict, progress, startup) -> None:
         ds.save_checkpoint(engine, ckpt_root, path.name)
         rank_state.save(checkpoint.rank_state_file(path, rank), batches.state())
         progress.mark(step, "checkpoint")
-        dist.barrier()  # every rank's files are on disk before the checkpoint is sealed
+        dist.barrier()  # every rank's files are on disk: each hashes its share, rank 0 seals them all
+        mine = checkpoint.sha256(path, checkpoint.share(checkpoint.files_of(path), rank, world))
+        digests = [None] * world
+        dist.all_gather_object(digests, mine)
         if rank == 0:
             checkpoint.seal(path, {"step": step, "tokens": step * tokens_per_step, "world_size": world,
+                                   "global_batch": plan["global_batch"], "data": batches.state(),
                                    "zero_stage": cfg.zero.stage, "wandb_run_id": payload["run_id"],
-                                   "time": time.time()})
+                                   "time": time.time()}, {k: v for d in digests for k, v in d.items()})
             checkpoint.retain(ckpt_root, t.keep_checkpoints)
         progress.mark(step, "checkpoint")
         dist.barrier()
@@ -347,6 +355,25 @@ def _train(payload: dict, progress, startup) -> None:
         _event(run_dir, "finished" if status == "completed" else EARLY_STOP, last_step)
     progress.mark(last_step, "finish")
     dist.barrier()
+
+
+def _resume_point(rank: int, ckpt_root: Path, named: dict | None):
+    """Rank 0 picks the checkpoint every rank loads: this run's newest complete one, its hashes checked
+    unless the driver checked that very one moments ago, else the one the driver named."""
+    import torch.distributed as dist
+
+    from orchestrator import checkpoint
+
+    chosen = [None, []]
+    if rank == 0:
+        trusted = Path(named["path"]) if named else None
+        start, skipped = checkpoint.newest_usable(ckpt_root, trusted=trusted)
+        if start is None and named:
+            start = checkpoint.Checkpoint(path=Path(named["path"]), step=named["step"],
+                                          world_size=named["world_size"], meta=named["meta"])
+        chosen = [start, skipped]
+    dist.broadcast_object_list(chosen, src=0)
+    return chosen[0], chosen[1]
 
 
 def _first_step_done(device_type: str, startup, rank: int, phase: str) -> None:

@@ -17,7 +17,11 @@ def _write(root, step: int, sealed: bool = True):
     for rank in range(2):
         (path / f"zero_pp_rank_{rank}_optim_states.pt").write_bytes(b"x" * (100 + rank))
     if sealed:
-        checkpoint.seal(path, {"step": step, "world_size": 2})
+        files = checkpoint.files_of(path)
+        digests = {}
+        for rank in range(2):  # as the ranks do it: each hashes its share
+            digests.update(checkpoint.sha256(path, checkpoint.share(files, rank, 2)))
+        checkpoint.seal(path, {"step": step, "world_size": 2}, digests)
     return path
 
 
@@ -42,6 +46,28 @@ def test_truncated_missing_or_unmarked_checkpoints_are_skipped_with_a_reason(tmp
     assert "no completion marker" in reasons["step_00000020"]
     assert "missing" in reasons["step_00000015"]
     assert "truncated" in reasons["step_00000010"] and "1 of 101 bytes" in reasons["step_00000010"]
+
+
+def test_a_flipped_byte_of_the_same_size_is_found_by_its_hash_and_names_the_file(tmp_path):
+    _write(tmp_path, 5)
+    flipped = _write(tmp_path, 10)
+    shard = flipped / "zero_pp_rank_1_optim_states.pt"
+    data = bytearray(shard.read_bytes())
+    data[50] ^= 0x01
+    shard.write_bytes(bytes(data))
+    assert checkpoint.problem(flipped) is None  # sizes alone cannot tell
+    found, skipped = checkpoint.newest_usable(tmp_path)
+    assert found.step == 5
+    assert skipped[0][0] == flipped and "zero_pp_rank_1_optim_states.pt does not match its sha256" in skipped[0][1]
+    # a checkpoint this command verified already is not hashed again
+    assert checkpoint.newest_usable(tmp_path, trusted=flipped)[0].step == 10
+
+
+def test_hash_shares_cover_every_file_once_and_balance_the_bytes():
+    files = {"a": 100, "b": 90, "c": 50, "d": 40, "e": 10}
+    shares = [checkpoint.share(files, rank, 2) for rank in range(2)]
+    assert sorted(shares[0] + shares[1]) == sorted(files)
+    assert [sum(files[name] for name in share) for share in shares] == [150, 140]
 
 
 def test_retention_keeps_the_newest_complete_ones_and_never_the_last_complete(tmp_path):
