@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import os
 import signal
 import threading
 import time
@@ -28,7 +29,7 @@ from orchestrator.launch import local
 from orchestrator.paths import unwritable
 from orchestrator.plan import Plan, gpus_per_worker, make_plan, refuse_unfit, resolved_config
 from orchestrator.redact import redact, redact_text
-from orchestrator.train import elastic
+from orchestrator.train import elastic, failures
 from orchestrator.train.loop import EARLY_STOP, STOP_FILE
 from orchestrator.train.startup import Startup
 
@@ -264,7 +265,11 @@ def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: check
 
     # The board's process starts while this one finishes importing Ray Train (the preload thread).
     board_name = f"progress-{run_id}-{uuid.uuid4().hex[:8]}"
-    board = ray.remote(num_cpus=0)(ProgressBoard).options(name=board_name).remote()
+    # On the driver's node: the board must outlive the loss of any other node.
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    board = ray.remote(num_cpus=0)(ProgressBoard).options(name=board_name, scheduling_strategy=here).remote()
     preload.join()
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig
@@ -304,17 +309,20 @@ def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: check
         run_config=RunConfig(
             name="train",
             storage_path=str(run_dir / ".ray"),
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            # A restart the cluster cannot place (a node lost) fails once, after cluster.join_timeout_s (the
+            # controller's start timeout, below), instead of Ray's default of retrying forever.
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures, controller_failure_limit=0),
             worker_runtime_env={"env_vars": worker_env(cfg, gpus)},
             callbacks=_tune_report() if report_to_tune else None,
         ),
     )
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(cfg.cluster.join_timeout_s))  # to the controller
     watchdog = Watchdog(board, cfg.train.collective_timeout_s)
     try:
         with _stop_on_signals(run_dir), watchdog:  # after Ray starts: its core installs handlers of its own
             trainer.fit()
     except Exception as error:  # Ray wraps worker exceptions; show the root cause in one line
-        cause = watchdog.last or _root_cause(error)
+        cause = watchdog.last or failures.reason(error, run_dir, cfg.cluster.join_timeout_s, plan.world_size)
         _record_failure(run_dir, cause)
         raise TrainingError(cause) from error
     finally:
@@ -353,15 +361,3 @@ def _tune_report() -> list:
 def ray_nodes(cfg: Config) -> int:
     """Ray nodes to wait for: the allocation's machines (plus KubeRay's head pod, which trains nothing)."""
     return {Backend.ray: 1, Backend.slurm: cfg.cluster.nodes, Backend.k8s: cfg.cluster.nodes + 1}[cfg.cluster.name]
-
-
-def _root_cause(error: BaseException) -> str:
-    failures = getattr(error, "worker_failures", None)
-    if failures:
-        rank, failure = sorted(failures.items())[0]
-        error = failure
-        while error.__cause__ is not None:
-            error = error.__cause__
-        lines = [line for line in str(error).strip().splitlines() if line.strip()]
-        return f"rank {rank}: {type(error).__name__}: {lines[-1] if lines else ''}"
-    return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"

@@ -313,3 +313,26 @@ def test_a_lock_file_left_by_a_killed_deepspeed_op_build_does_not_block_the_next
     result = run(tmp_path / "run", "train.max_steps=3", "train.collective_timeout_s=60")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert not lock.exists()
+
+
+def test_a_worker_killed_by_rays_memory_monitor_names_oom(spawn, tmp_path):
+    """Ray's memory monitor, set to act 2.5 GB above what the machine uses now (the job needs about 1.5);
+    once the job trains, this test takes 2 GB more and the monitor kills processes of the job."""
+    import numpy as np
+
+    memory = psutil.virtual_memory()
+    threshold = (memory.total - memory.available + 2.5e9) / memory.total
+    env = {**os.environ, "RAY_memory_usage_threshold": f"{threshold:.4f}", "RAY_memory_monitor_refresh_ms": "100"}
+    run_dir = tmp_path / "oom"
+    process = spawn(command(run_dir, "train.max_steps=100000", "train.max_failures=0"), env=env,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_step(run_dir, 3, process)
+    balloon = np.ones(int(2e9), dtype=np.uint8)  # every page touched: really used
+    try:
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        del balloon
+    assert process.returncode == 1, stderr[-3000:]
+    [line] = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert "out of memory (OOM)" in line and "running low on memory" in line
+    assert json.loads((run_dir / "events.jsonl").read_text().splitlines()[-1])["event"] == "failed"

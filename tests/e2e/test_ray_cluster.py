@@ -1,6 +1,6 @@
 """cluster=ray against a real two-node Ray cluster on 127.0.0.1 (`ray start --head` + `ray start
 --address`, 1 CPU each, token auth on): submit through the Job Submission API, train by joining,
-stop with a checkpoint. Two workers of 1 CPU each can only be placed one per node.
+stop with a checkpoint, lose a node. Two workers of 1 CPU each can only be placed one per node.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.conftest import TINY
@@ -53,7 +54,7 @@ def _stop(process: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory):
-    """(environment with the cluster's token, GCS address, Job Submission URL)."""
+    """(environment with the cluster's token, GCS address, Job Submission URL, the nodes' `ray start` processes)."""
     root = tmp_path_factory.mktemp("two-nodes")
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
@@ -79,7 +80,7 @@ def two_nodes(tmp_path_factory):
         while _active_nodes(env, gcs) < 2:
             assert time.monotonic() < deadline, (root / "node2.log").read_text()[-2000:]
             time.sleep(2)
-        yield env, gcs, url
+        yield env, gcs, url, nodes
     finally:
         for node in reversed(nodes):
             _stop(node)
@@ -102,7 +103,7 @@ def _assert_trained_on_both_nodes(run_dir: Path) -> None:
 
 
 def test_submit_runs_on_both_nodes_and_ships_no_secret(two_nodes, tmp_path):
-    env, _, url = two_nodes
+    env, _, url, _ = two_nodes
     run_dir = tmp_path / "run"
     result = orchestrator({**env, "WANDB_API_KEY": SENTINEL}, "submit", "cluster=ray", f"cluster.dashboard_url={url}",
                           *TINY, "train.max_steps=20", "train.eval_every=10", f"run_dir={run_dir}")
@@ -117,7 +118,7 @@ def test_submit_runs_on_both_nodes_and_ships_no_secret(two_nodes, tmp_path):
 
 
 def test_train_joins_the_running_cluster(two_nodes, tmp_path):
-    env, gcs, _ = two_nodes
+    env, gcs, _, _ = two_nodes
     run_dir = tmp_path / "run"
     result = orchestrator(env, "train", "cluster=ray", f"cluster.address={gcs}", *TINY, "train.max_steps=20",
                           "train.eval_every=10", f"run_dir={run_dir}")
@@ -126,7 +127,7 @@ def test_train_joins_the_running_cluster(two_nodes, tmp_path):
 
 
 def test_stop_checkpoints_then_resubmitting_the_job_file_resumes(two_nodes, tmp_path):
-    env, _, url = two_nodes
+    env, _, url, _ = two_nodes
     run_dir = tmp_path / "run"
     result = orchestrator(env, "submit", "cluster=ray", f"cluster.dashboard_url={url}", "submit.follow=false", *TINY,
                           "train.max_steps=100000", f"run_dir={run_dir}")
@@ -158,7 +159,7 @@ def test_stop_checkpoints_then_resubmitting_the_job_file_resumes(two_nodes, tmp_
     ("cluster.num_workers=3", "3 workers of 1 CPU each, but the cluster's 2 node(s) hold only 2"),
 ])
 def test_a_job_the_cluster_cannot_place_is_refused_before_anything_is_written(two_nodes, tmp_path, override, message):
-    env, gcs, _ = two_nodes
+    env, gcs, _, _ = two_nodes
     run_dir = tmp_path / "run"
     started = time.monotonic()
     result = orchestrator(env, "train", "cluster=ray", f"cluster.address={gcs}", *TINY, override, f"run_dir={run_dir}",
@@ -171,7 +172,7 @@ def test_a_job_the_cluster_cannot_place_is_refused_before_anything_is_written(tw
 
 
 def test_a_submitted_sweep_runs_its_trials_across_the_nodes(two_nodes, tmp_path):
-    env, _, url = two_nodes
+    env, _, url, _ = two_nodes
     sweep_dir = tmp_path / "sweep"
     result = orchestrator(env, "submit", "cluster=ray", f"cluster.dashboard_url={url}", *TINY, "data.max_bytes=20000",
                           "optim.lr=1e-3,3e-3", "train.max_steps=10", "train.eval_every=5", f"sweep.dir={sweep_dir}")
@@ -182,3 +183,32 @@ def test_a_submitted_sweep_runs_its_trials_across_the_nodes(two_nodes, tmp_path)
     for trial in record["trials"]:
         first, second = json.loads((Path(trial["run_dir"]) / "summary.json").read_text())["node_id_per_rank"]
         assert first != second  # each trial's two workers on the two nodes
+
+
+def test_losing_a_node_fails_within_the_bound_then_resumes_on_what_is_left(two_nodes, spawn, tmp_path):
+    """Last in this module: it kills the second node's raylet, and no test after it needs two nodes."""
+    env, gcs, _, nodes = two_nodes
+    run_dir = tmp_path / "run"
+    job = ["train", "cluster=ray", f"cluster.address={gcs}", *TINY, "data.max_bytes=20000", "train.max_steps=60",
+           "train.ckpt_every=5", "train.eval_every=0", f"run_dir={run_dir}"]
+    driver = spawn([sys.executable, "-m", "orchestrator", *job, "cluster.join_timeout_s=20", "train.max_failures=1"],
+                   env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list((run_dir / "checkpoints").glob("step_*/COMPLETE")):
+        assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()[1][-3000:]
+        time.sleep(0.2)
+    [raylet] = [p for p in psutil.Process(nodes[1].pid).children(recursive=True) if p.name() == "raylet"]
+    raylet.kill()
+    killed = time.monotonic()
+    _, stderr = driver.communicate(timeout=300)
+    assert driver.returncode == 1, stderr[-3000:]
+    assert time.monotonic() - killed < 150  # node death noticed, one restart tried, 20 s to place it
+    [line] = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert "could not place 2 workers within cluster.join_timeout_s=20s" in line
+    step = int(line.split("the newest complete checkpoint is step ")[1].split(":")[0])
+
+    resumed = orchestrator(env, *job, "cluster.num_workers=1")  # what is left: one node
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"elastic resume: step {step} was written by 2 rank(s), continuing on 1" in resumed.stdout
+    rows = [json.loads(row) for row in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == list(range(1, 61))

@@ -1,0 +1,62 @@
+"""Why a training job failed, in one line a user can act on.
+
+Ray wraps a worker's death in several layers (Train's WorkerGroupError or ControllerError, Ray's
+ActorDiedError, the original exception). Two causes get a line of their own because the fix is
+not in the traceback: a worker killed by Ray's memory monitor (out of memory), and a worker group
+the cluster can no longer place (a node was lost) after train.max_failures restarts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator import checkpoint
+
+OOM_MARKS = ("running low on memory", "memory monitor", "OutOfMemoryError")
+
+
+def reason(error: BaseException, run_dir: Path, join_timeout_s: float, workers: int) -> str:
+    chain = _chain(error)
+    oom = next((e for e in chain if any(mark in f"{type(e).__name__}: {e}" for mark in OOM_MARKS)), None)
+    if oom is not None:
+        return (f"out of memory (OOM): Ray's memory monitor killed a process of this job: {_detail(oom)}; "
+                "lower train.micro_batch_size, turn on train.activation_checkpointing or CPU offload "
+                "(`orchestrator plan` shows the memory), or give the nodes more memory")
+    if any(type(e).__name__ in ("WorkerGroupStartupTimeoutError", "WorkerGroupStartupFailedError") for e in chain):
+        found, _ = checkpoint.newest_usable(run_dir / "checkpoints", verify=False)
+        resume = (f"the newest complete checkpoint is step {found.step}: rerun with a cluster.num_workers the "
+                  "cluster still holds to resume from it (it converts itself to the new world size)"
+                  if found else "no checkpoint was written yet")
+        return (f"the cluster could not place {workers} workers within cluster.join_timeout_s={join_timeout_s:g}s "
+                f"(a node lost, or its resources taken); {resume}, or add nodes")
+    return _worker_failure(error)
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """The error, the errors it wraps (worker failures, the controller's failure, causes), depth first."""
+    found, todo = [], [error]
+    while todo:
+        current = todo.pop(0)
+        if current is None or any(current is seen for seen in found):
+            continue
+        found.append(current)
+        todo += [*getattr(current, "worker_failures", {}).values(), getattr(current, "controller_failure", None),
+                 current.__cause__]
+    return found
+
+
+def _detail(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return next((line for line in lines if any(mark in line for mark in OOM_MARKS)), lines[0] if lines else "")
+
+
+def _worker_failure(error: BaseException) -> str:
+    failures = getattr(error, "worker_failures", None)
+    if failures:
+        rank, failure = sorted(failures.items())[0]
+        error = failure
+        while error.__cause__ is not None:
+            error = error.__cause__
+        lines = [line for line in str(error).strip().splitlines() if line.strip()]
+        return f"rank {rank}: {type(error).__name__}: {lines[-1] if lines else ''}"
+    return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
