@@ -15,11 +15,10 @@ import resource
 import sys
 import time
 
+import deepspeed
 import numpy as np
 import torch
 import torch.distributed as dist
-
-import deepspeed
 from transformers import AutoConfig, AutoModelForCausalLM
 
 

@@ -190,7 +190,6 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "plan":
         return _plan(cfg)
     from orchestrator.train.driver import train
-
     from orchestrator.train.startup import Startup
 
     run_dir = train(cfg, startup=Startup.of_this_process())

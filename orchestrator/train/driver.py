@@ -316,7 +316,8 @@ def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: check
             callbacks=_tune_report() if report_to_tune else None,
         ),
     )
-    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(cfg.cluster.join_timeout_s))  # to the controller
+    # Ray Train hands this to its controller: how long a worker group may wait for its place.
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(cfg.cluster.join_timeout_s))
     watchdog = Watchdog(board, cfg.train.collective_timeout_s)
     try:
         with _stop_on_signals(run_dir), watchdog:  # after Ray starts: its core installs handlers of its own

@@ -28,7 +28,6 @@ import gc
 import json
 import random
 import resource
-import shutil
 import sys
 import time
 import warnings
@@ -73,14 +72,15 @@ def _train(payload: dict, progress, startup) -> None:
     import torch
     import torch.distributed as dist
 
-    from orchestrator import checkpoint, mfu
+    from orchestrator import mfu
     from orchestrator.compress.hooks import TrainingHooks
     from orchestrator.config.compose import from_dict
     from orchestrator.data.loader import ShardedBatches, eval_batches
     from orchestrator.data.pipeline import prepare
     from orchestrator.models.registry import apply_activation_checkpointing, build_model
-    from orchestrator.train import engine as ds
     from orchestrator.train import elastic, rank_state, signals
+    from orchestrator.train import engine as ds
+    from orchestrator.train.checkpoint_writer import CheckpointWriter
     from orchestrator.train.memory_probe import model_state_bytes
     from orchestrator.train.schedule import lr_factor
 
@@ -143,18 +143,19 @@ def _train(payload: dict, progress, startup) -> None:
     peak_flops, peak_flops_source = _peak_flops(rank, device_type, plan["precision"], cfg.cluster.cpus_per_worker,
                                     Path(cfg.data.cache_dir))
     flops_per_token = plan["flops_per_token"] or 6 * n_params  # a pretrained model: 6N, its shapes unknown
+    layers = model.config.num_hidden_layers
     hfu_factor = mfu.hfu_factor(mfu.checkpointed_layers(t.activation_checkpointing.value,
-                                                        t.activation_checkpointing_every, model.config.num_hidden_layers),
-                                model.config.num_hidden_layers)
+                                                        t.activation_checkpointing_every, layers), layers)
 
-    def sync(loss, stop: bool, finish: bool) -> tuple[float, bool, bool]:
-        """One all-reduce carries the loss (a device tensor until now) and every rank's stop and
-        finish-early requests; the one host sync of a step, and only on steps that log or may stop."""
-        flags = torch.tensor([float(stop), float(finish)], dtype=torch.float64, device=device)
+    def sync(loss, stop: bool, finish: bool, hashed: bool) -> tuple[float, bool, bool, bool]:
+        """One all-reduce carries the loss (a device tensor until now), every rank's stop and finish-early
+        requests, and whether its share of the last checkpoint is hashed; the one host sync of a step, and
+        only on steps that log or may stop. Returns (mean loss, stop, finish early, every rank hashed)."""
+        flags = torch.tensor([float(stop), float(finish), float(hashed)], dtype=torch.float64, device=device)
         tensor = torch.cat([loss.detach().to(torch.float64).reshape(1), flags])
         dist.all_reduce(tensor)
         values = tensor.tolist()
-        return values[0] / world, values[1] > 0, values[2] > 0
+        return values[0] / world, values[1] > 0, values[2] > 0, values[3] == world
 
     def evaluate(step: int) -> float:
         engine.eval()
@@ -170,27 +171,7 @@ def _train(payload: dict, progress, startup) -> None:
         engine.train()
         return (total[0] / total[1]).item()
 
-    def save(step: int) -> None:
-        progress.mark(step, "checkpoint")
-        path = ckpt_root / checkpoint.tag_for(step)
-        if rank == 0 and path.exists():
-            shutil.rmtree(path)  # a broken earlier attempt at this step
-        dist.barrier()
-        ds.save_checkpoint(engine, ckpt_root, path.name)
-        rank_state.save(checkpoint.rank_state_file(path, rank), batches.state())
-        progress.mark(step, "checkpoint")
-        dist.barrier()  # every rank's files are on disk: each hashes its share, rank 0 seals them all
-        mine = checkpoint.sha256(path, checkpoint.share(checkpoint.files_of(path), rank, world))
-        digests = [None] * world
-        dist.all_gather_object(digests, mine)
-        if rank == 0:
-            checkpoint.seal(path, {"step": step, "tokens": step * tokens_per_step, "world_size": world,
-                                   "global_batch": plan["global_batch"], "data": batches.state(),
-                                   "zero_stage": cfg.zero.stage, "wandb_run_id": payload["run_id"],
-                                   "time": time.time()}, {k: v for d in digests for k, v in d.items()})
-            checkpoint.retain(ckpt_root, t.keep_checkpoints)
-        progress.mark(step, "checkpoint")
-        dist.barrier()
+    writer = CheckpointWriter(engine, ckpt_root, rank, world, t.keep_checkpoints, progress)
 
     tracker = None
     if rank == 0:
@@ -242,9 +223,11 @@ def _train(payload: dict, progress, startup) -> None:
         if logs or evaluates or step % STOP_CHECK_EVERY == 0:
             request = _stop_request(run_dir) if rank == 0 else None
             progress.mark(step, "sync")
-            last_loss, stop, finish_early = sync(step_loss / t.grad_accum,
-                                                 signals.requested() or request not in (None, EARLY_STOP),
-                                                 request == EARLY_STOP)
+            last_loss, stop, finish_early, hashed = sync(step_loss / t.grad_accum,
+                                                         signals.requested() or request not in (None, EARLY_STOP),
+                                                         request == EARLY_STOP, writer.hashed())
+            if hashed:
+                writer.seal()  # the last checkpoint's hashes are all in: nothing waits
             is_last = is_last or finish_early
             logs = logs or stop or finish_early
             evaluates = evaluates or finish_early
@@ -280,7 +263,10 @@ def _train(payload: dict, progress, startup) -> None:
             if "loss" in record:
                 _progress(step, t.max_steps, step - first_step + 1, record, time.perf_counter() - started)
         if is_last or stop or (t.ckpt_every and step % t.ckpt_every == 0):
-            save(step)
+            writer.save(step, batches.state(), {"step": step, "tokens": step * tokens_per_step, "world_size": world,
+                                                "global_batch": plan["global_batch"], "data": batches.state(),
+                                                "zero_stage": cfg.zero.stage, "wandb_run_id": payload["run_id"],
+                                                "time": time.time()}, seal_now=is_last or stop)
         if logs:  # throughput counts training steps only, not the evaluation and checkpoint above
             window_start, window_steps = time.perf_counter(), 0
         else:

@@ -13,8 +13,7 @@ from orchestrator.train.ray_trainer import FixedWorkers, LeanTorchTrainer
 
 
 def test_the_overridden_ray_methods_still_exist():
-    assert "scaling_policy" in inspect.getsource(TorchTrainer.fit.__wrapped__ if hasattr(TorchTrainer.fit, "__wrapped__")
-                                                 else TorchTrainer.fit)
+    assert "scaling_policy" in inspect.getsource(inspect.unwrap(TorchTrainer.fit))
     for name in ("_create_default_callbacks", "_initialize_and_run_controller"):
         assert hasattr(TorchTrainer, name)
     for name in ("after_controller_start", "_maybe_send_resource_request"):
