@@ -323,7 +323,7 @@ def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: check
         with _stop_on_signals(run_dir), watchdog:  # after Ray starts: its core installs handlers of its own
             trainer.fit()
     except Exception as error:  # Ray wraps worker exceptions; show the root cause in one line
-        cause = watchdog.last or failures.reason(error, run_dir, cfg.cluster.join_timeout_s, plan.world_size)
+        cause = failures.reason(error, run_dir, cfg.cluster.join_timeout_s, plan.world_size, watchdog.last)
         _record_failure(run_dir, cause)
         raise TrainingError(cause) from error
     finally:

@@ -15,7 +15,9 @@ from orchestrator import checkpoint
 OOM_MARKS = ("running low on memory", "memory monitor", "OutOfMemoryError")
 
 
-def reason(error: BaseException, run_dir: Path, join_timeout_s: float, workers: int) -> str:
+def reason(error: BaseException, run_dir: Path, join_timeout_s: float, workers: int, watchdog: str | None) -> str:
+    """The line for `error`; `watchdog` is the progress watchdog's last verdict, if it ended ranks: it names
+    a stalled rank better than the error its ending caused, unless the job then failed for a reason above."""
     chain = _chain(error)
     oom = next((e for e in chain if any(mark in f"{type(e).__name__}: {e}" for mark in OOM_MARKS)), None)
     if oom is not None:
@@ -29,7 +31,7 @@ def reason(error: BaseException, run_dir: Path, join_timeout_s: float, workers: 
                   if found else "no checkpoint was written yet")
         return (f"the cluster could not place {workers} workers within cluster.join_timeout_s={join_timeout_s:g}s "
                 f"(a node lost, or its resources taken); {resume}, or add nodes")
-    return _worker_failure(error)
+    return watchdog or _worker_failure(error)
 
 
 def _chain(error: BaseException) -> list[BaseException]:

@@ -206,22 +206,33 @@ class Watchdog:
             if found is None:
                 continue
             ended = [_ended(end, r) for r in found.blamed]
+            message = found.message
+            if None in ended:
+                # A blamed rank's node does not answer (its raylet died): that rank cannot be ended, and the
+                # others would wait on it forever, so they are ended instead and Ray Train restarts or fails.
+                lost = [r for r, e in zip(found.blamed, ended, strict=True) if e is None]
+                others = [r for r in reports if r not in found.blamed]
+                ended += [_ended(end, r) for r in others]
+                found = Verdict(message=message, blamed=[*found.blamed, *others])
+                message += (f"; the node of rank(s) {', '.join(str(r.rank) for r in lost)} does not answer "
+                            "(lost), so the other ranks were ended")
             # Whatever the outcome, this generation of workers is dealt with: a restart reports afresh.
             self._board.forget.remote([r.pid for r in reports])
             if any(ended):  # blamed processes that were already gone are Ray's to report, not ours
-                self.last = found.message
-                print(f"watchdog: {found.message}; ended rank(s) "
+                self.last = message
+                print(f"watchdog: {message}; ended rank(s) "
                       f"{', '.join(str(r.rank) for r, e in zip(found.blamed, ended, strict=True) if e)}",
                       file=sys.stderr, flush=True)
 
 
-def _ended(end, report: Report) -> bool:
-    """Run `_end_process` on the rank's own node; False when it was gone (or its node is)."""
+def _ended(end, report: Report) -> bool | None:
+    """Run `_end_process` on the rank's own node: True when it ended the rank, False when the rank was gone
+    already, None when its node does not answer (dead, or its raylet is: the rank may live on, orphaned)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     task = end.options(scheduling_strategy=NodeAffinitySchedulingStrategy(report.node_id, soft=False))
     try:
         return ray.get(task.remote(report.pid, report.started), timeout=60)
-    except Exception:  # the node died with it: Ray Train reports that failure itself
-        return False
+    except Exception:
+        return None
