@@ -192,7 +192,7 @@ def test_losing_a_node_fails_within_the_bound_then_resumes_on_what_is_left(two_n
     job = ["train", "cluster=ray", f"cluster.address={gcs}", *TINY, "data.max_bytes=20000", "train.max_steps=60",
            "train.ckpt_every=5", "train.eval_every=0", f"run_dir={run_dir}"]
     driver = spawn([sys.executable, "-m", "orchestrator", *job, "cluster.join_timeout_s=20", "train.max_failures=1",
-                    "train.collective_timeout_s=20"],
+                    "train.collective_timeout_s=60"],
                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not list((run_dir / "checkpoints").glob("step_*/COMPLETE")):
@@ -202,14 +202,16 @@ def test_losing_a_node_fails_within_the_bound_then_resumes_on_what_is_left(two_n
     raylet.kill()
     killed = time.monotonic()
     try:
-        stdout, stderr = driver.communicate(timeout=240)
+        stdout, stderr = driver.communicate(timeout=300)
     except subprocess.TimeoutExpired:
         driver.kill()
         stdout, stderr = driver.communicate()
-        raise AssertionError(f"no end 240 s after the node was lost:\n{stdout[-3000:]}\n{stderr[-5000:]}") from None
+        raise AssertionError(f"no end 300 s after the node was lost:\n{stdout[-3000:]}\n{stderr[-5000:]}") from None
     assert driver.returncode == 1, stderr[-3000:]
-    assert time.monotonic() - killed < 150  # the stall ended (20 s), one restart tried, 20 s to place it
+    took = time.monotonic() - killed
+    assert took < 200  # a stalled rank ended (60 s), one restart tried, 20 s to place it
     [line] = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    print(f"the command failed {took:.0f} s after the raylet was killed: {line}")  # shown by pytest -rP
     assert "could not place 2 workers within cluster.join_timeout_s=20s" in line
     step = int(line.split("the newest complete checkpoint is step ")[1].split(":")[0])
 
