@@ -198,8 +198,10 @@ def test_losing_a_node_fails_within_the_bound_then_resumes_on_what_is_left(two_n
     while not list((run_dir / "checkpoints").glob("step_*/COMPLETE")):
         assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()[1][-3000:]
         time.sleep(0.2)
-    [raylet] = [p for p in psutil.Process(nodes[1].pid).children(recursive=True) if p.name() == "raylet"]
-    raylet.kill()
+    # The whole node goes: its raylet and every process it started. (Killing the raylet alone can leave its
+    # training worker alive and orphaned; the job then hung past the bound in 2 of 4 full-suite runs.)
+    assert any(p.name() == "raylet" for p in psutil.Process(nodes[1].pid).children(recursive=True))
+    os.killpg(nodes[1].pid, signal.SIGKILL)
     killed = time.monotonic()
     try:
         stdout, stderr = driver.communicate(timeout=300)
@@ -211,7 +213,7 @@ def test_losing_a_node_fails_within_the_bound_then_resumes_on_what_is_left(two_n
     took = time.monotonic() - killed
     assert took < 200  # a stalled rank ended (60 s), one restart tried, 20 s to place it
     [line] = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    print(f"the command failed {took:.0f} s after the raylet was killed: {line}")  # shown by pytest -rP
+    print(f"the command failed {took:.0f} s after the node was killed: {line}")  # shown by pytest -rP
     assert "could not place 2 workers within cluster.join_timeout_s=20s" in line
     step = int(line.split("the newest complete checkpoint is step ")[1].split(":")[0])
 
