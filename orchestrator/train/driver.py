@@ -300,6 +300,7 @@ def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: check
         # A sweep's cluster outlives each trial, and a trial's controller can die with its Tune actor: its
         # placement group must still be freed for the next trial (the cleaner), so sweeps keep all of Ray Train.
         lean_cluster=cfg.cluster.name is Backend.local and not report_to_tune,
+        board=board,
         train_loop_config=payload,
         # The watchdog ends a stalled job at collective_timeout_s and names the rank that stalled; the process
         # group's own timeout is only a backstop, set later so it cannot preempt the watchdog's verdict.
@@ -318,12 +319,15 @@ def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: check
     )
     # Ray Train hands this to its controller: how long a worker group may wait for its place.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(cfg.cluster.join_timeout_s))
-    watchdog = Watchdog(board, cfg.train.collective_timeout_s)
+    # A worker group gets join_timeout_s to be placed, then collective_timeout_s to start its process group.
+    watchdog = Watchdog(board, cfg.train.collective_timeout_s,
+                        start_limit_s=cfg.cluster.join_timeout_s + cfg.train.collective_timeout_s)
     try:
         with _stop_on_signals(run_dir), watchdog:  # after Ray starts: its core installs handlers of its own
             trainer.fit()
     except Exception as error:  # Ray wraps worker exceptions; show the root cause in one line
-        cause = failures.reason(error, run_dir, cfg.cluster.join_timeout_s, plan.world_size, watchdog.last)
+        cause = failures.reason(error, run_dir, cfg.cluster.join_timeout_s, plan.world_size, watchdog.last,
+                                unstarted=watchdog.ended_controller)
         _record_failure(run_dir, cause)
         raise TrainingError(cause) from error
     finally:

@@ -15,22 +15,26 @@ from orchestrator import checkpoint
 OOM_MARKS = ("running low on memory", "memory monitor", "OutOfMemoryError")
 
 
-def reason(error: BaseException, run_dir: Path, join_timeout_s: float, workers: int, watchdog: str | None) -> str:
+def reason(error: BaseException, run_dir: Path, join_timeout_s: float, workers: int, watchdog: str | None,
+           unstarted: bool = False) -> str:
     """The line for `error`; `watchdog` is the progress watchdog's last verdict, if it ended ranks: it names
-    a stalled rank better than the error its ending caused, unless the job then failed for a reason above."""
+    a stalled rank better than the error its ending caused, unless the job then failed for a reason above.
+    `unstarted`: the watchdog ended Ray Train's controller because a worker group never started running."""
     chain = _chain(error)
     oom = next((e for e in chain if any(mark in f"{type(e).__name__}: {e}" for mark in OOM_MARKS)), None)
     if oom is not None:
         return (f"out of memory (OOM): Ray's memory monitor killed a process of this job: {_detail(oom)}; "
                 "lower train.micro_batch_size, turn on train.activation_checkpointing or CPU offload "
                 "(`orchestrator plan` shows the memory), or give the nodes more memory")
-    if any(type(e).__name__ in ("WorkerGroupStartupTimeoutError", "WorkerGroupStartupFailedError") for e in chain):
+    placement = ("WorkerGroupStartupTimeoutError", "WorkerGroupStartupFailedError")
+    if unstarted or any(type(e).__name__ in placement for e in chain):
         found, _ = checkpoint.newest_usable(run_dir / "checkpoints", verify=False)
         resume = (f"the newest complete checkpoint is step {found.step}: rerun with a cluster.num_workers the "
                   "cluster still holds to resume from it (it converts itself to the new world size)"
                   if found else "no checkpoint was written yet")
+        why = f" ({watchdog})" if unstarted else ""
         return (f"the cluster could not place {workers} workers within cluster.join_timeout_s={join_timeout_s:g}s "
-                f"(a node lost, or its resources taken); {resume}, or add nodes")
+                f"(a node lost, or its resources taken){why}; {resume}, or add nodes")
     return watchdog or _worker_failure(error)
 
 

@@ -11,15 +11,21 @@ All three are dropped only for a plain run on a local cluster (`lean_cluster=Tru
 autoscale, we hand Ray no datasets, and its placement group ends with its driver. Everywhere else
 (`ray`, `slurm`, `k8s`, and a sweep, whose cluster its trials share) the trainer is Ray's own.
 
+Every trainer, lean or not, also reports its controller's states to the progress board
+(`ControllerReporter`), so the driver's watchdog can bound how long a worker group takes to start.
+
 This overrides two private methods of Ray 2.60 (pinned in pyproject.toml);
 tests/unit/test_ray_trainer.py fails if an upgrade renames them.
 """
 
 from __future__ import annotations
 
+import os
+
 from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
 from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+from ray.train.v2._internal.execution.callback import ControllerCallback
 from ray.train.v2._internal.execution.scaling_policy.fixed import FixedScalingPolicy
 
 
@@ -33,13 +39,28 @@ class FixedWorkers(FixedScalingPolicy):
         pass
 
 
+class ControllerReporter(ControllerCallback):
+    """Runs in the controller: tells the progress board (an actor handle) each state it enters, and its process."""
+
+    def __init__(self, board) -> None:
+        self._board = board
+
+    def after_controller_state_update(self, previous_state, current_state) -> None:
+        import psutil
+        import ray
+
+        pid = os.getpid()
+        self._board.controller.remote(type(current_state).__name__, pid, psutil.Process(pid).create_time(),
+                                      ray.get_runtime_context().get_node_id())
+
+
 class LeanTorchTrainer(TorchTrainer):
-    def __init__(self, *args, lean_cluster: bool, **kwargs):
+    def __init__(self, *args, lean_cluster: bool, board, **kwargs):
         super().__init__(*args, **kwargs)
-        self._lean_cluster = lean_cluster
+        self._lean_cluster, self._board = lean_cluster, board
 
     def _create_default_callbacks(self) -> list:
-        callbacks = super()._create_default_callbacks()
+        callbacks = [*super()._create_default_callbacks(), ControllerReporter(self._board)]
         if not self._lean_cluster:
             return callbacks
         unused = (DatasetsCallback, PlacementGroupCleanerCallback)

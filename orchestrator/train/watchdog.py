@@ -15,6 +15,11 @@ So the watchdog trusts nothing but progress:
   from the newest checkpoint (train.max_failures) or fail the job, which the driver reports with
   the watchdog's line.
 
+Ray Train's own wait for a worker group's place (cluster.join_timeout_s) is not enough: after a node
+was lost, its controller was seen to hang on past it (1 CI run of 5). So the controller also reports
+each state it enters (`ray_trainer.ControllerReporter`), and a worker group still not running
+`start_limit_s` after the controller began to start it has its controller ended: `fit()` then fails.
+
 Times are the board's clock (when it received a report), so nodes' clocks need not agree.
 `verdict` is pure and unit-tested; the board is a plain class that the driver wraps as an actor.
 """
@@ -36,6 +41,9 @@ PHASES = {
     "finish": "saving the final model",
 }
 """Where a rank can be, in the order a step goes through them (the key is what the loop marks)."""
+
+STARTING = ("InitializingState", "SchedulingState", "ReschedulingState", "RestartingState", "ResizingState")
+"""Ray Train controller states in which a worker group is being placed and started, not yet running."""
 
 REPORT_EVERY_S = 1.0
 SILENT_AFTER_S = 5.0
@@ -61,6 +69,25 @@ class Report:
 
     def position(self) -> tuple[int, int]:
         return self.step, list(PHASES).index(self.phase) if self.phase in PHASES else len(PHASES)
+
+
+@dataclass(frozen=True)
+class ControllerReport:
+    """The state Ray Train's controller is in, since when (the board's clock), and its process."""
+
+    state: str
+    since: float
+    pid: int
+    started: float
+    node_id: str
+
+
+def start_overdue(controller: ControllerReport | None, now: float, limit_s: float) -> str | None:
+    """None unless the controller has been starting a worker group for longer than limit_s; else why it is ended."""
+    if controller is None or controller.state not in STARTING or now - controller.since <= limit_s:
+        return None
+    return (f"Ray Train's controller was still starting the worker group {now - controller.since:.0f}s later "
+            f"(in {controller.state}, limit {limit_s:g}s), so it was ended")
 
 
 @dataclass(frozen=True)
@@ -111,6 +138,7 @@ class ProgressBoard:
 
     def __init__(self) -> None:
         self._reports: dict[int, Report] = {}
+        self._controller: ControllerReport | None = None
 
     def report(self, rank: int, pid: int, started: float, node_id: str, step: int, phase: str, marks: int) -> None:
         now = time.monotonic()
@@ -118,6 +146,17 @@ class ProgressBoard:
         moved = old is None or old.pid != pid or old.marks != marks  # a new process, or progress
         self._reports[rank] = Report(rank, pid, started, node_id, step, phase, marks, now,
                                      now if moved else old.progress_at)
+
+    def controller(self, state: str, pid: int, started: float, node_id: str) -> None:
+        """`since` spans consecutive starting states (restarting, then scheduling): one start, one clock."""
+        old = self._controller
+        same = old is not None and old.pid == pid and (old.state == state or {old.state, state} <= set(STARTING))
+        since = old.since if same else time.monotonic()
+        self._controller = ControllerReport(state, since, pid, started, node_id)
+
+    def controller_snapshot(self) -> tuple[ControllerReport | None, float]:
+        """`start_overdue(*board.controller_snapshot(), limit_s)`."""
+        return self._controller, time.monotonic()
 
     def forget(self, pids: list[int]) -> None:
         """Drop the reports of processes that finished, or that the watchdog has dealt with."""
@@ -177,11 +216,13 @@ def _end_process(pid: int, started: float) -> bool:
 
 
 class Watchdog:
-    """Driver side: reads the board, ends the blamed ranks' processes, remembers the last verdict."""
+    """Driver side: reads the board, ends the blamed ranks' processes (or an overdue controller), remembers
+    the last verdict."""
 
-    def __init__(self, board, timeout_s: float) -> None:
-        self._board, self._timeout_s = board, timeout_s
+    def __init__(self, board, timeout_s: float, start_limit_s: float) -> None:
+        self._board, self._timeout_s, self._start_limit_s = board, timeout_s, start_limit_s
         self.last: str | None = None
+        self.ended_controller = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="progress-watchdog", daemon=True)
 
@@ -200,19 +241,25 @@ class Watchdog:
         while not self._stop.wait(REPORT_EVERY_S):
             try:
                 reports, now = ray.get(self._board.snapshot.remote(), timeout=30)
+                controller, now = ray.get(self._board.controller_snapshot.remote(), timeout=30)
             except Exception:  # Ray is shutting down, or busy: look again next time
                 continue
+            overdue = start_overdue(controller, now, self._start_limit_s)
+            if overdue is not None and not self.ended_controller:
+                _ended(end, controller.node_id, controller.pid, controller.started)
+                self.ended_controller, self.last = True, overdue
+                print(f"watchdog: {overdue}", file=sys.stderr, flush=True)
             found = verdict(reports, now, self._timeout_s)
             if found is None:
                 continue
-            ended = [_ended(end, r) for r in found.blamed]
+            ended = [_ended(end, r.node_id, r.pid, r.started) for r in found.blamed]
             message = found.message
             if None in ended:
                 # A blamed rank's node does not answer (its raylet died): that rank cannot be ended, and the
                 # others would wait on it forever, so they are ended instead and Ray Train restarts or fails.
                 lost = [r for r, e in zip(found.blamed, ended, strict=True) if e is None]
                 others = [r for r in reports if r not in found.blamed]
-                ended += [_ended(end, r) for r in others]
+                ended += [_ended(end, r.node_id, r.pid, r.started) for r in others]
                 found = Verdict(message=message, blamed=[*found.blamed, *others])
                 message += (f"; the node of rank(s) {', '.join(str(r.rank) for r in lost)} does not answer "
                             "(lost), so the other ranks were ended")
@@ -225,14 +272,17 @@ class Watchdog:
                       file=sys.stderr, flush=True)
 
 
-def _ended(end, report: Report) -> bool | None:
-    """Run `_end_process` on the rank's own node: True when it ended the rank, False when the rank was gone
-    already, None when its node does not answer (dead, or its raylet is: the rank may live on, orphaned)."""
+def _ended(end, node_id: str, pid: int, started: float) -> bool | None:
+    """`_end_process` on the process's own node (directly when it is this one, which needs nothing of Ray): True
+    when it ended the process, False when it was gone already, None when its node does not answer (dead, or its
+    raylet is: the process may live on, orphaned)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    task = end.options(scheduling_strategy=NodeAffinitySchedulingStrategy(report.node_id, soft=False))
+    if node_id == ray.get_runtime_context().get_node_id():
+        return _end_process(pid, started)
+    task = end.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
     try:
-        return ray.get(task.remote(report.pid, report.started), timeout=60)
+        return ray.get(task.remote(pid, started), timeout=60)
     except Exception:
         return None

@@ -45,3 +45,12 @@ def test_otherwise_the_watchdogs_verdict_or_the_root_cause(tmp_path):
     error = WorkerGroupError({0: ValueError("bad\nthe last line")})
     assert failures.reason(error, tmp_path, 20, 2, watchdog=None) == "rank 0: ValueError: the last line"
     assert failures.reason(error, tmp_path, 20, 2, watchdog="rank 1 made no progress") == "rank 1 made no progress"
+
+
+def test_a_controller_the_watchdog_ended_while_starting_workers_is_a_placement_failure(tmp_path):
+    """After a node loss Ray Train's controller can hang past its own start timeout; the watchdog ends it."""
+    ended = RuntimeError("The actor died unexpectedly before finishing this task.\n\tclass_name: TrainController")
+    overdue = "Ray Train's controller was still starting the worker group 81s later (in SchedulingState, limit 80s)"
+    line = failures.reason(ended, tmp_path, 20, 2, watchdog=overdue, unstarted=True)
+    assert line.startswith("the cluster could not place 2 workers within cluster.join_timeout_s=20s")
+    assert overdue in line and "no checkpoint was written yet" in line

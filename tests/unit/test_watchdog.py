@@ -1,6 +1,6 @@
 """The watchdog's judgement: whom it blames when ranks stop making progress, and what it says."""
 
-from orchestrator.train.watchdog import SILENT_AFTER_S, ProgressBoard, verdict
+from orchestrator.train.watchdog import SILENT_AFTER_S, ProgressBoard, start_overdue, verdict
 
 TIMEOUT = 10.0
 
@@ -91,3 +91,21 @@ def test_silence_alone_is_not_blame_when_every_rank_is_silent(monkeypatch):
     clock[0] = TIMEOUT + SILENT_AFTER_S
     found = verdict(*board.snapshot(), TIMEOUT)
     assert [r.rank for r in found.blamed] == [1]
+
+
+def test_a_controller_starting_a_worker_group_past_the_limit_is_overdue(monkeypatch):
+    clock = [0.0]
+    board = board_at(clock, monkeypatch)
+    assert start_overdue(*board.controller_snapshot(), 80) is None  # no controller yet
+    board.controller("RunningState", 7, 1.0, "n")
+    clock[0] = 500.0
+    assert start_overdue(*board.controller_snapshot(), 80) is None  # running for long is what training does
+    board.controller("RestartingState", 7, 1.0, "n")  # a rank failed: the group is torn down and placed again
+    clock[0] = 540.0
+    board.controller("SchedulingState", 7, 1.0, "n")
+    clock[0] = 580.0
+    assert start_overdue(*board.controller_snapshot(), 80) is None  # 80 s into this start
+    clock[0] = 581.0
+    line = start_overdue(*board.controller_snapshot(), 80)
+    assert line == ("Ray Train's controller was still starting the worker group 81s later "
+                    "(in SchedulingState, limit 80s), so it was ended")
