@@ -56,7 +56,8 @@ def bare_spec(args, work: Path) -> tuple[Path, dict]:
     cfg = resolved_config(cfg, plan)
     data = prepare(cfg.data, cfg.train.seq_len, cfg.train.seed)
     blocks = work / "train_blocks.npy"
-    np.save(blocks, data.blocks("train").numpy())
+    train = data.blocks("train")
+    np.save(blocks, train[:].numpy())
     meta = data.meta
     spec = {
         "model_config": hf_config(cfg.model, meta["vocab_size"], cfg.train.seq_len, meta["eos_token_id"]).to_dict(),

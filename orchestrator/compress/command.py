@@ -79,14 +79,13 @@ def _run(cfg: Config, run_dir: Path, model_dir: Path, out: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from orchestrator.compress import artifact, measure, surgery
-    from orchestrator.data.loader import ShardedBatches
     from orchestrator.data.pipeline import prepare
 
     c, t = cfg.compress, cfg.train
     torch.manual_seed(t.seed)
     data = prepare(cfg.data, t.seq_len, t.seed)
     val_blocks = data.blocks("val")
-    train_batches = ShardedBatches(data.blocks("train"), t.micro_batch_size, 0, 1, t.seed)
+    train_batches = data.batches(t.micro_batch_size, 0, 1, t.seed)
 
     def calibration(n: int) -> list:
         return [train_batches.next() for _ in range(n)]

@@ -168,11 +168,26 @@ class ModelConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One dataset of a mixture (data.sources)."""
+
+    path: str = "???"
+    """Local file, directory or glob, as data.path."""
+    weight: float = 1.0
+    """Share of training blocks drawn from this source (the weights are normalized to sum to 1)."""
+    text_field: str = "text"
+    """Column holding the text in JSON/Parquet files."""
+
+
+@dataclass
 class DataConfig:
     name: str = "stdlib"
     path: str | None = None
     """Local file, directory or glob of .txt/.md/.jsonl/.json/.parquet files.
     null = the Python standard library's source, present on every machine."""
+    sources: list[SourceConfig] | None = None
+    """A weighted mixture instead of data.path: [{path: a.jsonl, weight: 0.75}, {path: b/, weight: 0.25}].
+    Blocks are drawn from the sources with these weights, deterministically from train.seed."""
     format: DataFormat = DataFormat.auto
     """How to read `path`; auto decides from the file extension."""
     text_field: str = "text"
@@ -187,8 +202,8 @@ class DataConfig:
     """Share of packed blocks held out for validation."""
     cache_dir: str = "${oc.env:ORCHESTRATOR_CACHE,${oc.env:HOME}/.cache/orchestrator}"
     """Where tokenizers and tokenized datasets are cached between runs."""
-    num_proc: int = 1
-    """Processes used by datasets.map for tokenization."""
+    num_proc: int | None = None
+    """Processes that tokenize. null = every core this process may use."""
 
 
 @dataclass

@@ -157,7 +157,14 @@ def validate(cfg: Config) -> list[str]:
                 f"must be >= train.seq_len={t.seq_len} (or null)")
         p.check(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "must be in [0, 1)")
 
-    if d.path is None and d.name != "stdlib":
+    if d.sources:
+        p.check(d.path is None, "data.path", d.path, "must be null with data.sources (the mixture names its paths)")
+        for i, source in enumerate(d.sources):
+            p.check(bool(data_files(source.path)), f"data.sources[{i}].path", source.path,
+                    f"no such file, or no {'/'.join(sorted(DATA_SUFFIXES))} files there")
+            p.check(source.weight > 0, f"data.sources[{i}].weight", source.weight, "must be > 0")
+            p.check(bool(source.text_field), f"data.sources[{i}].text_field", source.text_field, "must name a column")
+    elif d.path is None and d.name != "stdlib":
         p.append(f"data.path: required with data={d.name} (a file, folder or glob of your text)")
     if d.path is not None:
         p.check(bool(data_files(d.path)), "data.path", d.path,
@@ -169,7 +176,7 @@ def validate(cfg: Config) -> list[str]:
     else:
         p.check(d.vocab_size >= 300, "data.vocab_size", d.vocab_size, "must be >= 300 (256 bytes + merges)")
     p.check(0.0 < d.val_fraction <= 0.5, "data.val_fraction", d.val_fraction, "must be in (0, 0.5]")
-    p.check(d.num_proc >= 1, "data.num_proc", d.num_proc, "must be >= 1")
+    p.check(d.num_proc is None or d.num_proc >= 1, "data.num_proc", d.num_proc, "must be >= 1 or null")
     p.check(bool(d.text_field), "data.text_field", d.text_field, "must name a column")
 
     p.check(o.lr > 0, "optim.lr", o.lr, "must be > 0")

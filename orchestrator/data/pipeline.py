@@ -2,24 +2,54 @@
 
 `prepare` is idempotent and safe to call from many processes at once (a file lock guards the
 cache entry): the driver calls it first so problems surface before Ray starts and the
-tokenizer is trained once; workers call it again and simply load the cached result (on a
+tokenizer is trained once; workers call it again and simply open the cached result (on a
 multi-node cluster without a shared cache, each node builds the same entry itself).
 The cache key covers the input files (path, size, mtime) and every setting that changes the
 output, so an edit to either rebuilds it. The split depends on the seed and nothing else.
+
+An entry holds one token shard (`tokens.bin`, see `shards.py`): each source's documents tokenized
+in parallel (`tokenize.py`), EOS after each, cut into blocks of `seq_len` tokens (a source's tail
+that fills no block is dropped), sources one after another. Every source holds out its own
+`data.val_fraction` of blocks for validation; `train.idx.npy` / `val.idx.npy` list the blocks for
+training (source by source: meta.json's `sources` says how many each holds) and validation
+(all sources' blocks shuffled together, so the first evaluation batches sample every source).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from orchestrator.config.schema import DataConfig
 from orchestrator.data.corpus import file_format, load_documents, source_files
+from orchestrator.data.shards import TokenBlocks, token_dtype
 from orchestrator.errors import ConfigError
 
-_FORMAT_VERSION = 1  # bump when the prepared layout or tokenization changes
+_FORMAT_VERSION = 2  # bump when the prepared layout or tokenization changes
+
+
+@dataclass(frozen=True)
+class Source:
+    """One dataset of the entry: its own data config (path, text field), its weight, its name in messages."""
+
+    data: DataConfig
+    weight: float
+    name: str
+
+
+def sources(data: DataConfig) -> list[Source]:
+    """data.sources with normalized weights, or data.path (or the built-in corpus) as the only source."""
+    if not data.sources:
+        return [Source(data, 1.0, data.path or data.name)]
+    total = sum(s.weight for s in data.sources)
+    return [Source(dataclasses.replace(data, path=s.path, text_field=s.text_field, sources=None), s.weight / total,
+                   s.path) for s in data.sources]
 
 
 @dataclass(frozen=True)
@@ -34,24 +64,52 @@ class PreparedData:
     def meta(self) -> dict:
         return json.loads((self.root / "meta.json").read_text())
 
-    def split(self, name: str):
-        """The `train` or `val` split: a datasets.Dataset of `input_ids` rows of seq_len tokens."""
-        from datasets import load_from_disk
+    def blocks(self, name: str) -> TokenBlocks:
+        """The `train` or `val` split, every source's blocks, memory-mapped."""
+        meta = self.meta
+        return TokenBlocks.open(self.root / "tokens.bin", meta["dtype"], meta["seq_len"], self.root / f"{name}.idx.npy")
 
-        return load_from_disk(str(self.root / name))
+    def train_sources(self) -> list[TokenBlocks]:
+        """The training blocks, one TokenBlocks per source, in data.sources order."""
+        blocks, parts, start = self.blocks("train"), [], 0
+        for source in self.meta["sources"]:
+            parts.append(blocks.part(start, start + source["train_blocks"]))
+            start += source["train_blocks"]
+        return parts
 
-    def blocks(self, name: str):
-        """The `train` or `val` split as one int64 tensor [n_blocks, seq_len], held in memory."""
-        return self.split(name).with_format("torch")[:]["input_ids"]
+    def batches(self, batch_size: int, rank: int, world_size: int, seed: int):
+        """This rank's training batches: the sources mixed with their weights (`loader.py`)."""
+        from orchestrator.data.loader import ShardedBatches
+
+        weights = [source["weight"] for source in self.meta["sources"]]
+        return ShardedBatches(self.train_sources(), weights, batch_size, rank, world_size, seed)
+
+
+def describe_mixture(meta: dict, total_tokens: int) -> list[str]:
+    """Per source: its share of the run's training tokens, and how many passes over its blocks that is."""
+    lines = []
+    for source in meta["sources"]:
+        share = source["weight"] * total_tokens
+        epochs = share / (source["train_blocks"] * meta["seq_len"])
+        lines.append(f"  {source['name']}: weight {source['weight']:.2f}, {source['train_blocks']:,} train blocks "
+                     f"({source['train_blocks'] * meta['seq_len']:,} tokens), ~{share:,.0f} tokens of this run = "
+                     f"{epochs:.2f} epochs")
+    return lines
 
 
 def cache_key(data: DataConfig, seq_len: int, seed: int) -> str:
-    files = source_files(data)
+    def fingerprint_of(source: Source) -> dict:
+        files = source_files(source.data)
+        return {
+            "files": [(f, Path(f).stat().st_size, Path(f).stat().st_mtime_ns) for f in files],
+            "format": file_format(source.data, files).value if files else None,
+            "text_field": source.data.text_field,
+            "weight": source.weight,
+        }
+
     fingerprint = {
         "version": _FORMAT_VERSION,
-        "files": [(f, Path(f).stat().st_size, Path(f).stat().st_mtime_ns) for f in files],
-        "format": file_format(data, files).value if files else None,
-        "text_field": data.text_field,
+        "sources": [fingerprint_of(source) for source in sources(data)],
         "tokenizer": str(Path(data.tokenizer_path).resolve()) if data.tokenizer_path else data.vocab_size,
         "seq_len": seq_len,
         "val_fraction": data.val_fraction,
@@ -74,56 +132,70 @@ def prepare(data: DataConfig, seq_len: int, seed: int) -> PreparedData:
     return prepared
 
 
+def cores() -> int:
+    """The cores this process may use (its affinity: `taskset` and cgroup cpusets shrink it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _build(data: DataConfig, seq_len: int, seed: int, out: PreparedData) -> None:
     import shutil
 
+    from orchestrator.data.tokenize import tokenize_into
     from orchestrator.data.tokenizer import load_tokenizer, train_bpe
 
-    docs = load_documents(data)
-    if len(docs) == 0:
-        raise ConfigError([f"data.path={data.path}: holds no documents"])
+    mixture = sources(data)
+    docs = [load_documents(source.data) for source in mixture]
+    for source, documents in zip(mixture, docs, strict=True):
+        if len(documents) == 0:
+            raise ConfigError([f"data.path={source.name}: holds no documents"])
     if data.tokenizer_path:
         tokenizer = load_tokenizer(data.tokenizer_path)
     else:
-        print(f"training a byte-level BPE tokenizer (vocab {data.vocab_size}) on {len(docs)} documents",
+        print(f"training a byte-level BPE tokenizer (vocab {data.vocab_size}) on {sum(map(len, docs))} documents",
               flush=True)
-        tokenizer = train_bpe((row["text"] for row in docs), data.vocab_size)
+        tokenizer = train_bpe((row["text"] for documents in docs for row in documents), data.vocab_size)
     eos = tokenizer.eos_token_id
-
-    def tokenize(batch: dict) -> dict:
-        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
-        return {"ids": [row + [eos] for row in ids]}
-
-    def pack(batch: dict) -> dict:
-        # Concatenate documents (EOS-separated) and cut into full blocks; the tail is dropped.
-        flat = [t for row in batch["ids"] for t in row]
-        usable = len(flat) - len(flat) % seq_len
-        return {"input_ids": [flat[i : i + seq_len] for i in range(0, usable, seq_len)]}
-
-    tokens = docs.map(tokenize, batched=True, remove_columns=docs.column_names, num_proc=data.num_proc,
-                      desc="tokenizing")
-    blocks = tokens.map(pack, batched=True, batch_size=1000, remove_columns=["ids"], num_proc=data.num_proc,
-                        desc=f"packing into {seq_len}-token blocks")
-    n_val = max(1, round(len(blocks) * data.val_fraction))
-    if len(blocks) - n_val < 2:
-        raise ConfigError([f"data.path={data.path}: only {len(blocks)} blocks of train.seq_len={seq_len} "
-                           "tokens; use more text or a shorter train.seq_len"])
-    split = blocks.train_test_split(test_size=n_val, seed=seed, shuffle=True)
+    dtype = token_dtype(len(tokenizer))
+    num_proc = data.num_proc or cores()
 
     tmp = out.root.with_name(out.root.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    rows, train, val, first = [], [], [], 0
+    with open(tmp / "tokens.bin", "wb") as shard:
+        for i, (source, documents) in enumerate(zip(mixture, docs, strict=True)):
+            texts = (text for batch in documents.iter(batch_size=1000) for text in batch["text"])
+            tokens = tokenize_into(shard, texts, len(documents), tokenizer.backend_tokenizer.to_str(), eos,
+                                   dtype.name, num_proc, source.name)
+            blocks = tokens // seq_len
+            shard.truncate((first + blocks) * seq_len * dtype.itemsize)  # the tail that fills no block
+            shard.seek(0, os.SEEK_END)
+            n_val = max(1, round(blocks * data.val_fraction))
+            if blocks - n_val < 2:
+                raise ConfigError([f"data.path={source.name}: only {blocks} blocks of train.seq_len={seq_len} "
+                                   "tokens; use more text or a shorter train.seq_len"])
+            order = first + np.random.default_rng([seed, i]).permutation(blocks)
+            val.append(order[:n_val])
+            train.append(np.sort(order[n_val:]))
+            rows.append({"name": source.name, "weight": source.weight, "documents": len(documents),
+                         "tokens": blocks * seq_len, "train_blocks": blocks - n_val, "val_blocks": n_val})
+            first += blocks
+    np.save(tmp / "train.idx.npy", np.concatenate(train))
+    np.save(tmp / "val.idx.npy", np.random.default_rng(seed).permutation(np.concatenate(val)))  # sources mixed
     tokenizer.save_pretrained(str(tmp / "tokenizer"))
-    split["train"].save_to_disk(str(tmp / "train"))
-    split["test"].save_to_disk(str(tmp / "val"))
     meta = {
         "vocab_size": len(tokenizer),
         "eos_token_id": eos,
-        "documents": len(docs),
-        "tokens": len(blocks) * seq_len,
+        "dtype": dtype.name,
+        "bytes_per_token": dtype.itemsize,
+        "documents": sum(row["documents"] for row in rows),
+        "tokens": first * seq_len,
         "seq_len": seq_len,
-        "train_blocks": len(split["train"]),
-        "val_blocks": len(split["test"]),
+        "train_blocks": sum(row["train_blocks"] for row in rows),
+        "val_blocks": sum(row["val_blocks"] for row in rows),
+        "sources": rows,
     }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(out.root, ignore_errors=True)
     tmp.rename(out.root)  # the entry appears whole or not at all
+

@@ -76,7 +76,7 @@ def train(cfg: Config, report_to_tune: bool = False, startup: Startup | None = N
     `report_to_tune`: inside a Ray Tune trial (a sweep), every evaluation is reported to Tune too.
     `startup`: the command's start-up timeline (the CLI's starts at process start); None = from this call.
     """
-    from orchestrator.data.pipeline import prepare
+    from orchestrator.data.pipeline import describe_mixture, prepare
 
     startup = startup or Startup(time.time())
     # Ray Train's modules take seconds to import; meanwhile this thread plans, prepares data and starts Ray.
@@ -125,8 +125,9 @@ def train(cfg: Config, report_to_tune: bool = False, startup: Startup | None = N
     if cfg.model.vocab_size is not None and meta["vocab_size"] > cfg.model.vocab_size:
         raise ConfigError([f"model.vocab_size={cfg.model.vocab_size}: smaller than the tokenizer's "
                            f"{meta['vocab_size']} tokens; raise it or set it to null"])
-    print(f"data: {meta['train_blocks']} train / {meta['val_blocks']} val blocks of {meta['seq_len']} tokens, "
-          f"vocab {meta['vocab_size']} ({prepared.root})", flush=True)
+    print(f"data: {meta['train_blocks']} train / {meta['val_blocks']} val blocks of {meta['seq_len']} tokens "
+          f"({meta['dtype']}), vocab {meta['vocab_size']} ({prepared.root})",
+          *describe_mixture(meta, plan.total_tokens), sep="\n", flush=True)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(redact_text(to_yaml(cfg)))

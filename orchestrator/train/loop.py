@@ -75,7 +75,7 @@ def _train(payload: dict, progress, startup) -> None:
     from orchestrator import mfu
     from orchestrator.compress.hooks import TrainingHooks
     from orchestrator.config.compose import from_dict
-    from orchestrator.data.loader import ShardedBatches, eval_batches
+    from orchestrator.data.loader import eval_batches
     from orchestrator.data.pipeline import prepare
     from orchestrator.models.registry import apply_activation_checkpointing, build_model
     from orchestrator.train import elastic, rank_state, signals
@@ -101,8 +101,8 @@ def _train(payload: dict, progress, startup) -> None:
     # --- data: the driver already prepared the cache; this only loads it ---
     data = prepare(cfg.data, t.seq_len, t.seed)
     meta = data.meta
-    train_blocks, val_blocks = data.blocks("train"), data.blocks("val")
-    batches = ShardedBatches(train_blocks, t.micro_batch_size, rank, world, t.seed)
+    val_blocks = data.blocks("val")
+    batches = data.batches(t.micro_batch_size, rank, world, t.seed)
     startup.mark("data")
     progress.mark(0, "setup")
 
@@ -210,7 +210,7 @@ def _train(payload: dict, progress, startup) -> None:
             step_loss += loss.detach()
             if step == probe_step and micro == t.grad_accum - 1:
                 # Parameters, gradients and optimizer states all exist now (states appear at the first step).
-                measured = model_state_bytes(engine, exclude=(train_blocks, val_blocks))
+                measured = model_state_bytes(engine)
             engine.step()  # applies the optimizer only at the accumulation boundary
         compression.on_step_end(step, lambda params: ds.gathered(engine, params))
         window_steps += 1
@@ -319,6 +319,7 @@ def _train(payload: dict, progress, startup) -> None:
             "tokens": last_step * tokens_per_step,
             "wall_s": wall_s,
             "resumed_from_step": start.step if start else None,
+            "data_position": batches.state(),  # samples drawn, in all, and from each of data.sources
             "world_size": world,
             "node_id_per_rank": nodes,
             "device": device_type,

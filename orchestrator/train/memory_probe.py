@@ -30,17 +30,17 @@ def _unique_bytes(tensors, seen: set[int]) -> int:
     return total
 
 
-def model_state_bytes(engine, exclude=()) -> dict[str, int]:
+def model_state_bytes(engine) -> dict[str, int]:
     """{params, optimizer, grads_and_buffers, total} bytes this process holds for the engine.
 
     params: the module's parameters (their ZeRO-3 partitions when partitioned).
     optimizer: the torch optimizer's states plus the fp32 master copies DeepSpeed hands it.
     grads_and_buffers: every other tensor storage alive in the process (gradients, gradient
-    partitions, communication buckets), except the `exclude` tensors (the dataset).
+    partitions, communication buckets). The dataset is no tensor (a memory-mapped token shard).
     """
     import torch
 
-    seen: set[int] = {s[0] for s in (_storage(t) for t in exclude) if s}
+    seen: set[int] = set()
     module_params = list(engine.module.parameters())
     params = _unique_bytes((getattr(p, "ds_tensor", None) if hasattr(p, "ds_tensor") else p for p in module_params),
                            seen)

@@ -1,0 +1,75 @@
+"""A weighted mixture of two datasets end to end: the share of training blocks each source gives over
+200 steps, and an exact resume after a worker is SIGKILLed mid-run."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY
+from tests.e2e.test_fault_tolerance import events, metrics, train_workers, wait_for_step
+
+STEPS = 200
+
+
+def _sources(folder: Path) -> str:
+    """Two JSONL files of different text (the stdlib's sources, split in two), weighted 0.75 and 0.25."""
+    import sysconfig
+
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:30]
+    for name, part in (("a", files[::2]), ("b", files[1::2])):
+        with open(folder / f"{name}.jsonl", "w") as out:
+            for source in part:
+                out.write(json.dumps({"text": source.read_text()}) + "\n")
+    a, b = folder / "a.jsonl", folder / "b.jsonl"
+    return f"data.sources=[{{path: '{a}', weight: 0.75}}, {{path: '{b}', weight: 0.25}}]"
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory) -> list[str]:
+    sources = _sources(tmp_path_factory.mktemp("sources"))
+    return [sys.executable, "-m", "orchestrator", "train", *TINY, "data=local", "data.path=null", sources,
+            "train.precision=fp32", f"train.max_steps={STEPS}", "train.ckpt_every=50", "train.eval_every=0",
+            "train.log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def reference(job, tmp_path_factory) -> tuple[Path, str]:
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    result = subprocess.run([*job, f"run_dir={run_dir}"], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return run_dir, result.stdout
+
+
+def test_blocks_come_from_each_source_with_its_weight_and_the_plan_says_so(reference):
+    run_dir, stdout = reference
+    position = json.loads((run_dir / "summary.json").read_text())["data_position"]
+    first, second = position["sources"]
+    assert first + second == position["samples"] == STEPS * 8  # micro 4 x 2 workers per step
+    assert abs(first / position["samples"] - 0.75) <= 0.03
+    shares = [line for line in stdout.splitlines() if "tokens of this run" in line]
+    assert len(shares) == 2 and "a.jsonl: weight 0.75" in shares[0] and "b.jsonl: weight 0.25" in shares[1]
+
+
+def test_a_sigkilled_worker_resumes_the_mixture_exactly(job, reference, spawn, tmp_path):
+    run_dir = tmp_path / "killed"
+    process = spawn([*job, f"run_dir={run_dir}", "train.max_failures=1"], stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT, text=True)
+    wait_for_step(run_dir, 120, process)
+    victims = train_workers(process)
+    assert len(victims) == 2
+    victims[0].send_signal(signal.SIGKILL)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output[-3000:]
+    assert events(run_dir) == ["start", "resume", "finished"]
+    rows, expected = metrics(run_dir), metrics(reference[0])
+    assert [row["step"] for row in rows] == list(range(1, STEPS + 1))
+    for row, ref in zip(rows, expected, strict=True):
+        assert row["loss"] == pytest.approx(ref["loss"], abs=1e-6), row["step"]
+    position = json.loads((run_dir / "summary.json").read_text())["data_position"]
+    assert position == json.loads((reference[0] / "summary.json").read_text())["data_position"]
