@@ -35,13 +35,13 @@ from orchestrator.data import pipeline, tokenize
 from orchestrator.plan import make_plan, resolved_config
 
 phase = {}
-inner = tokenize.tokenize_into
+inner = tokenize.Tokenization.into
 def timed(*args, **kwargs):
     start = time.perf_counter()
     tokens = inner(*args, **kwargs)
     phase["tokenize_s"] = phase.get("tokenize_s", 0) + time.perf_counter() - start
     return tokens
-tokenize.tokenize_into = timed
+tokenize.Tokenization.into = timed
 cfg = compose(sys.argv[1:])
 cfg = resolved_config(cfg, make_plan(cfg))
 start = time.perf_counter()

@@ -140,49 +140,48 @@ def cores() -> int:
 def _build(data: DataConfig, seq_len: int, seed: int, out: PreparedData) -> None:
     import shutil
 
-    from orchestrator.data.tokenize import tokenize_into
+    from orchestrator.data.tokenize import Tokenization
     from orchestrator.data.tokenizer import load_tokenizer, train_bpe
-
-    mixture = sources(data)
-    docs = [load_documents(source.data) for source in mixture]
-    for source, documents in zip(mixture, docs, strict=True):
-        if len(documents) == 0:
-            raise ConfigError([f"data.path={source.name}: holds no documents"])
-    if data.tokenizer_path:
-        tokenizer = load_tokenizer(data.tokenizer_path)
-    else:
-        print(f"training a byte-level BPE tokenizer (vocab {data.vocab_size}) on {sum(map(len, docs))} documents",
-              flush=True)
-        tokenizer = train_bpe((row["text"] for documents in docs for row in documents), data.vocab_size)
-    eos = tokenizer.eos_token_id
-    dtype = token_dtype(len(tokenizer))
-    num_proc = data.num_proc or cores()
 
     tmp = out.root.with_name(out.root.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    rows, train, val, first = [], [], [], 0
-    with open(tmp / "tokens.bin", "wb") as shard:
-        for i, (source, documents) in enumerate(zip(mixture, docs, strict=True)):
-            texts = (text for batch in documents.iter(batch_size=1000) for text in batch["text"])
-            tokens = tokenize_into(shard, texts, len(documents), tokenizer.backend_tokenizer.to_str(), eos,
-                                   dtype.name, num_proc, source.name)
-            blocks = tokens // seq_len
-            shard.truncate((first + blocks) * seq_len * dtype.itemsize)  # the tail that fills no block
-            shard.seek(0, os.SEEK_END)
-            n_val = max(1, round(blocks * data.val_fraction))
-            if blocks - n_val < 2:
-                raise ConfigError([f"data.path={source.name}: only {blocks} blocks of train.seq_len={seq_len} "
-                                   "tokens; use more text or a shorter train.seq_len"])
-            order = first + np.random.default_rng([seed, i]).permutation(blocks)
-            val.append(order[:n_val])
-            train.append(np.sort(order[n_val:]))
-            rows.append({"name": source.name, "weight": source.weight, "documents": len(documents),
-                         "tokens": blocks * seq_len, "train_blocks": blocks - n_val, "val_blocks": n_val})
-            first += blocks
+    mixture = sources(data)
+    with Tokenization(data.num_proc or cores()) as tokenization:  # its processes start while the BPE trains
+        docs = [load_documents(source.data) for source in mixture]
+        for source, documents in zip(mixture, docs, strict=True):
+            if len(documents) == 0:
+                raise ConfigError([f"data.path={source.name}: holds no documents"])
+        if data.tokenizer_path:
+            tokenizer = load_tokenizer(data.tokenizer_path)
+        else:
+            print(f"training a byte-level BPE tokenizer (vocab {data.vocab_size}) on {sum(map(len, docs))} "
+                  "documents", flush=True)
+            tokenizer = train_bpe((row["text"] for documents in docs for row in documents), data.vocab_size)
+        tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        eos = tokenizer.eos_token_id
+        dtype = token_dtype(len(tokenizer))
+        rows, train, val, first = [], [], [], 0
+        with open(tmp / "tokens.bin", "wb") as shard:
+            for i, (source, documents) in enumerate(zip(mixture, docs, strict=True)):
+                texts = (text for batch in documents.iter(batch_size=1000) for text in batch["text"])
+                tokens = tokenization.into(shard, texts, len(documents), tmp / "tokenizer" / "tokenizer.json", eos,
+                                           dtype.name, source.name)
+                blocks = tokens // seq_len
+                shard.truncate((first + blocks) * seq_len * dtype.itemsize)  # the tail that fills no block
+                shard.seek(0, os.SEEK_END)
+                n_val = max(1, round(blocks * data.val_fraction))
+                if blocks - n_val < 2:
+                    raise ConfigError([f"data.path={source.name}: only {blocks} blocks of train.seq_len={seq_len} "
+                                       "tokens; use more text or a shorter train.seq_len"])
+                order = first + np.random.default_rng([seed, i]).permutation(blocks)
+                val.append(order[:n_val])
+                train.append(np.sort(order[n_val:]))
+                rows.append({"name": source.name, "weight": source.weight, "documents": len(documents),
+                             "tokens": blocks * seq_len, "train_blocks": blocks - n_val, "val_blocks": n_val})
+                first += blocks
     np.save(tmp / "train.idx.npy", np.concatenate(train))
     np.save(tmp / "val.idx.npy", np.random.default_rng(seed).permutation(np.concatenate(val)))  # sources mixed
-    tokenizer.save_pretrained(str(tmp / "tokenizer"))
     meta = {
         "vocab_size": len(tokenizer),
         "eos_token_id": eos,
@@ -198,4 +197,3 @@ def _build(data: DataConfig, seq_len: int, seed: int, out: PreparedData) -> None
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(out.root, ignore_errors=True)
     tmp.rename(out.root)  # the entry appears whole or not at all
-

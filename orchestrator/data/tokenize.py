@@ -1,10 +1,11 @@
 """Parallel tokenization straight into a token shard: documents in, token ids (each document followed by
 EOS) appended to a flat file, in document order, with a progress bar of documents/s and tokens/s.
 
-`data.num_proc` processes (spawned: the caller may run threads, as a Ray driver does) each rebuild
-the tokenizer from its JSON and encode batches of documents; the parent writes the batches in order
-as they come back, so memory holds a few batches whatever the corpus size. One process encodes in
-the caller, with no pool to start.
+`Tokenization(num_proc)` starts its processes (spawned: the caller may run threads, as a Ray driver
+does) before the tokenizer exists, so they come up while it trains. Each task names the tokenizer's
+file; a process loads it on its first task and encodes batches of documents; the parent writes the
+batches in order as they come back, so memory holds a few batches whatever the corpus size. One
+process encodes in the caller, with no pool at all.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
@@ -20,22 +22,24 @@ BATCH_CHARS = 256_000
 """Text per task (at least one document): small enough to balance the processes' work, large enough that
 a task's overhead (pickling, a round trip) stays small."""
 
-_worker: tuple | None = None  # (tokenizers.Tokenizer, eos id, dtype) in a pool process
+_loaded: dict[str, object] = {}  # tokenizer file -> tokenizers.Tokenizer, in each process
 
 
-def _start(tokenizer_json: str, eos: int, dtype: str) -> None:
-    global _worker
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per process: the processes are the parallelism
-    from tokenizers import Tokenizer
-
-    _worker = (Tokenizer.from_str(tokenizer_json), eos, dtype)
+def _one_thread() -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism
 
 
-def _encode(texts: list[str]) -> tuple[int, np.ndarray]:
-    """(documents, their tokens)."""
-    tokenizer, eos, dtype = _worker
-    rows = tokenizer.encode_batch(texts, add_special_tokens=False)
-    return len(texts), np.fromiter((t for row in rows for t in (*row.ids, eos)), dtype=dtype)
+def _encode(task: tuple[str, int, str, list[str]]) -> tuple[int, np.ndarray]:
+    """(documents, their tokens, each document's followed by EOS)."""
+    tokenizer_file, eos, dtype, texts = task
+    if tokenizer_file not in _loaded:
+        from tokenizers import Tokenizer
+
+        _loaded[tokenizer_file] = Tokenizer.from_file(tokenizer_file)
+    tokenizer = _loaded[tokenizer_file]
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)  # fast: no character offsets
+    rows = encode(texts, add_special_tokens=False)
+    return len(texts), np.concatenate([np.array([*row.ids, eos], dtype=dtype) for row in rows])
 
 
 def _batches(texts: Iterable[str]) -> Iterator[list[str]]:
@@ -50,32 +54,39 @@ def _batches(texts: Iterable[str]) -> Iterator[list[str]]:
         yield batch
 
 
-def tokenize_into(out: BinaryIO, texts: Iterable[str], documents: int, tokenizer_json: str, eos: int, dtype: str,
-                  num_proc: int, label: str) -> int:
-    """Append the tokens of `texts` (`documents` of them, for the bar) to `out`; the number of tokens written."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+class Tokenization:
+    """`num_proc` tokenizing processes for the life of the `with` block."""
 
-    written = 0
-    columns = (TextColumn(f"tokenizing {label}"), BarColumn(), MofNCompleteColumn(), TextColumn("docs"),
-               TextColumn("{task.fields[rate]}"), TimeElapsedColumn())
-    with Progress(*columns) as progress:
-        task = progress.add_task("", total=documents, rate="")
-        if num_proc == 1:
-            _start(tokenizer_json, eos, dtype)
-            results = map(_encode, _batches(texts))
+    def __init__(self, num_proc: int) -> None:
+        self._pool = multiprocessing.get_context("spawn").Pool(num_proc, _one_thread) if num_proc > 1 else None
+
+    def __enter__(self) -> Tokenization:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+
+    def into(self, out: BinaryIO, texts: Iterable[str], documents: int, tokenizer_file: Path, eos: int, dtype: str,
+             label: str) -> int:
+        """Append the tokens of `texts` (`documents` of them, for the bar) to `out`; the number of tokens written."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        tasks = ((str(tokenizer_file), eos, dtype, batch) for batch in _batches(texts))
+        if self._pool is None:
+            _one_thread()
+            results = map(_encode, tasks)
         else:
-            pool = multiprocessing.get_context("spawn").Pool(num_proc, _start, (tokenizer_json, eos, dtype))
-            results = pool.imap(_encode, _batches(texts))
-        try:
-            done = 0
+            results = self._pool.imap(_encode, tasks)
+        written = done = 0
+        columns = (TextColumn(f"tokenizing {label}"), BarColumn(), MofNCompleteColumn(), TextColumn("docs"),
+                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn())
+        with Progress(*columns) as progress:
+            task = progress.add_task("", total=documents, rate="")
             for count, ids in results:
                 out.write(ids.tobytes())
-                written += len(ids)
-                done += count
+                written, done = written + len(ids), done + count
                 elapsed = max(progress.tasks[0].elapsed or 0.0, 1e-9)
                 progress.update(task, completed=done,
                                 rate=f"{done / elapsed:,.0f} docs/s, {written / elapsed:,.0f} tokens/s")
-        finally:
-            if num_proc > 1:
-                pool.terminate()
-    return written
+        return written
