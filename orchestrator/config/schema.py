@@ -185,6 +185,9 @@ class DataConfig:
     path: str | None = None
     """Local file, directory or glob of .txt/.md/.jsonl/.json/.parquet files.
     null = the Python standard library's source, present on every machine."""
+    streaming: bool = False
+    """Read data.path's documents as training goes (datasets' streaming mode), tokenizing and packing them in
+    each rank; only the head of the stream is prepared (the tokenizer, the validation blocks)."""
     sources: list[SourceConfig] | None = None
     """A weighted mixture instead of data.path: [{path: a.jsonl, weight: 0.75}, {path: b/, weight: 0.25}].
     Blocks are drawn from the sources with these weights, deterministically from train.seed."""

@@ -159,6 +159,7 @@ def validate(cfg: Config) -> list[str]:
 
     if d.sources:
         p.check(d.path is None, "data.path", d.path, "must be null with data.sources (the mixture names its paths)")
+        p.check(not d.streaming, "data.streaming", d.streaming, "cannot stream a mixture (data.sources) yet")
         for i, source in enumerate(d.sources):
             p.check(bool(data_files(source.path)), f"data.sources[{i}].path", source.path,
                     f"no such file, or no {'/'.join(sorted(DATA_SUFFIXES))} files there")

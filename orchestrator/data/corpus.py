@@ -55,20 +55,22 @@ def file_format(data: DataConfig, files: list[str]) -> DataFormat:
     return formats.pop()
 
 
-def load_documents(data: DataConfig):
-    """A datasets.Dataset with one `text` column, one row per document (text files: one per file)."""
+def load_documents(data: DataConfig, streaming: bool = False):
+    """A datasets.Dataset with one `text` column, one row per document (text files: one per file); with
+    `streaming`, an IterableDataset that reads the files as it is iterated (local paths here; remote URLs
+    take the same path)."""
     from datasets import load_dataset
 
     files = source_files(data)
     fmt = file_format(data, files)
     if fmt is DataFormat.text:
-        ds = load_dataset("text", data_files=files, sample_by="document", split="train")
-    else:
-        ds = load_dataset(fmt.value, data_files=files, split="train")
-        if data.text_field not in ds.column_names:
-            raise ConfigError([f"data.text_field={data.text_field}: no such column in {data.path}; "
-                               f"columns are {', '.join(ds.column_names)}"])
-        ds = ds.select_columns([data.text_field])
-        if data.text_field != "text":
-            ds = ds.rename_column(data.text_field, "text")
+        return load_dataset("text", data_files=files, sample_by="document", split="train", streaming=streaming)
+    ds = load_dataset(fmt.value, data_files=files, split="train", streaming=streaming)
+    columns = ds.column_names if not streaming else list(next(iter(ds)).keys())
+    if data.text_field not in columns:
+        raise ConfigError([f"data.text_field={data.text_field}: no such column in {data.path}; "
+                           f"columns are {', '.join(columns)}"])
+    ds = ds.select_columns([data.text_field])
+    if data.text_field != "text":
+        ds = ds.rename_column(data.text_field, "text")
     return ds

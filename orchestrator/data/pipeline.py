@@ -55,6 +55,7 @@ def sources(data: DataConfig) -> list[Source]:
 @dataclass(frozen=True)
 class PreparedData:
     root: Path
+    config: DataConfig
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -78,15 +79,23 @@ class PreparedData:
         return parts
 
     def batches(self, batch_size: int, rank: int, world_size: int, seed: int):
-        """This rank's training batches: the sources mixed with their weights (`loader.py`)."""
+        """This rank's training batches: the sources mixed with their weights (`loader.py`), or read from the
+        stream (`streaming.py`)."""
         from orchestrator.data.loader import ShardedBatches
+        from orchestrator.data.streaming import StreamingBatches
 
-        weights = [source["weight"] for source in self.meta["sources"]]
+        meta = self.meta
+        if meta["streaming"]:
+            return StreamingBatches(self.config, str(self.tokenizer_dir / "tokenizer.json"), meta["eos_token_id"],
+                                    meta["seq_len"], batch_size, rank, world_size)
+        weights = [source["weight"] for source in meta["sources"]]
         return ShardedBatches(self.train_sources(), weights, batch_size, rank, world_size, seed)
 
 
 def describe_mixture(meta: dict, total_tokens: int) -> list[str]:
     """Per source: its share of the run's training tokens, and how many passes over its blocks that is."""
+    if meta["streaming"]:
+        return [f"  streamed: ~{total_tokens:,} tokens of this run, read as it goes"]
     lines = []
     for source in meta["sources"]:
         share = source["weight"] * total_tokens
@@ -110,6 +119,7 @@ def cache_key(data: DataConfig, seq_len: int, seed: int) -> str:
     fingerprint = {
         "version": _FORMAT_VERSION,
         "sources": [fingerprint_of(source) for source in sources(data)],
+        "streaming": data.streaming,
         "tokenizer": str(Path(data.tokenizer_path).resolve()) if data.tokenizer_path else data.vocab_size,
         "seq_len": seq_len,
         "val_fraction": data.val_fraction,
@@ -125,7 +135,7 @@ def prepare(data: DataConfig, seq_len: int, seed: int) -> PreparedData:
     cache = Path(data.cache_dir).expanduser()
     cache.mkdir(parents=True, exist_ok=True)
     key = cache_key(data, seq_len, seed)
-    prepared = PreparedData(cache / f"{data.name}-{key}")
+    prepared = PreparedData(cache / f"{data.name}-{key}", data)
     with FileLock(str(prepared.root) + ".lock"):
         if not (prepared.root / "meta.json").exists():
             _build(data, seq_len, seed, prepared)
@@ -148,6 +158,8 @@ def _build(data: DataConfig, seq_len: int, seed: int, out: PreparedData) -> None
     tmp.mkdir(parents=True)
     mixture = sources(data)
     with Tokenization(data.num_proc or cores()) as tokenization:  # its processes start while the BPE trains
+        if data.streaming:
+            return _build_stream_head(data, seq_len, tokenization, tmp, out)
         docs = [load_documents(source.data) for source in mixture]
         for source, documents in zip(mixture, docs, strict=True):
             if len(documents) == 0:
@@ -193,7 +205,49 @@ def _build(data: DataConfig, seq_len: int, seed: int, out: PreparedData) -> None
         "train_blocks": sum(row["train_blocks"] for row in rows),
         "val_blocks": sum(row["val_blocks"] for row in rows),
         "sources": rows,
+        "streaming": False,
     }
+    _seal(tmp, meta, out)
+
+
+def _build_stream_head(data: DataConfig, seq_len: int, tokenization, tmp: Path, out: PreparedData) -> None:
+    """data.streaming: only the tokenizer and the validation blocks, from the head of the stream."""
+    from orchestrator.data.streaming import head, val_every
+    from orchestrator.data.tokenizer import load_tokenizer, train_bpe
+
+    texts = head(data)
+    if not texts:
+        raise ConfigError([f"data.path={data.path}: holds no documents"])
+    if data.tokenizer_path:
+        tokenizer = load_tokenizer(data.tokenizer_path)
+    else:
+        print(f"training a byte-level BPE tokenizer (vocab {data.vocab_size}) on the stream's first {len(texts)} "
+              "documents", flush=True)
+        tokenizer = train_bpe(texts, data.vocab_size)
+    tokenizer.save_pretrained(str(tmp / "tokenizer"))
+    dtype = token_dtype(len(tokenizer))
+    validation = texts[:: val_every(data.val_fraction)]  # documents 0, every, 2 x every, ...: training skips them
+    label = f"{Path(data.path or data.name).name} (validation)"
+    with open(tmp / "tokens.bin", "wb") as shard:
+        tokens = tokenization.into(shard, validation, len(validation), tmp / "tokenizer" / "tokenizer.json",
+                                   tokenizer.eos_token_id, dtype.name, label)
+        blocks = tokens // seq_len
+        shard.truncate(blocks * seq_len * dtype.itemsize)
+    if blocks < 1:
+        raise ConfigError([f"data.path={data.path}: its validation documents (every "
+                           f"{val_every(data.val_fraction)}th) hold no block of train.seq_len={seq_len} tokens; "
+                           "use more text, a larger data.val_fraction or a shorter train.seq_len"])
+    np.save(tmp / "train.idx.npy", np.arange(0))
+    np.save(tmp / "val.idx.npy", np.arange(blocks))
+    meta = {"vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id, "dtype": dtype.name,
+            "bytes_per_token": dtype.itemsize, "documents": None, "tokens": None, "seq_len": seq_len,
+            "train_blocks": None, "val_blocks": blocks, "sources": [], "streaming": True}
+    _seal(tmp, meta, out)
+
+
+def _seal(tmp: Path, meta: dict, out: PreparedData) -> None:
+    import shutil
+
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(out.root, ignore_errors=True)
     tmp.rename(out.root)  # the entry appears whole or not at all

@@ -79,7 +79,7 @@ class Tokenization:
         else:
             results = self._pool.imap(_encode, tasks)
         written = done = 0
-        columns = (TextColumn(f"tokenizing {label}"), BarColumn(), MofNCompleteColumn(), TextColumn("docs"),
+        columns = (TextColumn(f"tokenizing {Path(label).name}"), BarColumn(), MofNCompleteColumn(), TextColumn("docs"),
                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn())
         with Progress(*columns) as progress:
             task = progress.add_task("", total=documents, rate="")

@@ -125,7 +125,8 @@ def train(cfg: Config, report_to_tune: bool = False, startup: Startup | None = N
     if cfg.model.vocab_size is not None and meta["vocab_size"] > cfg.model.vocab_size:
         raise ConfigError([f"model.vocab_size={cfg.model.vocab_size}: smaller than the tokenizer's "
                            f"{meta['vocab_size']} tokens; raise it or set it to null"])
-    print(f"data: {meta['train_blocks']} train / {meta['val_blocks']} val blocks of {meta['seq_len']} tokens "
+    train_blocks = "streamed" if meta["streaming"] else f"{meta['train_blocks']} train"
+    print(f"data: {train_blocks} / {meta['val_blocks']} val blocks of {meta['seq_len']} tokens "
           f"({meta['dtype']}), vocab {meta['vocab_size']} ({prepared.root})",
           *describe_mixture(meta, plan.total_tokens), sep="\n", flush=True)
 

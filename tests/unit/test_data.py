@@ -110,3 +110,44 @@ def test_a_mixture_keeps_each_sources_blocks_and_normalizes_the_weights(tmp_path
     parts = prepared.train_sources()
     assert [len(part) for part in parts] == [first["train_blocks"], second["train_blocks"]]
     assert int(parts[0].index.max()) < first["train_blocks"] + first["val_blocks"] <= int(parts[1].index.min())
+
+
+def _stream(tmp_path, *extra: str):
+    path = _write(tmp_path, "jsonl")
+    cfg = compose(["data=local", f"data.path={path}", "data.text_field=body", "data.vocab_size=300",
+                   "data.streaming=true", "train.seq_len=32", *extra])
+    return cfg, prepare(cfg.data, 32, seed=0)
+
+
+def test_a_stream_prepares_only_its_validation_blocks_and_resumes_at_any_world_size(tmp_path):
+    cfg, prepared = _stream(tmp_path)
+    meta = prepared.meta
+    assert meta["streaming"] and meta["val_blocks"] >= 1 and len(prepared.blocks("train")) == 0
+
+    def step(loaders, accum=1):
+        return [row.tolist() for loader in loaders for _ in range(accum) for row in loader.next()]
+
+    two = [prepared.batches(2, rank, 2, seed=0) for rank in range(2)]
+    straight = [step(two) for _ in range(100)]  # past the end of the file: a second epoch
+    assert two[0].state()["epoch"] >= 1 and two[0].state() == two[1].state()
+
+    before = [prepared.batches(2, rank, 2, seed=0) for rank in range(2)]
+    seen = [step(before) for _ in range(7)]
+    state = json.loads(json.dumps(before[0].state()))
+    assert state["offset"] > 0 or state["document"] > 0
+    one = prepared.batches(2, 0, 1, seed=0)
+    one.restore(state)
+    seen += [step([one], accum=2) for _ in range(93)]  # 1 worker, grad_accum 2: the same global batches
+    assert seen == straight
+    assert one.position_after(7 * 2) == state  # 7 steps of 2 micro-steps at world size 1
+
+
+def test_a_stream_skips_its_validation_documents(tmp_path):
+    from orchestrator.data.streaming import val_every
+
+    cfg, prepared = _stream(tmp_path, "data.val_fraction=0.5")
+    loader = prepared.batches(1, 0, 1, seed=0)
+    assert val_every(0.5) == 2
+    loader.next()
+    documents = [row for row in loader._pending] + [(loader._document, None)]
+    assert all(index % 2 == 1 for index, _ in documents if index < loader._read_from)

@@ -1,5 +1,6 @@
-"""A weighted mixture of two datasets end to end: the share of training blocks each source gives over
-200 steps, and an exact resume after a worker is SIGKILLed mid-run."""
+"""Data beyond the default corpus, end to end: a weighted mixture of two datasets (the share of training
+blocks each source gives over 200 steps), and a streamed JSONL file; each resumes exactly after a worker
+is SIGKILLed mid-run."""
 
 from __future__ import annotations
 
@@ -56,20 +57,46 @@ def test_blocks_come_from_each_source_with_its_weight_and_the_plan_says_so(refer
     assert len(shares) == 2 and "a.jsonl: weight 0.75" in shares[0] and "b.jsonl: weight 0.25" in shares[1]
 
 
-def test_a_sigkilled_worker_resumes_the_mixture_exactly(job, reference, spawn, tmp_path):
-    run_dir = tmp_path / "killed"
-    process = spawn([*job, f"run_dir={run_dir}", "train.max_failures=1"], stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT, text=True)
-    wait_for_step(run_dir, 120, process)
-    victims = train_workers(process)
-    assert len(victims) == 2
-    victims[0].send_signal(signal.SIGKILL)
-    output, _ = process.communicate(timeout=600)
+def _killed_once_matches(command: list[str], run_dir: Path, reference: Path, at_step: int, steps: int) -> None:
+    """The command, with a worker SIGKILLed at `at_step`, restarts once and logs the reference's losses."""
+    process = subprocess.Popen([*command, f"run_dir={run_dir}", "train.max_failures=1"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_step(run_dir, at_step, process)
+        victims = train_workers(process)
+        assert len(victims) == 2
+        victims[0].send_signal(signal.SIGKILL)
+        output, _ = process.communicate(timeout=600)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
     assert process.returncode == 0, output[-3000:]
     assert events(run_dir) == ["start", "resume", "finished"]
-    rows, expected = metrics(run_dir), metrics(reference[0])
-    assert [row["step"] for row in rows] == list(range(1, STEPS + 1))
+    rows, expected = metrics(run_dir), metrics(reference)
+    assert [row["step"] for row in rows] == list(range(1, steps + 1))  # every step logged once
     for row, ref in zip(rows, expected, strict=True):
         assert row["loss"] == pytest.approx(ref["loss"], abs=1e-6), row["step"]
     position = json.loads((run_dir / "summary.json").read_text())["data_position"]
-    assert position == json.loads((reference[0] / "summary.json").read_text())["data_position"]
+    assert position == json.loads((reference / "summary.json").read_text())["data_position"]
+
+
+def test_a_sigkilled_worker_resumes_the_mixture_exactly(job, reference, tmp_path):
+    _killed_once_matches(job, tmp_path / "killed", reference[0], at_step=120, steps=STEPS)
+
+
+def test_a_streamed_jsonl_file_trains_and_resumes_exactly(tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    _sources(tmp_path)
+    corpus.write_bytes((tmp_path / "a.jsonl").read_bytes() + (tmp_path / "b.jsonl").read_bytes())
+    steps = 40
+    command = [sys.executable, "-m", "orchestrator", "train", *TINY, "data=local", f"data.path={corpus}",
+               "data.streaming=true", "train.precision=fp32", f"train.max_steps={steps}", "train.ckpt_every=10",
+               "train.eval_every=20", "train.log_every=1"]
+    reference = subprocess.run([*command, f"run_dir={tmp_path / 'reference'}"], capture_output=True, text=True,
+                               timeout=900)
+    assert reference.returncode == 0, reference.stdout[-2000:] + reference.stderr[-3000:]
+    assert "data: streamed /" in reference.stdout
+    position = json.loads((tmp_path / "reference" / "summary.json").read_text())["data_position"]
+    assert position["samples"] == steps * 8 and position["document"] > 0  # read on into the file
+    _killed_once_matches(command, tmp_path / "killed", tmp_path / "reference", at_step=25, steps=steps)
