@@ -88,19 +88,20 @@ class PreparedData:
         if meta["streaming"]:
             return StreamingBatches(self.config, str(self.tokenizer_dir / "tokenizer.json"), meta["eos_token_id"],
                                     meta["seq_len"], batch_size, rank, world_size)
-        weights = [source["weight"] for source in meta["sources"]]
+        weights = [source.weight for source in sources(self.config)]  # not in the entry: weights change no tokens
         return ShardedBatches(self.train_sources(), weights, batch_size, rank, world_size, seed)
 
 
-def describe_mixture(meta: dict, total_tokens: int) -> list[str]:
+def describe_mixture(prepared: PreparedData, total_tokens: int) -> list[str]:
     """Per source: its share of the run's training tokens, and how many passes over its blocks that is."""
+    meta = prepared.meta
     if meta["streaming"]:
         return [f"  streamed: ~{total_tokens:,} tokens of this run, read as it goes"]
     lines = []
-    for source in meta["sources"]:
-        share = source["weight"] * total_tokens
+    for source, weight in zip(meta["sources"], (s.weight for s in sources(prepared.config)), strict=True):
+        share = weight * total_tokens
         epochs = share / (source["train_blocks"] * meta["seq_len"])
-        lines.append(f"  {source['name']}: weight {source['weight']:.2f}, {source['train_blocks']:,} train blocks "
+        lines.append(f"  {source['name']}: weight {weight:.2f}, {source['train_blocks']:,} train blocks "
                      f"({source['train_blocks'] * meta['seq_len']:,} tokens), ~{share:,.0f} tokens of this run = "
                      f"{epochs:.2f} epochs")
     return lines
@@ -113,7 +114,6 @@ def cache_key(data: DataConfig, seq_len: int, seed: int) -> str:
             "files": [(f, Path(f).stat().st_size, Path(f).stat().st_mtime_ns) for f in files],
             "format": file_format(source.data, files).value if files else None,
             "text_field": source.data.text_field,
-            "weight": source.weight,
         }
 
     fingerprint = {
@@ -189,7 +189,7 @@ def _build(data: DataConfig, seq_len: int, seed: int, out: PreparedData) -> None
                 order = first + np.random.default_rng([seed, i]).permutation(blocks)
                 val.append(order[:n_val])
                 train.append(np.sort(order[n_val:]))
-                rows.append({"name": source.name, "weight": source.weight, "documents": len(documents),
+                rows.append({"name": source.name, "documents": len(documents),
                              "tokens": blocks * seq_len, "train_blocks": blocks - n_val, "val_blocks": n_val})
                 first += blocks
     np.save(tmp / "train.idx.npy", np.concatenate(train))

@@ -128,7 +128,7 @@ def train(cfg: Config, report_to_tune: bool = False, startup: Startup | None = N
     train_blocks = "streamed" if meta["streaming"] else f"{meta['train_blocks']} train"
     print(f"data: {train_blocks} / {meta['val_blocks']} val blocks of {meta['seq_len']} tokens "
           f"({meta['dtype']}), vocab {meta['vocab_size']} ({prepared.root})",
-          *describe_mixture(meta, plan.total_tokens), sep="\n", flush=True)
+          *describe_mixture(prepared, plan.total_tokens), sep="\n", flush=True)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(redact_text(to_yaml(cfg)))

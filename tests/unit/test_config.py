@@ -59,6 +59,11 @@ BAD_INPUTS = [
     (["cluster.gpu_memory_gb=0"], "cluster.gpu_memory_gb=0", "> 0 GB"),
     (["zero=3", "zero.reduce_bucket_size=0"], "zero.reduce_bucket_size=0", ">= 1 element"),
     (["cluster=nosuch"], "cluster=nosuch", "k8s, local, ray, slurm"),
+    (["data.sources=[{path: /nonexistent}]"], "data.sources[0].path=/nonexistent", "no such file"),
+    ([f"data.sources=[{{path: {__file__}, weight: 0}}]"], "data.sources[0].weight=0", "> 0"),
+    ([f"data.sources=[{{path: {__file__}}}]", "data.streaming=true"], "data.streaming=true", "mixture"),
+    ([f"data.sources=[{{path: {__file__}}}]", f"data.path={__file__}"], f"data.path={__file__}", "must be null"),
+    (["data.num_proc=0"], "data.num_proc=0", ">= 1 or null"),
 ]
 
 
