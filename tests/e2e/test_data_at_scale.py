@@ -89,14 +89,14 @@ def test_a_streamed_jsonl_file_trains_and_resumes_exactly(tmp_path):
     corpus = tmp_path / "corpus.jsonl"
     _sources(tmp_path)
     corpus.write_bytes((tmp_path / "a.jsonl").read_bytes() + (tmp_path / "b.jsonl").read_bytes())
-    steps = 40
+    steps = 30
     command = [sys.executable, "-m", "orchestrator", "train", *TINY, "data=local", f"data.path={corpus}",
                "data.streaming=true", "train.precision=fp32", f"train.max_steps={steps}", "train.ckpt_every=10",
-               "train.eval_every=20", "train.log_every=1"]
+               "train.eval_every=15", "train.log_every=1"]
     reference = subprocess.run([*command, f"run_dir={tmp_path / 'reference'}"], capture_output=True, text=True,
                                timeout=900)
     assert reference.returncode == 0, reference.stdout[-2000:] + reference.stderr[-3000:]
     assert "data: streamed /" in reference.stdout
     position = json.loads((tmp_path / "reference" / "summary.json").read_text())["data_position"]
     assert position["samples"] == steps * 8 and position["document"] > 0  # read on into the file
-    _killed_once_matches(command, tmp_path / "killed", tmp_path / "reference", at_step=25, steps=steps)
+    _killed_once_matches(command, tmp_path / "killed", tmp_path / "reference", at_step=15, steps=steps)
