@@ -151,7 +151,6 @@ def _build(data: DataConfig, seq_len: int, seed: int, out: PreparedData) -> None
     import shutil
 
     from orchestrator.data.tokenize import Tokenization
-    from orchestrator.data.tokenizer import load_tokenizer, train_bpe
 
     tmp = out.root.with_name(out.root.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -164,13 +163,8 @@ def _build(data: DataConfig, seq_len: int, seed: int, out: PreparedData) -> None
         for source, documents in zip(mixture, docs, strict=True):
             if len(documents) == 0:
                 raise ConfigError([f"data.path={source.name}: holds no documents"])
-        if data.tokenizer_path:
-            tokenizer = load_tokenizer(data.tokenizer_path)
-        else:
-            print(f"training a byte-level BPE tokenizer (vocab {data.vocab_size}) on {sum(map(len, docs))} "
-                  "documents", flush=True)
-            tokenizer = train_bpe((row["text"] for documents in docs for row in documents), data.vocab_size)
-        tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        tokenizer = _tokenizer(data, (row["text"] for documents in docs for row in documents),
+                               f"{sum(map(len, docs))} documents", tmp)
         eos = tokenizer.eos_token_id
         dtype = token_dtype(len(tokenizer))
         rows, train, val, first = [], [], [], 0
@@ -213,18 +207,11 @@ def _build(data: DataConfig, seq_len: int, seed: int, out: PreparedData) -> None
 def _build_stream_head(data: DataConfig, seq_len: int, tokenization, tmp: Path, out: PreparedData) -> None:
     """data.streaming: only the tokenizer and the validation blocks, from the head of the stream."""
     from orchestrator.data.streaming import head, val_every
-    from orchestrator.data.tokenizer import load_tokenizer, train_bpe
 
     texts = head(data)
     if not texts:
         raise ConfigError([f"data.path={data.path}: holds no documents"])
-    if data.tokenizer_path:
-        tokenizer = load_tokenizer(data.tokenizer_path)
-    else:
-        print(f"training a byte-level BPE tokenizer (vocab {data.vocab_size}) on the stream's first {len(texts)} "
-              "documents", flush=True)
-        tokenizer = train_bpe(texts, data.vocab_size)
-    tokenizer.save_pretrained(str(tmp / "tokenizer"))
+    tokenizer = _tokenizer(data, texts, f"the stream's first {len(texts)} documents", tmp)
     dtype = token_dtype(len(tokenizer))
     validation = texts[:: val_every(data.val_fraction)]  # documents 0, every, 2 x every, ...: training skips them
     label = f"{Path(data.path or data.name).name} (validation)"
@@ -243,6 +230,20 @@ def _build_stream_head(data: DataConfig, seq_len: int, tokenization, tmp: Path, 
             "bytes_per_token": dtype.itemsize, "documents": None, "tokens": None, "seq_len": seq_len,
             "train_blocks": None, "val_blocks": blocks, "sources": [], "streaming": True}
     _seal(tmp, meta, out)
+
+
+def _tokenizer(data: DataConfig, texts, what: str, tmp: Path):
+    """data.tokenizer_path's tokenizer, or a BPE trained on `texts`; saved into the entry (the processes that
+    tokenize read it from there)."""
+    from orchestrator.data.tokenizer import load_tokenizer, train_bpe
+
+    if data.tokenizer_path:
+        tokenizer = load_tokenizer(data.tokenizer_path)
+    else:
+        print(f"training a byte-level BPE tokenizer (vocab {data.vocab_size}) on {what}", flush=True)
+        tokenizer = train_bpe(texts, data.vocab_size)
+    tokenizer.save_pretrained(str(tmp / "tokenizer"))
+    return tokenizer
 
 
 def _seal(tmp: Path, meta: dict, out: PreparedData) -> None:
