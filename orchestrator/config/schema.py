@@ -48,6 +48,11 @@ class WandbMode(str, Enum):
     disabled = "disabled"
 
 
+class TokenizeOn(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 class DataFormat(str, Enum):
     auto = "auto"
     text = "text"
@@ -207,6 +212,9 @@ class DataConfig:
     """Where tokenizers and tokenized datasets are cached between runs."""
     num_proc: int | None = None
     """Processes that tokenize. null = every core this process may use."""
+    tokenize_on: TokenizeOn = TokenizeOn.local
+    """local: data.num_proc processes on the driver's machine. ray: tasks on every node of the Ray cluster the
+    driver joined (cluster=ray, slurm or k8s), for corpora one machine would take too long to tokenize."""
 
 
 @dataclass

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config.schema import Backend, ClusterConfig, Config, Offload, Precision
+from orchestrator.config.schema import Backend, ClusterConfig, Config, Offload, Precision, TokenizeOn
 
 
 class _Problems(list):
@@ -178,6 +178,9 @@ def validate(cfg: Config) -> list[str]:
         p.check(d.vocab_size >= 300, "data.vocab_size", d.vocab_size, "must be >= 300 (256 bytes + merges)")
     p.check(0.0 < d.val_fraction <= 0.5, "data.val_fraction", d.val_fraction, "must be in (0, 0.5]")
     p.check(d.num_proc is None or d.num_proc >= 1, "data.num_proc", d.num_proc, "must be >= 1 or null")
+    p.check(d.tokenize_on is TokenizeOn.local or c.name is not Backend.local, "data.tokenize_on", d.tokenize_on.value,
+            "needs a Ray cluster the driver joins (cluster=ray, slurm or k8s); on one machine data.num_proc "
+            "uses its cores")
     p.check(bool(d.text_field), "data.text_field", d.text_field, "must name a column")
 
     p.check(o.lr > 0, "optim.lr", o.lr, "must be > 0")

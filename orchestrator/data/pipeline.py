@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.config.schema import DataConfig
+from orchestrator.config.schema import DataConfig, TokenizeOn
 from orchestrator.data.corpus import file_format, load_documents, source_files
 from orchestrator.data.shards import TokenBlocks, token_dtype
 from orchestrator.errors import ConfigError
@@ -156,7 +156,8 @@ def _build(data: DataConfig, seq_len: int, seed: int, out: PreparedData) -> None
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     mixture = sources(data)
-    with Tokenization(data.num_proc or cores()) as tokenization:  # its processes start while the BPE trains
+    on_ray = data.tokenize_on is TokenizeOn.ray
+    with Tokenization(data.num_proc or cores(), on_ray) as tokenization:  # processes start while the BPE trains
         if data.streaming:
             return _build_stream_head(data, seq_len, tokenization, tmp, out)
         docs = [load_documents(source.data) for source in mixture]

@@ -64,6 +64,7 @@ BAD_INPUTS = [
     ([f"data.sources=[{{path: {__file__}}}]", "data.streaming=true"], "data.streaming=true", "mixture"),
     ([f"data.sources=[{{path: {__file__}}}]", f"data.path={__file__}"], f"data.path={__file__}", "must be null"),
     (["data.num_proc=0"], "data.num_proc=0", ">= 1 or null"),
+    (["data.tokenize_on=ray"], "data.tokenize_on=ray", "cluster=ray, slurm or k8s"),
 ]
 
 
