@@ -90,7 +90,8 @@ def big_corpus(folder: Path, factor: int) -> int:
     return written
 
 
-def train_peak_rss(work: Path, name: str, data: list[str]) -> tuple[list[int], dict]:
+def train_peak_rss(work: Path, name: str, data: list[str]) -> tuple[list[int], str]:
+    """Each rank's peak RSS in a short training run, and the run's `data:` line."""
     run_dir = work / name
     command = [sys.executable, "-m", "orchestrator", "train", "model=tiny", *data, "train.max_steps=30",
                "train.micro_batch_size=8", "train.seq_len=128", "train.eval_every=0", "train.log_every=10",
@@ -99,8 +100,8 @@ def train_peak_rss(work: Path, name: str, data: list[str]) -> tuple[list[int], d
     if result.returncode != 0:
         raise SystemExit(f"training on {name} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
     summary = json.loads((run_dir / "summary.json").read_text())
-    meta_line = next(line for line in result.stdout.splitlines() if line.startswith("data: "))
-    return summary["peak_memory_bytes_per_rank"], {"data_line": meta_line}
+    return summary["peak_memory_bytes_per_rank"], next(line for line in result.stdout.splitlines()
+                                                       if line.startswith("data: "))
 
 
 def main() -> int:
@@ -136,16 +137,15 @@ def main() -> int:
             corpus = work / "big"
             size = big_corpus(corpus, args.factor)
             print(f"training on the default corpus, then on {size / 1e6:.0f} MB ({args.factor}x) ...", flush=True)
-            env_cache = {"ORCHESTRATOR_CACHE": str(work / "cache-train")}
-            os.environ.update(env_cache)
+            os.environ["ORCHESTRATOR_CACHE"] = str(work / "cache-train")
             start = time.perf_counter()
-            small, small_info = train_peak_rss(work, "default", [])
-            large, large_info = train_peak_rss(work, "large", ["data=local", f"data.path={corpus}"])
+            small, small_data = train_peak_rss(work, "default", [])
+            large, large_data = train_peak_rss(work, "large", ["data=local", f"data.path={corpus}"])
             ratio = max(large) / max(small)
             results.update({"rss_default_per_rank": small, "rss_20x_per_rank": large, "rss_ratio_20x": ratio,
-                            "corpus_bytes_20x": size, "data_default": small_info["data_line"],
-                            "data_20x": large_info["data_line"], "train_wall_s": time.perf_counter() - start})
-            print(f"{small_info['data_line']}\n{large_info['data_line']}")
+                            "corpus_bytes_20x": size, "data_default": small_data, "data_20x": large_data,
+                            "train_wall_s": time.perf_counter() - start})
+            print(f"{small_data}\n{large_data}")
             print(f"peak RSS per rank: default {[f'{b / 1e6:.0f} MB' for b in small]}, "
                   f"{args.factor}x {[f'{b / 1e6:.0f} MB' for b in large]}: ratio {ratio:.3f} (target <= 1.10)")
             ok &= ratio <= 1.10

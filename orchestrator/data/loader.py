@@ -89,9 +89,8 @@ class ShardedBatches:
         """The position after `micro_steps` micro-steps from the start at this world size: for a checkpoint
         that recorded no position (a universal checkpoint converted by hand)."""
         samples = micro_steps * self.per_micro_step
-        counts = np.bincount(self._choices(0, samples), minlength=len(self.sources)) if samples else [0] * len(
-            self.sources)
-        return {"samples": samples, "sources": [int(c) for c in counts]}
+        choices = self._choices(0, samples) if samples else np.zeros(0, dtype=np.int64)
+        return {"samples": samples, "sources": np.bincount(choices, minlength=len(self.sources)).tolist()}
 
 
 def eval_batches(blocks: TokenBlocks, batch_size: int, rank: int, world_size: int, limit: int):

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -61,8 +62,9 @@ class PreparedData:
     def tokenizer_dir(self) -> Path:
         return self.root / "tokenizer"
 
-    @property
+    @cached_property
     def meta(self) -> dict:
+        """meta.json, read once: an entry is sealed whole (a rename) and never changes after."""
         return json.loads((self.root / "meta.json").read_text())
 
     def blocks(self, name: str) -> TokenBlocks:

@@ -15,6 +15,8 @@ goes, tokenized and packed on the fly by every rank, and nothing of the corpus i
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
@@ -115,8 +117,7 @@ class StreamingBatches:
 
     def position_after(self, micro_steps: int) -> dict:
         """The position after `micro_steps` micro-steps from the start, found by reading the stream that far."""
-        replay = StreamingBatches.__new__(StreamingBatches)
-        replay.__dict__.update(self.__dict__)
+        replay = copy.copy(self)
         replay.restore({"epoch": 0, "document": 0, "offset": 0, "samples": 0})
         for _ in range(micro_steps):
             replay.next()
