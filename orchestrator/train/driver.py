@@ -38,7 +38,8 @@ _RESUMABLE_CHANGES = ("train.max_steps", "train.log_every", "train.eval_every", 
                       "train.ckpt_every", "train.keep_checkpoints", "train.resume", "train.max_failures",
                       "train.micro_batch_size", "train.grad_accum",  # the global batch is kept (train/elastic.py)
                       "train.collective_timeout_s", "logger.", "cluster.", "plan.", "submit.", "run_dir",
-                      "data.cache_dir", "data.num_proc", "zero.offload_", "zero.overlap_comm", "sweep.")
+                      "data.cache_dir", "data.num_proc", "data.tokenize_on", "zero.offload_", "zero.overlap_comm",
+                      "sweep.")
 
 
 BACKSTOP_S = 60
