@@ -63,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
                              "(optim.lr=1e-3,3e-3) become a grid sweep, one run directory per member")
         if name == "sweep":
             sub.add_argument("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep from its folder")
+        if name == "plan":
+            sub.add_argument("--calibrate", metavar="RUN_DIR", help="use a finished run's measured step time, MFU "
+                             "and checkpoint write speed instead of plan.assumed_mfu and the hardware preset's "
+                             "(same model family and machines)")
     for name, summary in (
         ("status", "print a Ray job's status (cluster=ray submissions)"),
         ("logs", "print a Ray job's logs (--follow: until it ends)"),
@@ -188,7 +192,7 @@ def _run(args: argparse.Namespace) -> int:
         print(to_yaml(cfg), end="")
         return 0
     if args.command == "plan":
-        return _plan(cfg)
+        return _plan(cfg, args.calibrate)
     from orchestrator.train.driver import train
     from orchestrator.train.startup import Startup
 
@@ -212,15 +216,36 @@ def _compress(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plan(cfg) -> int:
+def _plan(cfg, calibrate_from: str | None) -> int:
+    from pathlib import Path
+
     from orchestrator.config.schema import PlanFormat
     from orchestrator.ds_config import deepspeed_config
     from orchestrator.plan import make_plan, resolved_config
 
     plan = make_plan(cfg)
     ds = deepspeed_config(resolved_config(cfg, plan), plan)
+    calibration, scale = None, None
+    if calibrate_from is not None:
+        from orchestrator.calibrate import calibrate
+
+        calibration = calibrate(Path(calibrate_from))
+        if (calibration.device == "cuda") != plan.uses_gpus:
+            raise ConfigError([f"--calibrate {calibrate_from}: the run trained on {calibration.device}, the plan is "
+                               f"for {'GPUs' if plan.uses_gpus else 'CPU workers'}: calibrate from a run on the "
+                               "same kind of machine"])
+    if plan.params is not None:
+        from orchestrator.hardware import hardware_for
+        from orchestrator.scale import estimate
+
+        hardware = hardware_for(cfg.cluster, plan.uses_gpus)
+        scale = (estimate(cfg, plan, calibration.apply(hardware, plan.precision), calibration.compute_mfu,
+                          f"calibrated from {calibrate_from}") if calibration else estimate(cfg, plan, hardware))
     if cfg.plan.format is PlanFormat.json:
-        print(json.dumps({"plan": plan.to_dict(), "deepspeed": ds}, indent=2))
+        scale_dict = scale.to_dict() if scale else None
+        if scale_dict and calibration:
+            scale_dict["calibration"] = calibration.__dict__
+        print(json.dumps({"plan": {**plan.to_dict(), "scale": scale_dict}, "deepspeed": ds}, indent=2))
         return 0
     print(plan.describe())
     if plan.flops_per_token:
@@ -228,6 +253,10 @@ def _plan(cfg) -> int:
     print(plan.memory_table())
     for reason in plan.auto_reasons:
         print(f"zero=auto: {reason}")
+    if calibration:
+        print(calibration.describe())
+    if scale:
+        print(scale.describe())
     print("deepspeed config:")
     print(json.dumps(ds, indent=2))
     return 0

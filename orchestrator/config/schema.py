@@ -67,6 +67,15 @@ class Backend(str, Enum):
     k8s = "k8s"
 
 
+class HardwarePreset(str, Enum):
+    auto = "auto"
+    h100_sxm = "h100_sxm"
+    h200 = "h200"
+    a100_80g = "a100_80g"
+    a100_40g = "a100_40g"
+    cpu = "cpu"
+
+
 @dataclass
 class SlurmConfig:
     """What `orchestrator submit cluster=slurm` writes into the sbatch script's header and setup."""
@@ -143,6 +152,30 @@ class ClusterConfig:
     is an http(s) URL, else http://<host of address>:8265."""
     join_timeout_s: int = 300
     """How long the driver waits for all cluster.nodes machines to join the Ray cluster (slurm, k8s)."""
+    hardware: HardwarePreset = HardwarePreset.auto
+    """The machine the plan's step time, checkpoint and failure figures assume (orchestrator/hardware.py):
+    h100_sxm, h200, a100_80g, a100_40g or cpu. auto = cpu without GPUs, else h100_sxm (said in the plan).
+    The keys below override single figures of the preset; null = the preset's."""
+    peak_tflops_bf16: float | None = None
+    """Dense (not 2:4-sparse) peak TFLOP/s of one device in bf16."""
+    peak_tflops_fp16: float | None = None
+    peak_tflops_fp32: float | None = None
+    intra_node_gbps: float | None = None
+    """GB/s one device sends (and receives) to the others of its machine (NVLink: 450 on H100, 300 on A100)."""
+    inter_node_gbps: float | None = None
+    """GB/s one device sends (and receives) to other machines (its share of the network: 50 for 400 Gb/s)."""
+    storage_write_gbps: float | None = None
+    """GB/s one machine writes to the checkpoint storage."""
+    storage_read_gbps: float | None = None
+    """GB/s one machine reads from the checkpoint storage."""
+    restart_s: float | None = None
+    """Seconds from an interruption until training resumes, before the checkpoint loads (rescheduling,
+    process start, collective setup)."""
+    device_mtbf_hours: float | None = None
+    """Mean hours between interruptions per device. null = 50,677: Llama 3 (Dubey et al. 2024, section 3.3.4)
+    had 419 unexpected interruptions in 54 days on 16,384 H100s, one every 3.09 h, every cause counted."""
+    device_hour_cost: float | None = None
+    """Price of one device-hour; when set, the plan prints the run's expected cost."""
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     k8s: K8sConfig = field(default_factory=K8sConfig)
 
@@ -330,6 +363,9 @@ class PlanConfig:
     """How `orchestrator plan` prints the plan: a readable table or one JSON object."""
     force: bool = False
     """Train even when the plan predicts the job will not fit in memory."""
+    assumed_mfu: float = 0.40
+    """Share of the devices' peak FLOP/s the computation reaches (model FLOPs, as runs report MFU), for the
+    plan's step time. `orchestrator plan --calibrate RUN_DIR` uses the run's measured figure instead."""
 
 
 @dataclass

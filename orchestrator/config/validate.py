@@ -130,6 +130,14 @@ def validate(cfg: Config) -> list[str]:
     for key in ("gpu_memory_gb", "cpu_memory_gb"):
         value = getattr(c, key)
         p.check(value is None or value > 0, f"cluster.{key}", value, "must be > 0 GB, or null")
+    for key in ("peak_tflops_bf16", "peak_tflops_fp16", "peak_tflops_fp32", "intra_node_gbps", "inter_node_gbps",
+                "storage_write_gbps", "storage_read_gbps", "device_mtbf_hours"):
+        value = getattr(c, key)
+        p.check(value is None or value > 0, f"cluster.{key}", value, "must be > 0, or null for the preset's")
+    for key in ("restart_s", "device_hour_cost"):
+        value = getattr(c, key)
+        p.check(value is None or value >= 0, f"cluster.{key}", value, "must be >= 0, or null")
+    p.check(0 < cfg.plan.assumed_mfu <= 1, "plan.assumed_mfu", cfg.plan.assumed_mfu, "must be in (0, 1]")
     p.check(c.cpus_per_worker >= 1, "cluster.cpus_per_worker", c.cpus_per_worker, "must be >= 1")
     p.check(c.gpus_per_worker is None or c.gpus_per_worker >= 0, "cluster.gpus_per_worker", c.gpus_per_worker,
             "must be >= 0, or null to use GPUs when present")

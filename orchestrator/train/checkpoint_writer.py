@@ -26,6 +26,8 @@ class CheckpointWriter:
         self.engine, self.root, self.rank, self.world, self.keep = engine, root, rank, world, keep
         self.progress = progress
         self._pending: tuple[Path, dict, threading.Thread, dict] | None = None
+        self.sealed: list[tuple[float, int]] = []
+        """Rank 0: (seconds the save blocked the steps, bytes) of every checkpoint this process sealed."""
 
     def save(self, step: int, data_position: dict, meta: dict, seal_now: bool) -> None:
         """Write this rank's part of the checkpoint of `step` (a collective: every rank calls it);
@@ -84,5 +86,6 @@ class CheckpointWriter:
             digests = {name: digest for share, _, _, _ in shares for name, digest in share.items()}
             checkpoint.seal(path, {**meta, "hash_s": max(s[1] for s in shares),
                                    "hash_wait_s": max(s[2] for s in shares)}, digests)
+            self.sealed.append((meta["save_s"], sum(checkpoint.files_of(path).values())))
             checkpoint.retain(self.root, self.keep)
         dist.barrier()

@@ -328,7 +328,8 @@ def _train(payload: dict, progress, startup) -> None:
             "predicted_model_state_bytes_per_rank": (plan["memory"] or {}).get("model_states"),
             "predicted_memory_bytes_per_rank": plan["memory"],
             "params": n_params,
-            **_throughput(window_rates, flops_per_token, peak_flops, world, hfu_factor),
+            **_throughput(window_rates, tokens_per_step, flops_per_token, peak_flops, world, hfu_factor),
+            **_checkpoint_cost(writer.sealed),
             "flops_per_token": flops_per_token,
             "peak_flops_per_device": peak_flops,
             "peak_flops_source": peak_flops_source,
@@ -385,10 +386,10 @@ def _peak_flops(rank: int, device_type: str, precision: str, threads: int, cache
     return found[0]
 
 
-def _throughput(window_rates: list[float], flops_per_token: float, peak_flops: float, world: int,
-                hfu_factor: float) -> dict:
+def _throughput(window_rates: list[float], tokens_per_step: int, flops_per_token: float, peak_flops: float,
+                world: int, hfu_factor: float) -> dict:
     """The run's steady tokens/s (median of the logged windows after the first, which holds the warm-up),
-    and the MFU and HFU it gives."""
+    the step time and the MFU and HFU it gives (what `orchestrator plan --calibrate` reads)."""
     import statistics
 
     from orchestrator import mfu
@@ -398,7 +399,17 @@ def _throughput(window_rates: list[float], flops_per_token: float, peak_flops: f
         return {}
     tokens_per_s = statistics.median(steady)
     utilization = mfu.utilization(flops_per_token, tokens_per_s, peak_flops, world)
-    return {"tokens_per_s": tokens_per_s, "mfu": utilization, "hfu": utilization * hfu_factor}
+    return {"tokens_per_s": tokens_per_s, "step_time_s": tokens_per_step / tokens_per_s, "mfu": utilization,
+            "hfu": utilization * hfu_factor}
+
+
+def _checkpoint_cost(sealed: list[tuple[float, int]]) -> dict:
+    """Median seconds the checkpoints of this run blocked the steps, and the bytes of the last one."""
+    import statistics
+
+    if not sealed:
+        return {}
+    return {"checkpoint_write_s": statistics.median(s for s, _ in sealed), "checkpoint_bytes": sealed[-1][1]}
 
 
 def _stop_request(run_dir: Path) -> str | None:
