@@ -158,17 +158,17 @@ class Scale:
         mode = "overlapped (zero.overlap_comm=true)" if self.overlap_comm else "in series (zero.overlap_comm=false)"
         lines = [
             f"at scale: {h['name']}, {self.nodes:,} machine{'s' if self.nodes > 1 else ''} x {per_node} = "
-            f"{self.devices:,} devices ({self.peak_flops_per_device / 1e12:,.4g} TFLOP/s peak; {h['intra_node_gbps']:g}"
-            f" GB/s within a machine, {h['inter_node_gbps']:g} GB/s network per device)",
+            f"{self.devices:,} devices ({self.peak_flops_per_device / 1e12:,.4g} TFLOP/s peak; "
+            f"{h['intra_node_gbps']:g} GB/s within a machine, {h['inter_node_gbps']:g} GB/s network per device)",
             f"  step           {_s(self.step_time_s)}, {self.bound_by}-bound, {mode}: compute "
             f"{_s(self.compute_time_s)} (MFU {self.mfu:.3g}, {self.mfu_source}), communication "
             f"{_s(self.comm_time_s)}; overlapped {_s(self.step_time_overlapped_s)}, in series "
             f"{_s(self.step_time_serial_s)}",
-            f"  communication  {self.comm_volume_psi:g}Ψ per rank per step = {_bytes(self.comm_bytes_per_rank_per_step)}"
-            f" {self.comm_link} at {self.comm_bandwidth_gbps:g} GB/s",
-            f"  checkpoint     {_bytes(self.checkpoint_bytes_total)} in all ({self.checkpoint_bytes_per_param:.3g} bytes "
-            f"per parameter), {_bytes(self.checkpoint_bytes_per_rank)} per rank ({_bytes(self.checkpoint_bytes_rank0)}"
-            f" on rank 0): written in {_s(self.checkpoint_write_s)} at {h['storage_write_gbps']:.3g} GB/s per machine, "
+            f"  communication  {self.comm_volume_psi:g}Ψ per rank per step = "
+            f"{_bytes(self.comm_bytes_per_rank_per_step)} {self.comm_link} at {self.comm_bandwidth_gbps:g} GB/s",
+            f"  checkpoint     {_bytes(self.checkpoint_bytes_total)} in all "
+            f"({self.checkpoint_bytes_per_param:.3g} bytes per parameter), {_bytes(self.checkpoint_bytes_per_rank)} "
+            f"per rank ({_bytes(self.checkpoint_bytes_rank0)} on rank 0): written in {_s(self.checkpoint_write_s)} at {h['storage_write_gbps']:.3g} GB/s per machine, "
             f"loaded in {_s(self.checkpoint_load_s)}",
             f"  failures       job MTBF {self.job_mtbf_hours:,.3g} h (device MTBF {self.device_mtbf_hours:,.0f} h / "
             f"{self.devices:,} devices); a restart costs {_s(self.restart_s)} with the load",

@@ -14,8 +14,14 @@ from orchestrator.config.schema import Offload, Precision
 from orchestrator.hardware import LLAMA3_DEVICE_MTBF_HOURS, hardware_for
 from orchestrator.memory import GB, model_states
 from orchestrator.plan import make_plan
-from orchestrator.scale import (checkpoint_bytes, comm_bytes_per_rank, comm_volume_psi, estimate, goodput,
-                                young_daly_interval_s)
+from orchestrator.scale import (
+    checkpoint_bytes,
+    comm_bytes_per_rank,
+    comm_volume_psi,
+    estimate,
+    goodput,
+    young_daly_interval_s,
+)
 
 pytestmark = pytest.mark.unit
 
