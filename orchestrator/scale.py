@@ -168,7 +168,8 @@ class Scale:
             f"{_bytes(self.comm_bytes_per_rank_per_step)} {self.comm_link} at {self.comm_bandwidth_gbps:g} GB/s",
             f"  checkpoint     {_bytes(self.checkpoint_bytes_total)} in all "
             f"({self.checkpoint_bytes_per_param:.3g} bytes per parameter), {_bytes(self.checkpoint_bytes_per_rank)} "
-            f"per rank ({_bytes(self.checkpoint_bytes_rank0)} on rank 0): written in {_s(self.checkpoint_write_s)} at {h['storage_write_gbps']:.3g} GB/s per machine, "
+            f"per rank ({_bytes(self.checkpoint_bytes_rank0)} on rank 0): written in {_s(self.checkpoint_write_s)} at "
+            f"{h['storage_write_gbps']:.3g} GB/s per machine, "
             f"loaded in {_s(self.checkpoint_load_s)}",
             f"  failures       job MTBF {self.job_mtbf_hours:,.3g} h (device MTBF {self.device_mtbf_hours:,.0f} h / "
             f"{self.devices:,} devices); a restart costs {_s(self.restart_s)} with the load",
