@@ -161,7 +161,7 @@ class Scale:
             f"{self.devices:,} devices ({self.peak_flops_per_device / 1e12:,.4g} TFLOP/s peak; "
             f"{h['intra_node_gbps']:g} GB/s within a machine, {h['inter_node_gbps']:g} GB/s network per device)",
             f"  step           {_s(self.step_time_s)}, {self.bound_by}-bound, {mode}: compute "
-            f"{_s(self.compute_time_s)} (MFU {self.mfu:.3g}, {self.mfu_source}), communication "
+            f"{_s(self.compute_time_s)} (MFU {self.mfu:.3f} {self.mfu_source}), communication "
             f"{_s(self.comm_time_s)}; overlapped {_s(self.step_time_overlapped_s)}, in series "
             f"{_s(self.step_time_serial_s)}",
             f"  communication  {self.comm_volume_psi:g}Ψ per rank per step = "
