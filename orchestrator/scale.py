@@ -11,8 +11,8 @@ With Ψ parameters, N data-parallel ranks, p bytes per element and A micro-batch
   all-gathers the parameters for the forward and the backward and reduce-scatters the gradients at
   every micro-batch (3AΨ). With A = 1: 2Ψ and 3Ψ, as in the paper. Latency is left out.
   The step takes compute + communication, or the larger of the two with zero.overlap_comm.
-- checkpoint: what DeepSpeed writes (checkpoint_bytes), and the time the busiest machine takes to
-  write it, or to read what its ranks load, at the storage bandwidth.
+- checkpoint: what DeepSpeed writes (checkpoint_bytes: 14Ψ in bf16 at stages 0-2, 12Ψ at stage 3), and
+  the time the busiest machine takes to write it, or to read what its ranks load, at the storage bandwidth.
 - failures: a job on D devices is interrupted every device MTBF / D hours (M). Checkpointing every
   τ seconds of work, at C seconds a checkpoint, a failure costs the restart R (plus loading) and half
   an interval of lost work on average, so the wall time W of T seconds of work satisfies
@@ -69,14 +69,16 @@ class CheckpointBytes:
 
 
 def checkpoint_bytes(params: int, world: int, stage: int, precision: str) -> CheckpointBytes:
-    """The parameters and optimizer states each rank holds (memory.py), gradients left out: 14Ψ in all in
-    bf16/fp16 (pΨ weights + fp32 master, Adam m and v), 16Ψ in fp32, 12Ψ for fp32 at stage 0 (no master
-    copy), as DeepSpeed saves them (measured in tests/distributed)."""
+    """What DeepSpeed 0.19 saves, measured (README: Planning a large run): each rank's optimizer states
+    (memory.py: fp32 master, Adam m and v, 12Ψ in all; 8Ψ for fp32 at stage 0, which keeps no master) and,
+    at stages 0-2, the module's parameters in the training precision (pΨ), written by rank 0. Stage 3
+    saves no separate parameters: its fp32 partitions are the parameters. Gradients are never saved."""
     states = model_states(params, world, stage, Precision(precision), Offload.none, Offload.none)
-    weights, optimizer = states["params"], states["optimizer"]
-    if stage == 0:
-        return CheckpointBytes(rank0=weights + optimizer, other_rank=0, world=world, read_per_rank=weights + optimizer)
-    other = weights + optimizer if stage == 3 else optimizer
+    optimizer = states["optimizer"]
+    if stage == 3:
+        return CheckpointBytes(rank0=optimizer, other_rank=optimizer, world=world, read_per_rank=optimizer)
+    weights = states["params"]
+    other = 0 if stage == 0 else optimizer
     return CheckpointBytes(rank0=weights + optimizer, other_rank=other, world=world, read_per_rank=weights + optimizer)
 
 
@@ -171,19 +173,19 @@ class Scale:
             f"per rank ({_bytes(self.checkpoint_bytes_rank0)} on rank 0): written in {_s(self.checkpoint_write_s)} at "
             f"{h['storage_write_gbps']:.3g} GB/s per machine, "
             f"loaded in {_s(self.checkpoint_load_s)}",
-            f"  failures       job MTBF {self.job_mtbf_hours:,.3g} h (device MTBF {self.device_mtbf_hours:,.0f} h / "
+            f"  failures       job MTBF {_h(self.job_mtbf_hours)} (device MTBF {self.device_mtbf_hours:,.0f} h / "
             f"{self.devices:,} devices); a restart costs {_s(self.restart_s)} with the load",
             f"  checkpointing  every {self.ckpt_every_steps:,} steps ({_s(self.ckpt_interval_s)}): goodput "
             f"{self.goodput:.3f} ({self.checkpointing_share:.1%} writing, {self.failure_share:.1%} lost to failures)",
             f"                 optimal every {self.optimal_ckpt_interval_steps:,} steps ("
             f"{_s(self.optimal_ckpt_interval_s)} = √(2 x write x MTBF)): goodput {self.goodput_at_optimum:.3f}",
         ]
-        work = f"{self.steps:,} steps = {self.work_hours:,.3g} h of work"
+        work = f"{self.steps:,} steps = {_h(self.work_hours)} of work"
         if self.wall_hours is None:
             lines.append(f"  run            {work}; never finishes at this checkpoint interval")
         else:
             cost = f", cost {self.cost:,.0f}" if self.cost is not None else ""
-            lines.append(f"  run            {work}; {self.wall_hours:,.3g} h expected with "
+            lines.append(f"  run            {work}; {_h(self.wall_hours)} expected with "
                          f"{self.expected_interruptions:,.3g} interruptions; {self.device_hours:,.0f} "
                          f"device-hours{cost}")
         lines += [f"warning: {w}" for w in self.warnings]
@@ -196,6 +198,10 @@ def _s(seconds: float) -> str:
     if seconds >= 120:
         return f"{seconds / 60:.3g} min"
     return f"{seconds:.3g} s"
+
+
+def _h(hours: float) -> str:
+    return f"{hours:,.0f} h" if hours >= 100 else f"{hours:.3g} h"
 
 
 def _bytes(value: float) -> str:

@@ -99,13 +99,25 @@ def test_train_zero3_end_to_end(tmp_path):
     assert rows[-1]["loss"] < rows[0]["loss"] - 0.5
     summary = json.loads((run_dir / "summary.json").read_text())
     for key in ("final_train_loss", "final_val_loss", "final_val_ppl", "steps", "tokens", "wall_s", "world_size",
-                "peak_memory_bytes_per_rank", "mfu", "hfu", "startup"):
+                "peak_memory_bytes_per_rank", "mfu", "hfu", "startup", "step_time_s", "checkpoint_write_s",
+                "checkpoint_bytes"):
         assert key in summary
     # the start-up breakdown is printed, counted from the command's process start
     assert "first step " in result.stdout and "s after the command started: prepare " in result.stdout
     assert summary["startup"]["cluster_s"] > 0 and summary["startup"]["time_to_first_step_s"] > 3
     assert (run_dir / "model" / "config.json").is_file()
     assert len(list((run_dir / "checkpoints" / "step_00000020").glob("*optim_states.pt"))) == 2
+
+    # the plan of the same config, calibrated from this run, predicts the step it measured and its checkpoint
+    planned = orchestrator("plan", "--config", str(run_dir / "config.yaml"), "--calibrate", str(run_dir),
+                           "plan.format=json")
+    assert planned.returncode == 0, planned.stderr
+    scale = json.loads(planned.stdout)["plan"]["scale"]
+    assert scale["step_time_s"] == pytest.approx(summary["step_time_s"], rel=0.2)
+    assert scale["checkpoint_bytes_total"] == pytest.approx(summary["checkpoint_bytes"], rel=0.05)
+    assert scale["calibration"]["mfu"] == summary["mfu"]
+    text = orchestrator("plan", "--config", str(run_dir / "config.yaml"), "--calibrate", str(run_dir))
+    assert f"calibrated from {run_dir}" in text.stdout and "at scale: cpu, 1 machine x 2 = 2 devices" in text.stdout
 
 
 def test_a_warm_cluster_is_joined_by_later_commands_until_it_is_stopped(tmp_path, monkeypatch):
