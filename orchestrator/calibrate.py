@@ -16,9 +16,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.config.compose import compose
 from orchestrator.errors import ConfigError
-from orchestrator.hardware import Hardware
+from orchestrator.hardware import Hardware, hardware_for
 from orchestrator.memory import GB
+from orchestrator.plan import make_plan
+from orchestrator.scale import estimate
 
 MIN_COMPUTE_SHARE = 0.5
 """If the modelled communication would leave less than this share of the measured step to compute, the
@@ -47,11 +50,11 @@ class Calibration:
                 f"{self.peak_flops_per_device / 1e12:.4g} TFLOP/s per device{storage}")
 
     def apply(self, hardware: Hardware, precision: str) -> Hardware:
-        """`hardware` with the run's peak and storage bandwidth in place of the preset's."""
         return measured(hardware, precision, self.peak_flops_per_device, self.storage_write_gbps)
 
 
 def measured(hardware: Hardware, precision: str, peak_flops: float, storage_write_gbps: float | None) -> Hardware:
+    """`hardware` with a measured peak FLOP/s (at `precision`) and, when known, storage write bandwidth."""
     changes = {f"peak_tflops_{precision}": peak_flops / 1e12}
     if storage_write_gbps:
         changes["storage_write_gbps"] = storage_write_gbps
@@ -76,11 +79,6 @@ def read_summary(run_dir: Path) -> dict:
 
 def calibrate(run_dir: Path) -> Calibration:
     """What the run in `run_dir` measured, with the communication its own plan models taken out."""
-    from orchestrator.config.compose import compose
-    from orchestrator.hardware import hardware_for
-    from orchestrator.plan import make_plan
-    from orchestrator.scale import estimate
-
     summary = read_summary(run_dir)
     run_cfg = compose([], str(run_dir / "config.yaml"))
     run_plan = make_plan(run_cfg)

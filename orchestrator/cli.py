@@ -217,6 +217,7 @@ def _compress(args: argparse.Namespace) -> int:
 
 
 def _plan(cfg, calibrate_from: str | None) -> int:
+    import dataclasses
     from pathlib import Path
 
     from orchestrator.config.schema import PlanFormat
@@ -244,7 +245,7 @@ def _plan(cfg, calibrate_from: str | None) -> int:
     if cfg.plan.format is PlanFormat.json:
         scale_dict = scale.to_dict() if scale else None
         if scale_dict and calibration:
-            scale_dict["calibration"] = calibration.__dict__
+            scale_dict["calibration"] = dataclasses.asdict(calibration)
         print(json.dumps({"plan": {**plan.to_dict(), "scale": scale_dict}, "deepspeed": ds}, indent=2))
         return 0
     print(plan.describe())
