@@ -127,6 +127,9 @@ class Scale:
     bound_by: str
     checkpoint_bytes_total: float
     checkpoint_bytes_per_param: float
+    model_states_bytes_total: float
+    """One copy of the model states in memory (16Ψ for mixed-precision Adam): more than a checkpoint, which
+    holds no gradients (and at stage 3 no 16-bit parameters)."""
     checkpoint_bytes_rank0: float
     checkpoint_bytes_per_rank: float
     checkpoint_write_s: float
@@ -142,6 +145,8 @@ class Scale:
     checkpointing_share: float
     failure_share: float
     goodput_at_optimum: float
+    checkpointing_share_at_optimum: float
+    failure_share_at_optimum: float
     steps: int
     work_hours: float
     wall_hours: float | None
@@ -156,6 +161,7 @@ class Scale:
     def describe(self) -> str:
         """One block: step, communication, checkpoint, failures, checkpoint interval, run time and cost."""
         h = self.hardware
+        params = self.checkpoint_bytes_total / self.checkpoint_bytes_per_param
         per_node = self.devices // self.nodes
         mode = "overlapped (zero.overlap_comm=true)" if self.overlap_comm else "in series (zero.overlap_comm=false)"
         lines = [
@@ -169,24 +175,28 @@ class Scale:
             f"  communication  {self.comm_volume_psi:g}Ψ per rank per step = "
             f"{_bytes(self.comm_bytes_per_rank_per_step)} {self.comm_link} at {self.comm_bandwidth_gbps:g} GB/s",
             f"  checkpoint     {_bytes(self.checkpoint_bytes_total)} in all "
-            f"({self.checkpoint_bytes_per_param:.3g} bytes per parameter), {_bytes(self.checkpoint_bytes_per_rank)} "
-            f"per rank ({_bytes(self.checkpoint_bytes_rank0)} on rank 0): written in {_s(self.checkpoint_write_s)} at "
-            f"{h['storage_write_gbps']:.3g} GB/s per machine, "
+            f"({self.checkpoint_bytes_per_param:.3g} bytes per parameter, as DeepSpeed writes it), "
+            f"{_bytes(self.checkpoint_bytes_per_rank)} per rank ({_bytes(self.checkpoint_bytes_rank0)} on rank 0): "
+            f"written in {_s(self.checkpoint_write_s)} at {h['storage_write_gbps']:.3g} GB/s per machine, "
             f"loaded in {_s(self.checkpoint_load_s)}",
+            f"                 less than the {_bytes(self.model_states_bytes_total)} of model states in memory "
+            f"({self.model_states_bytes_total / params:.3g} bytes per parameter): a checkpoint holds no gradients",
             f"  failures       job MTBF {_h(self.job_mtbf_hours)} (device MTBF {self.device_mtbf_hours:,.0f} h / "
             f"{self.devices:,} devices); a restart costs {_s(self.restart_s)} with the load",
             f"  checkpointing  every {self.ckpt_every_steps:,} steps ({_s(self.ckpt_interval_s)}): goodput "
             f"{self.goodput:.3f} ({self.checkpointing_share:.1%} writing, {self.failure_share:.1%} lost to failures)",
             f"                 optimal every {self.optimal_ckpt_interval_steps:,} steps ("
-            f"{_s(self.optimal_ckpt_interval_s)} = √(2 x write x MTBF)): goodput {self.goodput_at_optimum:.3f}",
+            f"{_s(self.optimal_ckpt_interval_s)} = √(2 x write x MTBF)): goodput {self.goodput_at_optimum:.3f} "
+            f"({self.checkpointing_share_at_optimum:.1%} writing, "
+            f"{self.failure_share_at_optimum:.1%} lost to failures)",
         ]
-        work = f"{self.steps:,} steps = {_h(self.work_hours)} of work"
+        work = f"{self.steps:,} steps = {_s(self.work_hours * HOUR)} of work"
         if self.wall_hours is None:
             lines.append(f"  run            {work}; never finishes at this checkpoint interval")
         else:
-            cost = f", cost {self.cost:,.0f}" if self.cost is not None else ""
-            lines.append(f"  run            {work}; {_h(self.wall_hours)} expected with "
-                         f"{self.expected_interruptions:,.3g} interruptions; {self.device_hours:,.0f} "
+            cost = f", cost {_count(self.cost)}" if self.cost is not None else ""
+            lines.append(f"  run            {work}; {_s(self.wall_hours * HOUR)} expected with "
+                         f"{self.expected_interruptions:,.3g} interruptions; {_count(self.device_hours)} "
                          f"device-hours{cost}")
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
@@ -202,6 +212,13 @@ def _s(seconds: float) -> str:
 
 def _h(hours: float) -> str:
     return f"{hours:,.0f} h" if hours >= 100 else f"{hours:.3g} h"
+
+
+def _count(value: float) -> str:
+    """Device-hours and cost: exact while small, three figures once large (71,650 -> 71.7k)."""
+    if value >= 1e6:
+        return f"{value / 1e6:.3g} M"
+    return f"{value / 1e3:.3g}k" if value >= 1e4 else f"{value:,.0f}"
 
 
 def _bytes(value: float) -> str:
@@ -269,13 +286,17 @@ def estimate(cfg: Config, plan: Plan, hardware: Hardware | None = None, mfu_valu
         comm_bytes_per_rank_per_step=comm_bytes, comm_link=link, comm_bandwidth_gbps=bandwidth, comm_time_s=comm_s,
         step_time_serial_s=serial, step_time_overlapped_s=overlapped, overlap_comm=cfg.zero.overlap_comm,
         step_time_s=step_s, bound_by="communication" if comm_s > compute_s else "compute",
-        checkpoint_bytes_total=ck.total, checkpoint_bytes_per_param=ck.total / params, checkpoint_bytes_rank0=ck.rank0,
+        checkpoint_bytes_total=ck.total, checkpoint_bytes_per_param=ck.total / params,
+        model_states_bytes_total=sum(model_states(params, 1, 0, Precision(plan.precision), Offload.none,
+                                                  Offload.none).values()),
+        checkpoint_bytes_rank0=ck.rank0,
         checkpoint_bytes_per_rank=ck.other_rank if world > 1 else ck.rank0, checkpoint_write_s=write_s,
         checkpoint_load_s=load_s, device_mtbf_hours=hardware.device_mtbf_hours, job_mtbf_hours=job_mtbf_s / HOUR,
         restart_s=restart_s, ckpt_every_steps=every, ckpt_interval_s=interval_s, optimal_ckpt_interval_s=optimal_s,
         optimal_ckpt_interval_steps=optimal_steps, goodput=configured.goodput,
         checkpointing_share=configured.checkpointing, failure_share=configured.failures,
-        goodput_at_optimum=best.goodput, steps=plan.max_steps, work_hours=work_s / HOUR,
+        goodput_at_optimum=best.goodput, checkpointing_share_at_optimum=best.checkpointing,
+        failure_share_at_optimum=best.failures, steps=plan.max_steps, work_hours=work_s / HOUR,
         wall_hours=wall_s / HOUR if wall_s is not None else None,
         expected_interruptions=wall_s / job_mtbf_s if wall_s is not None else None,
         device_hours=device_hours,

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from orchestrator.config.compose import compose
+from orchestrator.calibrate import calibrate
+from orchestrator.config.compose import compose, to_yaml
 from orchestrator.config.schema import Offload, Precision
 from orchestrator.hardware import LLAMA3_DEVICE_MTBF_HOURS, hardware_for
 from orchestrator.memory import GB, model_states
@@ -108,6 +109,7 @@ def test_llama_405b_on_16384_h100s():
     assert scale.devices == 16_384 and scale.nodes == 2048
     assert 2 <= scale.job_mtbf_hours <= 4
     assert scale.checkpoint_bytes_total == pytest.approx(12 * psi, rel=0.02)  # fp32 master, m, v; stage 3
+    assert scale.model_states_bytes_total == pytest.approx(16 * psi)  # + bf16 parameters and gradients
     assert scale.comm_bytes_per_rank_per_step == pytest.approx(3 * psi * 2, rel=0.001)
     # compute: 6N + attention FLOPs per token x 16.8M tokens / (16,384 x 989 TFLOP/s x 0.40)
     assert scale.compute_time_s == pytest.approx(plan.flops_per_token * plan.tokens_per_step
@@ -117,6 +119,11 @@ def test_llama_405b_on_16384_h100s():
     assert scale.optimal_ckpt_interval_s == pytest.approx(
         math.sqrt(2 * scale.checkpoint_write_s * scale.job_mtbf_hours * 3600))
     assert scale.optimal_ckpt_interval_steps == round(scale.optimal_ckpt_interval_s / scale.step_time_s)
+    best = goodput(scale.optimal_ckpt_interval_steps * scale.step_time_s, scale.checkpoint_write_s,
+                   scale.restart_s, scale.job_mtbf_hours * 3600)
+    assert (scale.goodput_at_optimum, scale.checkpointing_share_at_optimum, scale.failure_share_at_optimum) == (
+        pytest.approx(best.goodput), pytest.approx(best.checkpointing), pytest.approx(best.failures))
+    assert scale.goodput_at_optimum > scale.goodput  # every 100 steps (~1.5 h) is far too rare for a 3 h MTBF
     assert scale.wall_hours == pytest.approx(scale.work_hours / scale.goodput)
     assert scale.expected_interruptions == pytest.approx(scale.wall_hours / scale.job_mtbf_hours)
     assert scale.device_hours == pytest.approx(scale.wall_hours * 16_384)
@@ -200,3 +207,34 @@ def test_calibrating_from_a_folder_without_a_run_is_refused(tmp_path):
     done = _plan_cli("--calibrate", str(tmp_path))
     assert done.returncode == 2
     assert "no summary.json" in done.stderr
+
+
+def _fabricated_run(tmp_path, overrides, **summary):
+    """A run directory as train writes it: its config and the summary.json figures calibration reads."""
+    cfg = compose(overrides)
+    (tmp_path / "config.yaml").write_text(to_yaml(cfg))
+    base = {"steps": 20, "tokens": 20 * 4096, "tokens_per_s": 4096 / summary["step_time_s"], "mfu": 0.2,
+            "device": "cpu", "peak_flops_per_device": 1e12, "node_id_per_rank": ["a", "a"]}
+    (tmp_path / "summary.json").write_text(json.dumps({**base, **summary}))
+    return cfg
+
+
+def test_calibration_takes_the_modelled_communication_out_of_the_measured_step(tmp_path):
+    cfg = _fabricated_run(tmp_path, ["model=tiny", "zero=3", "cluster.num_workers=2"], step_time_s=0.5,
+                          checkpoint_write_s=2.0, checkpoint_bytes=4 * GB)
+    plan = make_plan(cfg)
+    cal = calibrate(tmp_path)
+    hardware = cal.apply(hardware_for(cfg.cluster, False), plan.precision)
+    at_peak = estimate(cfg, plan, hardware, mfu_value=1.0)
+    compute_s = 0.5 - min(at_peak.comm_time_s, 0.25)  # at most half the step counts as communication
+    assert cal.compute_mfu == pytest.approx(at_peak.compute_time_s / compute_s)
+    assert cal.storage_write_gbps == pytest.approx(2.0)  # 4 GB from one machine in 2 s
+    replanned = estimate(cfg, plan, hardware, cal.compute_mfu)
+    assert replanned.step_time_s == pytest.approx(0.5)  # the run's own config predicts the step it measured
+
+
+def test_a_cpu_run_cannot_calibrate_a_gpu_plan(tmp_path):
+    _fabricated_run(tmp_path, ["model=tiny"], step_time_s=0.5)
+    done = _plan_cli(*LLAMA_405B, "--calibrate", str(tmp_path))
+    assert done.returncode == 2 and not done.stdout
+    assert "trained on cpu" in done.stderr and "same kind of machine" in done.stderr
