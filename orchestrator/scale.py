@@ -108,6 +108,7 @@ def goodput(interval_s: float, checkpoint_s: float, restart_s: float, mtbf_s: fl
 @dataclass(frozen=True)
 class Scale:
     hardware: dict
+    params: int
     nodes: int
     devices: int
     peak_flops_per_device: float
@@ -161,7 +162,6 @@ class Scale:
     def describe(self) -> str:
         """One block: step, communication, checkpoint, failures, checkpoint interval, run time and cost."""
         h = self.hardware
-        params = self.checkpoint_bytes_total / self.checkpoint_bytes_per_param
         per_node = self.devices // self.nodes
         mode = "overlapped (zero.overlap_comm=true)" if self.overlap_comm else "in series (zero.overlap_comm=false)"
         lines = [
@@ -180,7 +180,7 @@ class Scale:
             f"written in {_s(self.checkpoint_write_s)} at {h['storage_write_gbps']:.3g} GB/s per machine, "
             f"loaded in {_s(self.checkpoint_load_s)}",
             f"                 less than the {_bytes(self.model_states_bytes_total)} of model states in memory "
-            f"({self.model_states_bytes_total / params:.3g} bytes per parameter): a checkpoint holds no gradients",
+            f"({self.model_states_bytes_total / self.params:.3g} bytes per parameter): a checkpoint holds no gradients",
             f"  failures       job MTBF {_h(self.job_mtbf_hours)} (device MTBF {self.device_mtbf_hours:,.0f} h / "
             f"{self.devices:,} devices); a restart costs {_s(self.restart_s)} with the load",
             f"  checkpointing  every {self.ckpt_every_steps:,} steps ({_s(self.ckpt_interval_s)}): goodput "
@@ -280,8 +280,8 @@ def estimate(cfg: Config, plan: Plan, hardware: Hardware | None = None, mfu_valu
                         f"{configured.goodput:.3f}, {best.goodput:.3f} with train.ckpt_every={target}")
     device_hours = wall_s * world / HOUR if wall_s is not None else None
     return Scale(
-        hardware=hardware.to_dict(), nodes=nodes, devices=world, peak_flops_per_device=peak, mfu=utilization,
-        mfu_source=mfu_source, flops_per_step=flops_per_step, compute_time_s=compute_s,
+        hardware=hardware.to_dict(), params=params, nodes=nodes, devices=world, peak_flops_per_device=peak,
+        mfu=utilization, mfu_source=mfu_source, flops_per_step=flops_per_step, compute_time_s=compute_s,
         comm_volume_psi=comm_volume_psi(plan.zero_stage, plan.grad_accum) if world > 1 else 0.0,
         comm_bytes_per_rank_per_step=comm_bytes, comm_link=link, comm_bandwidth_gbps=bandwidth, comm_time_s=comm_s,
         step_time_serial_s=serial, step_time_overlapped_s=overlapped, overlap_comm=cfg.zero.overlap_comm,
