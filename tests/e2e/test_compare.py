@@ -1,6 +1,6 @@
-"""`orchestrator compare` end to end on a real sweep: a 4-trial grid over optim.lr with ASHA (the
-learning rates listed best first, so ASHA has later, worse trials to stop), then the CLI's table,
-JSON, PNG and HTML on it; the HTML opened in a real headless Chromium.
+"""`orchestrator compare` end to end on a real sweep: the session's 4-trial grid over optim.lr with
+ASHA (tests/e2e/conftest.py), then the CLI's table, JSON, PNG and HTML on it; the HTML opened in a
+real headless Chromium.
 
 Chromium is Debian's (tests/install-system-deps.sh). Without it the browser test skips, except
 under CI=true, where a skip would hide a broken runner: there it fails.
@@ -17,12 +17,6 @@ from pathlib import Path
 import pytest
 
 from tests.browser import chromium, open_page
-from tests.conftest import TINY
-
-# One worker per trial: two trials at a time on a 2-CPU machine.
-GRID = ["sweep", *TINY, "cluster.num_workers=1", "data.max_bytes=20000", "optim.lr=1e-2,3e-3,1e-3,1e-4",
-        "optim.warmup_steps=2", "train.max_steps=10", "train.eval_every=2", "train.log_every=1", "sweep.scheduler=asha",
-        "sweep.asha.grace_steps=2", "sweep.asha.reduction_factor=2"]
 
 
 def orchestrator(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -30,18 +24,10 @@ def orchestrator(*args: str, timeout: float = 120) -> subprocess.CompletedProces
                           timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def sweep_dir(tmp_path_factory) -> Path:
-    sweep_dir = tmp_path_factory.mktemp("compare") / "grid"
-    result = orchestrator(*GRID, f"sweep.dir={sweep_dir}", timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return sweep_dir
-
-
-def test_the_table_of_a_sweep(sweep_dir):
-    result = orchestrator("compare", str(sweep_dir))
+def test_the_table_of_a_sweep(lr_grid):
+    result = orchestrator("compare", str(lr_grid))
     assert result.returncode == 0, result.stderr
-    record = json.loads((sweep_dir / "sweep.json").read_text())
+    record = json.loads((lr_grid / "sweep.json").read_text())
     trials = {t["id"]: t for t in record["trials"]}
     rows = [line.split("│")[1:-1] for line in result.stdout.splitlines() if line.startswith("│")]
     assert sorted(row[0].strip() for row in rows) == sorted(trials)  # one row per trial
@@ -60,8 +46,8 @@ def test_the_table_of_a_sweep(sweep_dir):
     assert line.split(": ", 1)[1].startswith("orchestrator train ")
 
 
-def test_two_runs_that_differ_only_in_the_learning_rate(sweep_dir):
-    run_a, run_b = sorted((sweep_dir / "trials").iterdir())[:2]
+def test_two_runs_that_differ_only_in_the_learning_rate(lr_grid):
+    run_a, run_b = sorted((lr_grid / "trials").iterdir())[:2]
     result = orchestrator("compare", str(run_a), str(run_b), "--format", "json")
     assert result.returncode == 0, result.stderr
     compared = json.loads(result.stdout)
@@ -73,11 +59,11 @@ def test_two_runs_that_differ_only_in_the_learning_rate(sweep_dir):
         assert set(row["config"]) == {"optim.lr"}
 
 
-def test_png_lands_in_the_sweep_and_html_opens_in_chromium_without_requests_or_errors(sweep_dir, tmp_path):
+def test_png_lands_in_the_sweep_and_html_opens_in_chromium_without_requests_or_errors(lr_grid, tmp_path):
     report = tmp_path / "report.html"
-    result = orchestrator("compare", str(sweep_dir), "--png", "--html", str(report))
+    result = orchestrator("compare", str(lr_grid), "--png", "--html", str(report))
     assert result.returncode == 0, result.stderr
-    assert (sweep_dir / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    assert (lr_grid / "compare.png").read_bytes()[:4] == b"\x89PNG"
     if chromium() is None:
         message = "chromium not installed (run tests/install-system-deps.sh as root)"
         if os.environ.get("CI") == "true":

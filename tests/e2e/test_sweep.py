@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TINY
+from tests.e2e.conftest import LR_GRID
 from tests.wandb_reader import inspect
 
 SWEEP = ["sweep", *TINY, "optim.lr=tag(log,interval(1e-4,3e-2))", "sweep.algorithm=optuna", "sweep.scheduler=asha",
@@ -111,17 +112,17 @@ def test_a_trial_the_machine_cannot_hold_is_refused_at_once_writing_nothing(tmp_
     assert list(tmp_path.iterdir()) == []
 
 
-def test_hydra_multirun_is_a_grid_with_one_run_and_one_wandb_run_per_member(tmp_path):
-    result = orchestrator("train", "-m", *TINY, "optim.lr=1e-3,3e-3", "train.max_steps=10", "train.eval_every=5",
-                          "data.max_bytes=20000", f"sweep.dir={tmp_path / 'grid'}")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    runs = sorted((tmp_path / "grid" / "trials").iterdir())
-    assert len(runs) == 2
-    assert sorted(json.loads((run / "summary.json").read_text())["status"] for run in runs) == ["completed"] * 2
-    assert [len(list((run / "wandb").glob("offline-run-*"))) for run in runs] == [1, 1]
-    lrs = sorted(json.loads((tmp_path / "grid" / "sweep.json").read_text())["trials"][i]["overrides"]["optim.lr"]
-                 for i in range(2))
-    assert lrs == ["0.001", "0.003"]
+def test_hydra_multirun_is_a_grid_with_one_run_and_one_wandb_run_per_member(lr_grid):
+    """`train -m optim.lr=1e-2,3e-3,1e-3,1e-4 sweep.scheduler=asha ...` (tests/e2e/conftest.py)."""
+    record = json.loads((lr_grid / "sweep.json").read_text())
+    assert record["algorithm"] == "grid"
+    assert sorted(float(t["overrides"]["optim.lr"]) for t in record["trials"]) == sorted(map(float, LR_GRID))
+    runs = sorted((lr_grid / "trials").iterdir())
+    assert sorted(run.name for run in runs) == sorted(t["id"] for t in record["trials"])
+    for run in runs:
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] in ("completed", "early_stopped")
+        assert len(list((run / "wandb").glob("offline-run-*"))) == 1
 
 
 def test_trials_that_fail_are_recorded_with_their_root_cause_and_the_sweep_exits_1(tmp_path):
