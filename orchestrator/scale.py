@@ -179,8 +179,12 @@ class Scale:
             f"{_bytes(self.checkpoint_bytes_per_rank)} per rank ({_bytes(self.checkpoint_bytes_rank0)} on rank 0): "
             f"written in {_s(self.checkpoint_write_s)} at {h['storage_write_gbps']:.3g} GB/s per machine, "
             f"loaded in {_s(self.checkpoint_load_s)}",
-            f"                 less than the {_bytes(self.model_states_bytes_total)} of model states in memory "
-            f"({self.model_states_bytes_total / self.params:.3g} bytes per parameter): a checkpoint holds no gradients",
+        ]
+        if self.checkpoint_bytes_total < self.model_states_bytes_total:
+            lines.append(f"                 less than the {_bytes(self.model_states_bytes_total)} of model states in "
+                         f"memory ({self.model_states_bytes_total / self.params:.3g} bytes per parameter): a "
+                         "checkpoint holds no gradients")
+        lines += [
             f"  failures       job MTBF {_h(self.job_mtbf_hours)} (device MTBF {self.device_mtbf_hours:,.0f} h / "
             f"{self.devices:,} devices); a restart costs {_s(self.restart_s)} with the load",
             f"  checkpointing  every {self.ckpt_every_steps:,} steps ({_s(self.ckpt_interval_s)}): goodput "

@@ -238,3 +238,11 @@ def test_a_cpu_run_cannot_calibrate_a_gpu_plan(tmp_path):
     done = _plan_cli(*LLAMA_405B, "--calibrate", str(tmp_path))
     assert done.returncode == 2 and not done.stdout
     assert "trained on cpu" in done.stderr and "same kind of machine" in done.stderr
+
+
+def test_the_model_states_line_appears_only_when_a_checkpoint_is_smaller():
+    """fp32 at stage 2 saves parameters, master, m and v: 16 bytes per parameter, as much as it holds."""
+    for overrides, shown in ((["zero=3"], True), (["zero=2", "train.precision=fp32"], False)):
+        cfg = compose(["model=tiny", "cluster.num_workers=2", *overrides])
+        text = estimate(cfg, make_plan(cfg)).describe()
+        assert ("of model states in memory" in text) is shown, overrides
