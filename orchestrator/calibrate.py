@@ -74,6 +74,13 @@ def read_summary(run_dir: Path) -> dict:
     if not summary.get("tokens_per_s") or not summary.get("steps"):
         raise ConfigError([f"--calibrate {run_dir}: the run logged no steady throughput (too few steps: "
                            "train.max_steps must exceed 2 x train.log_every)"])
+    missing = [key for key in ("mfu", "peak_flops_per_device") if summary.get(key) is None]
+    if missing:
+        raise ConfigError([f"--calibrate {run_dir}: summary.json has no {' or '.join(missing)} (a run by an older "
+                           "orchestrator, or an edited file): calibrate from a run of this version"])
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError([f"--calibrate {run_dir}: no config.yaml beside summary.json: calibration needs the "
+                           "run's config"])
     return summary
 
 

@@ -246,3 +246,19 @@ def test_the_model_states_line_appears_only_when_a_checkpoint_is_smaller():
         cfg = compose(["model=tiny", "cluster.num_workers=2", *overrides])
         text = estimate(cfg, make_plan(cfg)).describe()
         assert ("of model states in memory" in text) is shown, overrides
+
+
+@pytest.mark.parametrize(("remove", "says"), [("config.yaml", "no config.yaml"),
+                                              ("peak_flops_per_device", "no peak_flops_per_device")])
+def test_a_run_directory_missing_what_calibration_reads_is_refused_in_one_line(tmp_path, remove, says):
+    _fabricated_run(tmp_path, ["model=tiny"], step_time_s=0.5)
+    if remove == "config.yaml":
+        (tmp_path / "config.yaml").unlink()
+    else:
+        summary = json.loads((tmp_path / "summary.json").read_text())
+        del summary[remove]
+        (tmp_path / "summary.json").write_text(json.dumps(summary))
+    done = _plan_cli("model=tiny", "--calibrate", str(tmp_path))
+    assert done.returncode == 2 and not done.stdout
+    [line] = done.stderr.strip().splitlines()
+    assert says in line
