@@ -32,7 +32,8 @@ CHILD = """
 import json, sys, time
 from orchestrator.config.compose import compose
 from orchestrator.data import pipeline, tokenize
-from orchestrator.plan import make_plan, resolved_config
+from orchestrator.plan.plan import make_plan, resolved_config
+from orchestrator.machine import available_cpus
 
 phase = {}
 inner = tokenize.Tokenization.into
@@ -49,7 +50,7 @@ prepared = pipeline.prepare(cfg.data, cfg.train.seq_len, cfg.train.seed)
 phase["prepare_s"] = time.perf_counter() - start
 meta = prepared.meta
 shard = prepared.root / "tokens.bin"
-print(json.dumps({**phase, "tokens": meta["tokens"], "cores": pipeline.cores(),
+print(json.dumps({**phase, "tokens": meta["tokens"], "cores": available_cpus(),
                   "bytes_per_token": shard.stat().st_size / meta["tokens"], "dtype": meta["dtype"]}))
 """
 

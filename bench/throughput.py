@@ -47,9 +47,9 @@ def bare_spec(args, work: Path) -> tuple[Path, dict]:
 
     from orchestrator.config.compose import compose
     from orchestrator.data.pipeline import prepare
-    from orchestrator.ds_config import deepspeed_config
     from orchestrator.models.registry import hf_config
-    from orchestrator.plan import make_plan, resolved_config
+    from orchestrator.plan.deepspeed import deepspeed_config
+    from orchestrator.plan.plan import make_plan, resolved_config
 
     cfg = compose(overrides(args))
     plan = make_plan(cfg)
@@ -96,7 +96,7 @@ def run_orchestrated(args, work: Path, name: str) -> dict:
 
 
 def run_bare(args, spec: Path, known: dict, peak_flops: float) -> dict:
-    from orchestrator.mfu import utilization
+    from orchestrator.plan.mfu import utilization
 
     env = {**os.environ, "OMP_NUM_THREADS": str(json.loads(spec.read_text())["threads"])}
     if not known["uses_gpus"]:

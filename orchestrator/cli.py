@@ -9,7 +9,6 @@ Exit codes: 0 success, 1 the job failed, 2 bad input (nothing was started or wri
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from orchestrator import __version__
@@ -192,7 +191,9 @@ def _run(args: argparse.Namespace) -> int:
         print(to_yaml(cfg), end="")
         return 0
     if args.command == "plan":
-        return _plan(cfg, args.calibrate)
+        from orchestrator.plan import command
+
+        return command.run(cfg, args.calibrate)
     from orchestrator.train.driver import train
     from orchestrator.train.startup import Startup
 
@@ -213,53 +214,6 @@ def _compress(args: argparse.Namespace) -> int:
         print(to_yaml(command.compose(args.overrides)[0]), end="")
         return 0
     command.compress(args.overrides)
-    return 0
-
-
-def _plan(cfg, calibrate_from: str | None) -> int:
-    import dataclasses
-    from pathlib import Path
-
-    from orchestrator.config.schema import PlanFormat
-    from orchestrator.ds_config import deepspeed_config
-    from orchestrator.plan import make_plan, resolved_config
-
-    plan = make_plan(cfg)
-    ds = deepspeed_config(resolved_config(cfg, plan), plan)
-    calibration, scale = None, None
-    if calibrate_from is not None:
-        from orchestrator.calibrate import calibrate
-
-        calibration = calibrate(Path(calibrate_from))
-        if (calibration.device == "cuda") != plan.uses_gpus:
-            raise ConfigError([f"--calibrate {calibrate_from}: the run trained on {calibration.device}, the plan is "
-                               f"for {'GPUs' if plan.uses_gpus else 'CPU workers'}: calibrate from a run on the "
-                               "same kind of machine"])
-    if plan.params is not None:
-        from orchestrator.hardware import hardware_for
-        from orchestrator.scale import estimate
-
-        hardware = hardware_for(cfg.cluster, plan.uses_gpus)
-        scale = (estimate(cfg, plan, calibration.apply(hardware, plan.precision), calibration.compute_mfu,
-                          f"calibrated from {calibrate_from}") if calibration else estimate(cfg, plan, hardware))
-    if cfg.plan.format is PlanFormat.json:
-        scale_dict = scale.to_dict() if scale else None
-        if scale_dict and calibration:
-            scale_dict["calibration"] = dataclasses.asdict(calibration)
-        print(json.dumps({"plan": {**plan.to_dict(), "scale": scale_dict}, "deepspeed": ds}, indent=2))
-        return 0
-    print(plan.describe())
-    if plan.flops_per_token:
-        print(f"flops/token={plan.flops_per_token:,}  flops/step={plan.flops_per_token * plan.tokens_per_step:,}")
-    print(plan.memory_table())
-    for reason in plan.auto_reasons:
-        print(f"zero=auto: {reason}")
-    if calibration:
-        print(calibration.describe())
-    if scale:
-        print(scale.describe())
-    print("deepspeed config:")
-    print(json.dumps(ds, indent=2))
     return 0
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import ctypes.util
 import glob
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 from orchestrator.config.schema import Backend, ClusterConfig, Config, Offload, Precision, TokenizeOn
+from orchestrator.machine import visible_gpus
 
 
 class _Problems(list):
@@ -27,14 +27,6 @@ def _show(value: Any) -> str:
     if value is None:
         return "null"
     return getattr(value, "value", value) if not isinstance(value, bool) else str(value).lower()
-
-
-def visible_gpus() -> int:
-    """GPUs this machine exposes, without importing torch (NVIDIA driver's /proc entries)."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
-        return 0
-    gpus = Path("/proc/driver/nvidia/gpus")
-    return len(list(gpus.iterdir())) if gpus.is_dir() else 0
 
 
 def data_files(path: str) -> list[str]:

@@ -31,6 +31,7 @@ from orchestrator.config.schema import DataConfig, TokenizeOn
 from orchestrator.data.corpus import file_format, load_documents, source_files
 from orchestrator.data.shards import TokenBlocks, token_dtype
 from orchestrator.errors import ConfigError
+from orchestrator.machine import available_cpus
 
 _FORMAT_VERSION = 2  # bump when the prepared layout or tokenization changes
 
@@ -144,11 +145,6 @@ def prepare(data: DataConfig, seq_len: int, seed: int) -> PreparedData:
     return prepared
 
 
-def cores() -> int:
-    """The cores this process may use (its affinity: `taskset` and cgroup cpusets shrink it)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def _build(data: DataConfig, seq_len: int, seed: int, out: PreparedData) -> None:
     import shutil
 
@@ -159,7 +155,8 @@ def _build(data: DataConfig, seq_len: int, seed: int, out: PreparedData) -> None
     tmp.mkdir(parents=True)
     mixture = sources(data)
     on_ray = data.tokenize_on is TokenizeOn.ray
-    with Tokenization(data.num_proc or cores(), on_ray) as tokenization:  # processes start while the BPE trains
+    # the processes start while the BPE trains
+    with Tokenization(data.num_proc or available_cpus(), on_ray) as tokenization:
         if data.streaming:
             return _build_stream_head(data, seq_len, tokenization, tmp, out)
         docs = [load_documents(source.data) for source in mixture]

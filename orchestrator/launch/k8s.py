@@ -16,7 +16,7 @@ from pathlib import Path
 
 from orchestrator.config.schema import Config
 from orchestrator.errors import TrainingError
-from orchestrator.plan import Plan
+from orchestrator.plan.plan import Plan
 
 MANIFEST = "rayjob.yaml"
 JOB_FILE_DIR = "/etc/orchestrator"

@@ -15,20 +15,14 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import subprocess
 
 from orchestrator.config.schema import ClusterConfig
-from orchestrator.config.validate import visible_gpus
+from orchestrator.machine import available_cpus, free_port, visible_gpus
 from orchestrator.train.signals import SETUP_HOOK
 
 _reaper: subprocess.Popen | None = None
 _joined_warm = False
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask: what a container or taskset grants)."""
-    return len(os.sched_getaffinity(0))
 
 
 def preflight(cluster: ClusterConfig) -> list[str]:
@@ -46,12 +40,6 @@ def preflight(cluster: ClusterConfig) -> list[str]:
                 f"cluster.num_workers={cluster.num_workers} x cluster.gpus_per_worker={cluster.gpus_per_worker} = "
                 f"{needed} GPUs, but this machine has {gpus}; lower them, or cluster.gpus_per_worker=0 for CPU workers")
     return problems
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(cluster: ClusterConfig, log_to_driver: bool = True, env_vars: dict[str, str] | None = None,
@@ -89,7 +77,7 @@ def start(cluster: ClusterConfig, log_to_driver: bool = True, env_vars: dict[str
         return True
     from ray._private.services import get_node_ip_address
 
-    port = _free_port()  # chosen here so the job's processes can be told the address up front
+    port = free_port()  # chosen here so the job's processes can be told the address up front
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     try:
         ray.init(

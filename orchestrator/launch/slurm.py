@@ -26,7 +26,7 @@ from pathlib import Path
 
 from orchestrator.config.schema import Config
 from orchestrator.errors import ConfigError
-from orchestrator.plan import Plan
+from orchestrator.plan.plan import Plan
 
 SCRIPT = "job.sbatch"
 

@@ -21,7 +21,7 @@ from orchestrator.config.compose import compose_dictconfig, load_job_file, to_ya
 from orchestrator.config.schema import Backend, Config
 from orchestrator.errors import ConfigError
 from orchestrator.paths import unwritable
-from orchestrator.plan import Plan, make_plan, refuse_unfit
+from orchestrator.plan.plan import Plan, make_plan, refuse_unfit
 from orchestrator.redact import redact_text
 
 JOB_FILE = "job.yaml"

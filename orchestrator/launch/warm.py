@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from orchestrator.machine import free_port
+
 START_TIMEOUT_S = 60
 
 
@@ -30,12 +32,6 @@ def cache_root() -> Path:
 
 def _record_path() -> Path:
     return cache_root() / "local-cluster.json"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _answers(address: str) -> bool:
@@ -77,12 +73,12 @@ def up(num_cpus: int) -> tuple[dict, bool]:
         return record, False
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
-    port, log = _free_port(), root / "local-cluster.log"
+    port, log = free_port(), root / "local-cluster.log"
     command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
                "--node-ip-address=127.0.0.1", f"--port={port}", f"--num-cpus={num_cpus}",
                # Ray's defaults otherwise (dashboard on loopback included): sweeps may join it too
-               "--dashboard-host=127.0.0.1", f"--dashboard-port={_free_port()}",
-               f"--dashboard-agent-listen-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
+               "--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}",
+               f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
                "--disable-usage-stats"]
     token = secrets.token_hex(16)  # Ray's token authentication: only who can read the record may join
     process = subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -135,7 +135,7 @@ def _check_settings(cfg: Config, params: list[space.Param]) -> list[str]:
 
 
 def _trial_need(cfg: Config) -> str:
-    from orchestrator.plan import gpus_per_worker, make_plan
+    from orchestrator.plan.plan import gpus_per_worker, make_plan
 
     gpus = f" + {gpus_per_worker(cfg)} GPU" if gpus_per_worker(cfg) else ""
     return f"a trial takes {make_plan(cfg).world_size} workers x {cfg.cluster.cpus_per_worker} CPU{gpus}"
@@ -157,7 +157,7 @@ TRIAL_ENV = {"RAY_CHDIR_TO_TRIAL_DIR": "0"}
 def _join(cfg: Config) -> None:
     """Start the embedded cluster (workers' output stays in Ray's logs: trial lines speak), or join one."""
     from orchestrator.launch import local, ray_cluster
-    from orchestrator.plan import gpus_per_worker, make_plan
+    from orchestrator.plan.plan import gpus_per_worker, make_plan
     from orchestrator.train.driver import ray_nodes
 
     if cfg.cluster.name is Backend.local:
@@ -182,7 +182,7 @@ def _concurrency(cfg: Config, trials: int) -> int:
     """Trials at once: what the cluster's CPUs and GPUs hold (each trial's driver reserves none), capped."""
     import ray
 
-    from orchestrator.plan import gpus_per_worker, make_plan
+    from orchestrator.plan.plan import gpus_per_worker, make_plan
 
     world = make_plan(cfg).world_size
     total = ray.cluster_resources()

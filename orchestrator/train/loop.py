@@ -72,12 +72,12 @@ def _train(payload: dict, progress, startup) -> None:
     import torch
     import torch.distributed as dist
 
-    from orchestrator import mfu
     from orchestrator.compress.hooks import TrainingHooks
     from orchestrator.config.compose import from_dict
     from orchestrator.data.loader import eval_batches
     from orchestrator.data.pipeline import prepare
     from orchestrator.models.registry import apply_activation_checkpointing, build_model
+    from orchestrator.plan import mfu
     from orchestrator.train import elastic, rank_state, signals
     from orchestrator.train import engine as ds
     from orchestrator.train.checkpoint_writer import CheckpointWriter
@@ -379,9 +379,9 @@ def _peak_flops(rank: int, device_type: str, precision: str, threads: int, cache
     """Rank 0 looks one device's peak up (or probes it, once per machine, while the others wait); all get it."""
     import torch.distributed as dist
 
-    from orchestrator import mfu
+    from orchestrator.train import peak_flops
 
-    found = [mfu.peak_flops(device_type, precision, threads, cache_dir) if rank == 0 else None]
+    found = [peak_flops.peak_flops(device_type, precision, threads, cache_dir) if rank == 0 else None]
     dist.broadcast_object_list(found, src=0)
     return found[0]
 
@@ -392,7 +392,7 @@ def _throughput(window_rates: list[float], tokens_per_step: int, flops_per_token
     the step time and the MFU and HFU it gives (what `orchestrator plan --calibrate` reads)."""
     import statistics
 
-    from orchestrator import mfu
+    from orchestrator.plan import mfu
 
     steady = window_rates[1:] or window_rates
     if not steady:

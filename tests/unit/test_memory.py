@@ -6,8 +6,8 @@ import pytest
 
 from orchestrator.config.compose import compose
 from orchestrator.config.schema import ActivationCheckpointing, Offload, Precision
-from orchestrator.memory import activation_bytes, model_states
-from orchestrator.plan import make_plan
+from orchestrator.plan.memory import activation_bytes, model_states
+from orchestrator.plan.plan import make_plan
 
 PSI, N = 1_000_000, 4
 
@@ -85,7 +85,7 @@ def test_activations_scale_with_batch_and_shrink_with_checkpointing():
 def test_gpt2_layer_activations_match_korthikanti_without_dropout_and_score_matrices():
     # 34·sbh + 5·a·s²·b (16-bit, with dropout, eager attention) minus the 2·sbh dropout masks,
     # and SDPA keeps 4·a·s·b bytes of log-sum-exp instead of the 5·a·s²·b score matrices.
-    from orchestrator.memory import layer_activation_bytes
+    from orchestrator.plan.memory import layer_activation_bytes
 
     cfg = compose(["model=gpt2-124m", "train.seq_len=1024"])
     s, b, h, a = 1024, 2, 768, 12

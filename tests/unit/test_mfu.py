@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import mfu
 from orchestrator.config.compose import compose
-from orchestrator.plan import make_plan
+from orchestrator.plan import mfu
+from orchestrator.plan.plan import make_plan
+from orchestrator.train import peak_flops
 
 
 def test_mfu_of_the_124m_shape_matches_a_hand_computation():
@@ -46,15 +47,15 @@ def test_unknown_devices_have_no_table_figure():
 
 def test_cpu_peak_is_probed_once_and_cached(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(mfu, "matmul_probe", lambda *args: calls.append(args) or 1.5e11)
-    first = mfu.peak_flops("cpu", "fp32", 1, tmp_path)
-    second = mfu.peak_flops("cpu", "fp32", 1, tmp_path)
+    monkeypatch.setattr(peak_flops, "matmul_probe", lambda *args: calls.append(args) or 1.5e11)
+    first = peak_flops.peak_flops("cpu", "fp32", 1, tmp_path)
+    second = peak_flops.peak_flops("cpu", "fp32", 1, tmp_path)
     assert first[0] == second[0] == 1.5e11
     assert len(calls) == 1 and (tmp_path / "peak_flops.json").exists()
-    mfu.peak_flops("cpu", "fp32", 2, tmp_path)  # another thread count is another figure
+    peak_flops.peak_flops("cpu", "fp32", 2, tmp_path)  # another thread count is another figure
     assert len(calls) == 2
 
 
 def test_the_matmul_probe_measures_a_plausible_rate():
-    flops = mfu.matmul_probe("cpu", "fp32", 1, seconds=0.1)
+    flops = peak_flops.matmul_probe("cpu", "fp32", 1, seconds=0.1)
     assert 1e8 < flops < 1e13

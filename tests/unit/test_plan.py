@@ -9,8 +9,8 @@ import pytest
 
 from orchestrator.config.compose import compose
 from orchestrator.config.schema import Arch, ModelConfig
-from orchestrator.ds_config import deepspeed_config
-from orchestrator.plan import count_params, make_plan
+from orchestrator.plan.deepspeed import deepspeed_config
+from orchestrator.plan.plan import count_params, make_plan
 
 
 def test_global_batch_is_micro_times_accum_times_world():
@@ -67,7 +67,7 @@ def test_deepspeed_config_follows_zero_and_precision():
 def test_config_and_plan_paths_import_no_torch_ray_or_deepspeed():
     code = (
         "import sys; from orchestrator.cli import main; from orchestrator.config.compose import compose;"
-        "from orchestrator.plan import make_plan; from orchestrator.ds_config import deepspeed_config;"
+        "from orchestrator.plan.plan import make_plan; from orchestrator.plan.deepspeed import deepspeed_config;"
         "cfg = compose(['zero=3']); deepspeed_config(cfg, make_plan(cfg));"
         "heavy = [m for m in ('torch', 'ray', 'deepspeed', 'transformers') if m in sys.modules];"
         "assert not heavy, heavy"

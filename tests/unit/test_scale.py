@@ -9,13 +9,13 @@ import sys
 
 import pytest
 
-from orchestrator.calibrate import calibrate
 from orchestrator.config.compose import compose, to_yaml
 from orchestrator.config.schema import Offload, Precision
-from orchestrator.hardware import LLAMA3_DEVICE_MTBF_HOURS, hardware_for
-from orchestrator.memory import GB, model_states
-from orchestrator.plan import make_plan
-from orchestrator.scale import (
+from orchestrator.plan.calibrate import calibrate
+from orchestrator.plan.hardware import LLAMA3_DEVICE_MTBF_HOURS, hardware_for
+from orchestrator.plan.memory import GB, model_states
+from orchestrator.plan.plan import make_plan
+from orchestrator.plan.scale import (
     checkpoint_bytes,
     comm_bytes_per_rank,
     comm_volume_psi,

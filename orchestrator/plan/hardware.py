@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 from orchestrator.config.schema import ClusterConfig, HardwarePreset
-from orchestrator.mfu import table_peak_flops
+from orchestrator.plan.mfu import table_peak_flops
 
 LLAMA3_DEVICE_MTBF_HOURS = 16_384 * 54 * 24 / 419
 """Per-device mean time between interruptions implied by Llama 3's 419 in 54 days on 16,384 GPUs."""

@@ -8,7 +8,7 @@ The LR schedule is ours (train/schedule.py) because DeepSpeed's has no warmup+co
 from __future__ import annotations
 
 from orchestrator.config.schema import Config, Offload, Precision
-from orchestrator.plan import Plan
+from orchestrator.plan.plan import Plan
 
 
 def _offload(device: Offload, nvme_path: str | None) -> dict:

@@ -25,11 +25,11 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from orchestrator import mfu
 from orchestrator.config.schema import Config, Offload, Precision
-from orchestrator.hardware import Hardware, hardware_for
-from orchestrator.memory import GB, model_states
-from orchestrator.plan import Plan
+from orchestrator.plan import mfu
+from orchestrator.plan.hardware import Hardware, hardware_for
+from orchestrator.plan.memory import GB, model_states
+from orchestrator.plan.plan import Plan
 
 HOUR = 3600.0
 INTERVAL_TOLERANCE = 2.0

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from orchestrator.config.compose import compose
 from orchestrator.errors import ConfigError
-from orchestrator.hardware import Hardware, hardware_for
-from orchestrator.memory import GB
-from orchestrator.plan import make_plan
-from orchestrator.scale import estimate
+from orchestrator.plan.hardware import Hardware, hardware_for
+from orchestrator.plan.memory import GB
+from orchestrator.plan.plan import make_plan
+from orchestrator.plan.scale import estimate
 
 MIN_COMPUTE_SHARE = 0.5
 """If the modelled communication would leave less than this share of the measured step to compute, the

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from orchestrator.config.schema import ActivationCheckpointing, Arch, Backend, Config, ModelConfig, Offload, Precision
-from orchestrator.config.validate import visible_gpus
 from orchestrator.errors import ConfigError
-from orchestrator.memory import GB, Memory, estimate
+from orchestrator.machine import host_memory_bytes, visible_gpus
+from orchestrator.plan.memory import GB, Memory, estimate
 
 
 @dataclass(frozen=True)
@@ -161,11 +160,7 @@ def gpus_per_worker(cfg: Config) -> int | None:
 def _host_memory_bytes(cfg: Config) -> float | None:
     if cfg.cluster.cpu_memory_gb is not None:
         return cfg.cluster.cpu_memory_gb * GB
-    meminfo = Path("/proc/meminfo")
-    if cfg.cluster.name is Backend.local and meminfo.exists():
-        total_kb = int(meminfo.read_text().split("MemTotal:")[1].split()[0])
-        return total_kb * 1024
-    return None
+    return host_memory_bytes() if cfg.cluster.name is Backend.local else None
 
 
 def _fit_problems(cfg: Config, memory: Memory, gpus: bool, ranks_per_node: int) -> tuple[bool | None, list[str]]:
