@@ -33,8 +33,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    from orchestrator import checkpoint
     from orchestrator.config.compose import compose
+    from orchestrator.rundir import checkpoints as checkpoint
     from orchestrator.train.driver import train
 
     with tempfile.TemporaryDirectory(prefix="bench-ckpt-") as work:

@@ -183,7 +183,7 @@ def _run(args: argparse.Namespace) -> int:
 
     overrides = args.overrides
     if searching:  # --cfg job: the config every trial shares (the search space is not one config)
-        from orchestrator.sweep.space import split_overrides
+        from orchestrator.config.overrides import split_overrides
 
         overrides = split_overrides(overrides)[0]
     cfg = compose(overrides, args.config)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.compare.runs import IDENTITY_KEYS, Run, Sweep
-from orchestrator.sweep.space import as_override
+from orchestrator.config.overrides import as_override
 
 MODES = ("min", "max")
 

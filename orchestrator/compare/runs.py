@@ -10,7 +10,6 @@ Nothing here draws or prints; a path that is neither a run nor a sweep is a Conf
 from __future__ import annotations
 
 import glob
-import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -20,9 +19,7 @@ from typing import Any
 import yaml
 
 from orchestrator.errors import ConfigError
-from orchestrator.sweep.driver import REQUEST as REQUEST_JSON
-from orchestrator.sweep.record import SWEEP_JSON
-from orchestrator.sweep.trial import TRIALS
+from orchestrator.rundir import RunDir, SweepDir
 
 IDENTITY_KEYS = ("run_dir", "logger.run_id", "sweep.dir", "sweep.trial_id", "sweep.trial_overrides")
 """Config keys that name a run rather than describe its training: different in every run, never a difference."""
@@ -62,7 +59,7 @@ class Run:
 
     @property
     def wandb_run_id(self) -> str | None:
-        return _json(self.run_dir / "run.json").get("run_id")
+        return RunDir(self.run_dir).recorded_run_id()
 
 
 @dataclass
@@ -99,7 +96,7 @@ def load(paths: list[str]) -> tuple[list[Run], list[Sweep]]:
                 runs.append(load_run(path))
             else:
                 problems.append(f"{match}: not a run directory (no config.yaml with run.json or metrics.jsonl) "
-                                f"or sweep directory (no {SWEEP_JSON} or {TRIALS}/)")
+                                f"or sweep directory (no sweep.json, or request.json and trials/)")
     if problems:
         raise ConfigError(problems)
     if not runs:
@@ -109,25 +106,25 @@ def load(paths: list[str]) -> tuple[list[Run], list[Sweep]]:
 
 
 def is_run(path: Path) -> bool:
-    """config.yaml and run.json are written before training starts; metrics.jsonl from the first step."""
-    return (path / "config.yaml").is_file() and ((path / "run.json").is_file() or (path / "metrics.jsonl").is_file())
+    return RunDir(path).is_run()
 
 
 def is_sweep(path: Path) -> bool:
-    return (path / SWEEP_JSON).is_file() or ((path / REQUEST_JSON).is_file() and (path / TRIALS).is_dir())
+    return SweepDir(path).is_sweep()
 
 
 def load_run(run_dir: Path, sweep_entry: dict | None = None) -> Run:
     """A run directory; `sweep_entry` is its trial's entry in sweep.json, when there is one."""
-    history = _rows(run_dir / "metrics.jsonl")
-    summary = _json(run_dir / "summary.json")
-    raw = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    run = RunDir(run_dir)
+    history = run.rows()
+    summary = run.summary()
+    raw = yaml.safe_load(run.config.read_text()) or {}
     config = flatten(raw)
     logged = [row for row in history if _number(row.get("loss"))]
     evaluated = [row for row in history if _number(row.get("val_loss"))]
     best = min(evaluated, key=lambda row: row["val_loss"], default=None)
     windows = [row["tokens_per_s"] for row in logged if _number(row.get("tokens_per_s"))]
-    status, error = _status(run_dir, summary, sweep_entry)
+    status, error = _status(run, summary, sweep_entry)
     return Run(
         name=run_dir.name,
         run_dir=run_dir,
@@ -145,18 +142,19 @@ def load_run(run_dir: Path, sweep_entry: dict | None = None) -> Run:
         history=history,
         overrides=dict((raw.get("sweep") or {}).get("trial_overrides") or {}),
         error=error,
-        compression=[_json(path) for path in sorted(run_dir.glob("compressed/*/compress_report.json"))],
+        compression=run.compress_reports(),
     )
 
 
 def load_sweep(sweep_dir: Path) -> Sweep:
     """A sweep directory: sweep.json when the sweep has ended, else its trials' run directories so far."""
-    from orchestrator.sweep.space import split_overrides
+    from orchestrator.config.overrides import split_overrides
 
-    record = _json(sweep_dir / SWEEP_JSON)
-    request = _json(sweep_dir / REQUEST_JSON)
+    folder = SweepDir(sweep_dir)
+    record = folder.read_record()
+    request = folder.read_request()
     entries = {t["id"]: t for t in record.get("trials", [])}
-    trial_dirs = sorted(p for p in (sweep_dir / TRIALS).glob("*") if is_run(p)) if (sweep_dir / TRIALS).is_dir() else []
+    trial_dirs = [path for path in folder.trial_dirs() if is_run(path)]
     trials = [load_run(path, entries.get(path.name)) for path in trial_dirs]
     trials += [_failed_before_running(sweep_dir, entry) for trial_id, entry in entries.items()
                if trial_id not in {p.name for p in trial_dirs}]
@@ -192,30 +190,19 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _status(run_dir: Path, summary: dict, sweep_entry: dict | None) -> tuple[str, str | None]:
-    """The run's status and, for a failed one, its error line.
-
-    A summary means it ended (completed, or early_stopped by a sweep's scheduler). Otherwise the
-    newest line of events.jsonl says whether the command that ran it was preempted or failed;
-    a run whose newest event is its start (or resume) is still running.
-    """
-    if summary.get("status"):
-        return summary["status"], None
-    if sweep_entry and sweep_entry.get("status") == "failed":
+def _status(run: RunDir, summary: dict, sweep_entry: dict | None) -> tuple[str, str | None]:
+    """The run's status (RunDir.status) and, for a failed one, its error line; a trial the sweep's record
+    says failed, and that wrote no summary, failed with the record's error."""
+    if not summary.get("status") and sweep_entry and sweep_entry.get("status") == "failed":
         return "failed", sweep_entry.get("error")
-    events = _rows(run_dir / "events.jsonl")
-    last = events[-1] if events else {}
-    if last.get("event") == "preempted":
-        return "preempted", None
-    if last.get("event") == "failed":
-        return "failed", last.get("error")
-    return "running", None
+    status, error = run.status()
+    return status.value, error
 
 
 def _failed_before_running(sweep_dir: Path, entry: dict) -> Run:
     """A trial sweep.json records as failed before it wrote a run directory (its values made a bad config)."""
     overrides = entry.get("overrides", {})
-    return Run(name=entry["id"], run_dir=Path(entry.get("run_dir") or sweep_dir / TRIALS / entry["id"]),
+    return Run(name=entry["id"], run_dir=Path(entry.get("run_dir") or SweepDir(sweep_dir).trial(entry["id"]).path),
                status="failed", steps=entry.get("steps") or 0, final_train_loss=None, final_val_loss=None,
                final_val_ppl=None, best_val_loss=None, best_val_step=None, tokens_per_s=None,
                peak_memory_bytes_per_rank=None, wall_s=entry.get("wall_s"),
@@ -232,22 +219,3 @@ def _unique_names(runs: list[Run]) -> None:
 
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _rows(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # the last line of a run still writing it
-            continue
-    return rows
-
-
-def _json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}

@@ -21,8 +21,8 @@ from orchestrator.compress.passes import QUANTIZERS, ModelShape, build, pipeline
 from orchestrator.config.schema import Config
 from orchestrator.errors import ConfigError, GateFailed
 from orchestrator.paths import unwritable
+from orchestrator.rundir import COMPRESS_REPORT, RunDir
 
-REPORT = "compress_report.json"
 _OWN_KEYS = ("run_dir=", "compress=", "compress.")
 
 
@@ -41,10 +41,10 @@ def compose(overrides: list[str]) -> tuple[Config, Path]:
         raise ConfigError(["run_dir: required: the trained run to compress "
                            "(orchestrator compress run_dir=runs/<name> compress=prune50)"])
     run_dir = Path(given[-1]).expanduser().resolve()
-    if not (run_dir / "config.yaml").is_file():
+    if not RunDir(run_dir).config.is_file():
         raise ConfigError([f"run_dir={given[-1]}: not a run directory (no config.yaml)"])
     chosen = compose_dictconfig([o for o in overrides if not o.startswith("run_dir=")])
-    base = load_job_file(str(run_dir / "config.yaml"), [])
+    base = load_job_file(str(RunDir(run_dir).config), [])
     base.compress = chosen.compress
     return OmegaConf.to_object(base), run_dir  # type: ignore[return-value]
 
@@ -53,7 +53,7 @@ def compress(overrides: list[str]) -> Path:
     """Run the pipeline; returns the output folder. ConfigError before anything runs, GateFailed after."""
     cfg, run_dir = compose(overrides)
     c = cfg.compress
-    model_dir = run_dir / "model"
+    model_dir = RunDir(run_dir).model
     problems = []
     if not (model_dir / "config.json").is_file():
         model_dir = _consolidate(cfg, run_dir, problems)
@@ -64,7 +64,7 @@ def compress(overrides: list[str]) -> Path:
         problems.append(f"run_dir={run_dir}: its model is already quantized (quantization-aware training); "
                         "compress a run with a floating-point model")
     problems += pipeline_problems(c, ModelShape.of_folder(model_dir), during_training=False)
-    out = run_dir / "compressed" / c.name
+    out = RunDir(run_dir).compressed(c.name)
     problems += [p for p in [unwritable("run_dir", str(out))] if p]
     if problems:
         raise ConfigError(problems)
@@ -134,7 +134,7 @@ def _run(cfg: Config, run_dir: Path, model_dir: Path, out: Path) -> Path:
         reloaded = artifact.load(out)(input_ids=probe).logits.float()
     report = _report(cfg, run_dir, model_dir, out, before, after, rows, swapped,
                      (reloaded - logits).abs().max().item())
-    (out / REPORT).write_text(json.dumps(report, indent=2))
+    (out / COMPRESS_REPORT).write_text(json.dumps(report, indent=2))
     _add_to_summary(run_dir, report)
     from orchestrator.track.tracker import track_compression
 
@@ -144,7 +144,8 @@ def _run(cfg: Config, run_dir: Path, model_dir: Path, out: Path) -> Path:
     gate = c.max_ppl_increase
     if gate is not None and not report["ppl_increase"] <= gate:
         raise GateFailed(f"compress.max_ppl_increase={gate}: perplexity rose {100 * report['ppl_increase']:.2f}% "
-                         f"({report['ppl_before']:.4f} -> {report['ppl_after']:.4f}); report kept in {out / REPORT}")
+                         f"({report['ppl_before']:.4f} -> {report['ppl_after']:.4f}); "
+                         f"report kept in {out / COMPRESS_REPORT}")
     return out
 
 
@@ -154,12 +155,12 @@ CONSOLIDATED = "consolidated"
 def _consolidate(cfg: Config, run_dir: Path, problems: list[str]) -> Path:
     """A run without model/ (it stopped before the end): the newest complete checkpoint's ZeRO shards merged
     into one fp32 model, saved once in compressed/consolidated/ and used from there on."""
-    from orchestrator import checkpoint
+    from orchestrator.rundir import checkpoints as checkpoint
 
-    folder = run_dir / "compressed" / CONSOLIDATED
+    folder = RunDir(run_dir).compressed(CONSOLIDATED)
     if (folder / "config.json").is_file():
         return folder
-    found, _ = checkpoint.newest_usable(run_dir / "checkpoints")
+    found, _ = checkpoint.newest_usable(RunDir(run_dir).checkpoints)
     if found is None:
         problems.append(f"run_dir={run_dir}: holds neither a final model (model/) nor a complete checkpoint")
         return folder
@@ -198,7 +199,7 @@ def _training_passes(run_dir: Path) -> list:
 
     from orchestrator.config.compose import load_job_file
 
-    return OmegaConf.to_object(load_job_file(str(run_dir / "config.yaml"), [])).compress.passes
+    return OmegaConf.to_object(load_job_file(str(RunDir(run_dir).config), [])).compress.passes
 
 
 def _plain(spec) -> dict:
@@ -243,13 +244,11 @@ def _report(cfg: Config, run_dir: Path, model_dir: Path, out: Path, before: dict
 
 def _add_to_summary(run_dir: Path, report: dict) -> None:
     """The run's summary.json gains compress.<pipeline> with the report's top-level numbers."""
-    path = run_dir / "summary.json"
-    summary = json.loads(path.read_text()) if path.exists() else {}
+    run = RunDir(run_dir)
+    summary = run.summary()
     summary.setdefault("compress", {})[report["pipeline"]] = {
         k: v for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(path)
+    run.write_summary(summary)
 
 
 def print_table(report: dict) -> None:

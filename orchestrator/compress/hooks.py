@@ -12,8 +12,7 @@ from pathlib import Path
 
 from orchestrator.compress.masks import Gather, GradualPruning
 from orchestrator.config.schema import Config, PassName
-
-REPORT = "compress_report.json"
+from orchestrator.rundir import COMPRESS_REPORT
 
 
 class TrainingHooks:
@@ -53,7 +52,7 @@ class TrainingHooks:
             return None
         report = {"pipeline": self.name, **report}
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / REPORT).write_text(json.dumps(report, indent=2))
+        (folder / COMPRESS_REPORT).write_text(json.dumps(report, indent=2))
         return report
 
     def _sparsity(self, state: dict) -> dict:

@@ -15,6 +15,7 @@ from typing import Any
 
 from orchestrator.config.schema import Backend, ClusterConfig, Config, Offload, Precision, TokenizeOn
 from orchestrator.machine import visible_gpus
+from orchestrator.rundir import RunDir
 
 
 class _Problems(list):
@@ -226,7 +227,7 @@ def validate(cfg: Config) -> list[str]:
     if cfg.run_dir is not None:
         run_dir = Path(cfg.run_dir).expanduser()
         p.check(not run_dir.exists() or run_dir.is_dir(), "run_dir", cfg.run_dir, "exists and is not a folder")
-        p.check(t.resume != "never" or not (run_dir / "config.yaml").exists(), "run_dir", cfg.run_dir,
+        p.check(t.resume != "never" or not RunDir(run_dir).config.exists(), "run_dir", cfg.run_dir,
                 "already holds a run and train.resume=never; pick a new run_dir (or train.resume=auto to continue)")
     p.check(t.resume in ("auto", "never") or Path(t.resume).expanduser().is_dir(), "train.resume", t.resume,
             "must be auto, never, or an existing checkpoint folder")

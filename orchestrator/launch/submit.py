@@ -23,6 +23,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.paths import unwritable
 from orchestrator.plan.plan import Plan, make_plan, refuse_unfit
 from orchestrator.redact import redact_text
+from orchestrator.rundir import RunDir
 
 JOB_FILE = "job.yaml"
 
@@ -69,7 +70,7 @@ def submit(overrides: list[str], config_file: str | None = None) -> int:
     on the cluster, its trials spread over the cluster's nodes, `sweep.dir` in place of `run_dir`)."""
     from omegaconf import OmegaConf
 
-    from orchestrator.sweep.space import split_overrides
+    from orchestrator.config.overrides import split_overrides
 
     overrides, swept = split_overrides(overrides)
     job, cfg = _compose(overrides, config_file)
@@ -145,7 +146,7 @@ def _preflight(cfg: Config, plan: Plan, folder: Path, run_dir: str, cache_dir: s
 
 
 def _refuse_existing(run_dir: Path) -> None:
-    if (run_dir / "config.yaml").exists() or (run_dir / JOB_FILE).exists():
+    if RunDir(run_dir).config.exists() or (run_dir / JOB_FILE).exists():
         raise ConfigError([f"run_dir={run_dir}: already holds a job; resubmit its script with "
                            f"`sbatch {run_dir}/job.sbatch`, or pick a new run_dir"])
 

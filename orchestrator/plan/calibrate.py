@@ -22,6 +22,7 @@ from orchestrator.plan.hardware import Hardware, hardware_for
 from orchestrator.plan.memory import GB
 from orchestrator.plan.plan import make_plan
 from orchestrator.plan.scale import estimate
+from orchestrator.rundir import RunDir
 
 MIN_COMPUTE_SHARE = 0.5
 """If the modelled communication would leave less than this share of the measured step to compute, the
@@ -63,7 +64,7 @@ def measured(hardware: Hardware, precision: str, peak_flops: float, storage_writ
 
 def read_summary(run_dir: Path) -> dict:
     """The run's summary.json, or a one-line ConfigError saying why it cannot calibrate a plan."""
-    path = run_dir / "summary.json"
+    path = RunDir(run_dir).summary_file
     try:
         summary = json.loads(path.read_text())
     except FileNotFoundError:
@@ -78,7 +79,7 @@ def read_summary(run_dir: Path) -> dict:
     if missing:
         raise ConfigError([f"--calibrate {run_dir}: summary.json has no {' or '.join(missing)} (a run by an older "
                            "orchestrator, or an edited file): calibrate from a run of this version"])
-    if not (run_dir / "config.yaml").is_file():
+    if not RunDir(run_dir).config.is_file():
         raise ConfigError([f"--calibrate {run_dir}: no config.yaml beside summary.json: calibration needs the "
                            "run's config"])
     return summary
@@ -87,7 +88,7 @@ def read_summary(run_dir: Path) -> dict:
 def calibrate(run_dir: Path) -> Calibration:
     """What the run in `run_dir` measured, with the communication its own plan models taken out."""
     summary = read_summary(run_dir)
-    run_cfg = compose([], str(run_dir / "config.yaml"))
+    run_cfg = compose([], str(RunDir(run_dir).config))
     run_plan = make_plan(run_cfg)
     step_s = summary.get("step_time_s") or summary["tokens"] / summary["steps"] / summary["tokens_per_s"]
     peak = summary["peak_flops_per_device"]

@@ -21,12 +21,13 @@ import time
 import warnings
 from pathlib import Path
 
+from orchestrator.config.overrides import as_override, as_overrides, split_overrides
 from orchestrator.config.schema import Backend, Config, SearchAlgorithm, SweepScheduler
 from orchestrator.errors import ConfigError
+from orchestrator.rundir import SweepDir
 from orchestrator.sweep import record, space
-from orchestrator.sweep.trial import TRIALS, run_trial
+from orchestrator.sweep.trial import run_trial
 
-REQUEST = "request.json"
 """The sweep's command line, kept in its folder so `--resume <sweep_dir>` needs nothing else."""
 METRICS = ("val_loss", "val_ppl", "loss")
 TRIAL_DRIVER_MEMORY = 256 * 2**20
@@ -35,7 +36,7 @@ TRIAL_DRIVER_MEMORY = 256 * 2**20
 def sweep(overrides: list[str], config_file: str | None = None, resume_dir: str | None = None) -> int:
     if resume_dir is not None:
         overrides, config_file = _request(resume_dir, overrides, config_file)
-    plain, swept = space.split_overrides(overrides)
+    plain, swept = split_overrides(overrides)
     from orchestrator.config.compose import compose
 
     if config_file is not None:  # trials compose from it wherever their process runs
@@ -56,8 +57,8 @@ def sweep(overrides: list[str], config_file: str | None = None, resume_dir: str 
     try:
         concurrency = _concurrency(base, trials)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        if not (sweep_dir / REQUEST).exists():
-            (sweep_dir / REQUEST).write_text(json.dumps({"overrides": overrides, "config_file": config_file}))
+        if not SweepDir(sweep_dir).request.exists():
+            SweepDir(sweep_dir).request.write_text(json.dumps({"overrides": overrides, "config_file": config_file}))
         print(f"sweep {base.sweep.name}: {trials} trials, {concurrency} at a time ({_trial_need(base)}); "
               f"{sweep_dir}", flush=True)
         from orchestrator.data.pipeline import prepare
@@ -68,7 +69,7 @@ def sweep(overrides: list[str], config_file: str | None = None, resume_dir: str 
     finally:
         _leave(base)
     maximize = base.sweep.mode.value == "max"
-    runs = sorted((sweep_dir / TRIALS).iterdir()) if (sweep_dir / TRIALS).exists() else []
+    runs = SweepDir(sweep_dir).trial_dirs()
     known = {run.name for run in runs}
     trial_records = [record.trial_record(run, outcomes.get(run.name, {}), base.sweep.metric, maximize) for run in runs]
     trial_records += [_failed_without_run(sweep_dir, trial_id, outcome)
@@ -87,16 +88,16 @@ def search_problems(base: Config, swept: dict[str, str], plain: list[str],
     problems += space.check(params, base.sweep.algorithm) + _check_settings(base, params)
     if params:  # every key and value type, as the first trial will compose them
         try:
-            compose([*plain, *(space.as_override(p.key, p.first()) for p in params)], config_file)
+            compose([*plain, *(as_override(p.key, p.first()) for p in params)], config_file)
         except ConfigError as error:
             problems += [f"sweep: {problem}" for problem in error.problems]
     return params, problems
 
 
 def _request(resume_dir: str, overrides: list[str], config_file: str | None) -> tuple[list[str], str | None]:
-    path = Path(resume_dir).expanduser() / REQUEST
+    path = SweepDir(Path(resume_dir).expanduser()).request
     if not path.is_file():
-        raise ConfigError([f"--resume {resume_dir}: not a sweep folder (no {REQUEST})"])
+        raise ConfigError([f"--resume {resume_dir}: not a sweep folder (no {path.name})"])
     if overrides or config_file:
         raise ConfigError([f"--resume {resume_dir}: resumes the sweep as it was started; give no overrides"])
     request = json.loads(path.read_text())
@@ -222,7 +223,7 @@ def _tune(cfg: Config, params: list[space.Param], plain: list[str], config_file:
             param_space=space.search_space(params, s.algorithm),
             tune_config=tune.TuneConfig(
                 metric=s.metric, mode=s.mode.value, search_alg=_searcher(cfg, sweep_dir, concurrency),
-                scheduler=EarlyStopByRequest.for_sweep(cfg, sweep_dir / TRIALS),
+                scheduler=EarlyStopByRequest.for_sweep(cfg, SweepDir(sweep_dir)),
                 num_samples=1 if s.algorithm is SearchAlgorithm.grid else trials),
             run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), verbose=0, callbacks=[lines],
                                       failure_config=tune.FailureConfig(max_failures=0)),
@@ -237,7 +238,7 @@ def _tune(cfg: Config, params: list[space.Param], plain: list[str], config_file:
         trial_id = metrics.get("trial_id") or Path(result.path).name
         if result.error is not None:
             metrics.update(status="failed", error=str(result.error).strip().splitlines()[-1])
-        outcomes[trial_id] = {**metrics, "overrides": space.as_overrides(result.config or {})}
+        outcomes[trial_id] = {**metrics, "overrides": as_overrides(result.config or {})}
     return outcomes
 
 
@@ -261,7 +262,7 @@ def _failed_without_run(sweep_dir: Path, trial_id: str, outcome: dict) -> dict:
     """A trial that failed before its run directory existed (a config its values made invalid)."""
     return {"id": trial_id, "overrides": outcome.get("overrides", {}), "status": "failed",
             "best_metric": None, "best_step": None, "final_metric": None, "final_step": None, "steps": 0,
-            "wall_s": outcome.get("time_total_s"), "run_dir": str(sweep_dir / TRIALS / trial_id),
+            "wall_s": outcome.get("time_total_s"), "run_dir": str(SweepDir(sweep_dir).trial(trial_id).path),
             "wandb_run_id": None, "error": outcome.get("error")}
 
 
@@ -278,10 +279,11 @@ def _table(written: dict, sweep_dir: Path) -> None:
                       " ".join(f"{k}={v}" for k, v in t["overrides"].items()),
                       _num(t["best_metric"]), _num(t["final_metric"]), str(t["steps"]), _num(t["wall_s"], 1))
     Console(file=sys.stdout, width=160).print(table)
-    print(f"sweep.json: {sweep_dir / record.SWEEP_JSON}", flush=True)
-    if (sweep_dir / record.BEST_YAML).exists():
-        print(f"best config: {sweep_dir / record.BEST_YAML} (retrain: orchestrator train --config "
-              f"{sweep_dir / record.BEST_YAML} run_dir=...)", flush=True)
+    folder = SweepDir(sweep_dir)
+    print(f"sweep.json: {folder.record}", flush=True)
+    if folder.best.exists():
+        print(f"best config: {folder.best} (retrain: orchestrator train --config {folder.best} run_dir=...)",
+              flush=True)
 
 
 def _num(value, digits: int = 4) -> str:

@@ -10,13 +10,11 @@ killing the trial instead would leave a crashed W&B run and no summary.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ray.tune import Callback
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
 from orchestrator.config.schema import Config, SweepScheduler
-from orchestrator.train.loop import EARLY_STOP, STOP_FILE
+from orchestrator.rundir import EARLY_STOP, SweepDir
 
 
 class TrialLines(Callback):
@@ -53,17 +51,17 @@ def _say(trial_id: str, text: str) -> None:
 
 
 class EarlyStopByRequest(AsyncHyperBandScheduler):
-    def __init__(self, trials_dir: Path, max_steps: int, **asha) -> None:
+    def __init__(self, sweep_dir: SweepDir, max_steps: int, **asha) -> None:
         super().__init__(**asha)
-        self._trials_dir, self._max_steps = trials_dir, max_steps
+        self._sweep_dir, self._max_steps = sweep_dir, max_steps
         self._requested: set[str] = set()
 
     @classmethod
-    def for_sweep(cls, cfg: Config, trials_dir: Path):
+    def for_sweep(cls, cfg: Config, sweep_dir: SweepDir):
         """ASHA on the training step for sweep.scheduler=asha; None (Tune's first-in-first-out) otherwise."""
         if cfg.sweep.scheduler is not SweepScheduler.asha:
             return None
-        return cls(trials_dir, cfg.train.max_steps, time_attr="step", max_t=cfg.train.max_steps,
+        return cls(sweep_dir, cfg.train.max_steps, time_attr="step", max_t=cfg.train.max_steps,
                    grace_period=cfg.sweep.asha.grace_steps, reduction_factor=cfg.sweep.asha.reduction_factor)
 
     def on_trial_result(self, tune_controller, trial, result):
@@ -72,6 +70,6 @@ class EarlyStopByRequest(AsyncHyperBandScheduler):
             return decision
         if trial.trial_id not in self._requested:
             self._requested.add(trial.trial_id)
-            (self._trials_dir / trial.trial_id / STOP_FILE).write_text(EARLY_STOP)
+            self._sweep_dir.trial(trial.trial_id).request_stop(EARLY_STOP)
             TrialLines.asked_to_stop(trial.trial_id, result["step"])
         return TrialScheduler.CONTINUE

@@ -17,21 +17,19 @@ from pathlib import Path
 import yaml
 
 from orchestrator.config.schema import SweepConfig
-from orchestrator.sweep.trial import TRIAL_JSON
-
-SWEEP_JSON = "sweep.json"
-BEST_YAML = "best.yaml"
+from orchestrator.rundir import RunDir, SweepDir
 
 
 def trial_record(run_dir: Path, outcome: dict, metric: str, maximize: bool) -> dict:
     """One trial's entry. `outcome` is what the trial function returned to Tune (status, error, time)."""
-    rows = _rows(run_dir / "metrics.jsonl")
+    run = RunDir(run_dir)
+    rows = run.rows()
     scored = [(row[metric], row["step"]) for row in rows if isinstance(row.get(metric), float)
               and not math.isnan(row[metric])]
     best = (max if maximize else min)(scored, default=(None, None))
     final = scored[-1] if scored else (None, None)
-    summary = _json(run_dir / "summary.json")
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
+    summary = run.summary()
+    config = yaml.safe_load(run.config.read_text()) if run.config.exists() else {}
     status = summary.get("status") if summary.get("status") else "failed"
     return {
         "id": run_dir.name,
@@ -42,9 +40,9 @@ def trial_record(run_dir: Path, outcome: dict, metric: str, maximize: bool) -> d
         "final_metric": final[0],
         "final_step": final[1],
         "steps": rows[-1]["step"] if rows else 0,
-        "wall_s": _json(run_dir / TRIAL_JSON).get("wall_s", outcome.get("time_total_s")),
+        "wall_s": run.trial_record_field("wall_s", outcome.get("time_total_s")),
         "run_dir": str(run_dir),
-        "wandb_run_id": _json(run_dir / "run.json").get("run_id"),
+        "wandb_run_id": run.recorded_run_id(),
         "error": outcome.get("error") if status == "failed" else None,
     }
 
@@ -62,13 +60,13 @@ def write(sweep_dir: Path, sweep: SweepConfig, trials: list[dict], wall_s: float
         "overhead": wall_s / busy if busy else None,
         "trials": sorted(trials, key=lambda t: t["id"]),
     }
-    _write_atomically(sweep_dir / SWEEP_JSON, json.dumps(record, indent=2))
+    _write_atomically(SweepDir(sweep_dir).record, json.dumps(record, indent=2))
     best = best_completed(trials, maximize=sweep.mode.value == "max")
     if best is not None:
-        config = yaml.safe_load((Path(best["run_dir"]) / "config.yaml").read_text())
+        config = yaml.safe_load(RunDir(Path(best["run_dir"])).config.read_text())
         config["run_dir"] = None  # a retrain gets its own folder and its own W&B run
         config["logger"].update(run_id=None, job_type=None)
-        _write_atomically(sweep_dir / BEST_YAML, f"# best completed trial {best['id']}: {sweep.metric}="
+        _write_atomically(SweepDir(sweep_dir).best, f"# best completed trial {best['id']}: {sweep.metric}="
                                                  f"{best['final_metric']}\n" + yaml.safe_dump(config, sort_keys=False))
     return record
 
@@ -76,14 +74,6 @@ def write(sweep_dir: Path, sweep: SweepConfig, trials: list[dict], wall_s: float
 def best_completed(trials: list[dict], maximize: bool) -> dict | None:
     done = [t for t in trials if t["status"] == "completed" and t["final_metric"] is not None]
     return (max if maximize else min)(done, key=lambda t: t["final_metric"], default=None)
-
-
-def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
-def _json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.config.overrides import parser
 from orchestrator.config.schema import SearchAlgorithm
 
 
@@ -28,28 +29,6 @@ class Param:
         return self.values[0] if self.values is not None else self.low
 
 
-def _parser():
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    return OverridesParser.create()
-
-
-def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
-    """(plain overrides shared by every trial, sweep expressions by key) from the command line."""
-    plain, swept = [], {}
-    for item in overrides:
-        key, _, expression = item.partition("=")
-        try:
-            sweeps = _parser().parse_override(item).is_sweep_override()
-        except Exception:
-            sweeps = False  # not ours to judge: composing the config reports it in one line
-        if sweeps:
-            swept[key] = expression
-        else:
-            plain.append(item)
-    return plain, swept
-
-
 def parse(params: dict[str, str]) -> tuple[list[Param], list[str]]:
     """The parameters, and one problem line for each expression that is not a Hydra sweep."""
     from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
@@ -57,7 +36,7 @@ def parse(params: dict[str, str]) -> tuple[list[Param], list[str]]:
     parsed, problems = [], []
     for key, expression in params.items():
         try:
-            value = _parser().parse_override(f"{key}={expression}").value()
+            value = parser().parse_override(f"{key}={expression}").value()
         except Exception:
             value = None
         if isinstance(value, ChoiceSweep):
@@ -113,13 +92,3 @@ def search_space(params: list[Param], algorithm: SearchAlgorithm) -> dict[str, A
         else:
             space[p.key] = (tune.loguniform if p.log else tune.uniform)(p.low, p.high)
     return space
-
-
-def as_override(key: str, value: Any) -> str:
-    """`key=value` for Hydra; floats keep every digit (repr round-trips), so a trial's value is exact."""
-    return f"{key}={value!r}" if isinstance(value, float) else f"{key}={value}"
-
-
-def as_overrides(values: dict[str, Any]) -> dict[str, str]:
-    """A trial's values as recorded (sweep.trial_overrides, sweep.json): key -> the text after `=`."""
-    return {key: as_override(key, value).partition("=")[2] for key, value in values.items()}

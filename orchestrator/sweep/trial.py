@@ -16,12 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator.config.overrides import as_override, as_overrides
 from orchestrator.errors import ConfigError, Preempted, TrainingError
-from orchestrator.sweep.space import as_override, as_overrides
-
-TRIALS = "trials"
-TRIAL_JSON = "trial.json"
-"""In a trial's run directory: its id and the wall seconds of the attempt that ended it (startup included)."""
+from orchestrator.rundir import RunDir, SweepDir
 
 
 def trial_config(base_overrides: list[str], config_file: str | None, values: dict[str, Any], sweep_dir: Path,
@@ -33,7 +30,7 @@ def trial_config(base_overrides: list[str], config_file: str | None, values: dic
     sweep = dataclasses.replace(cfg.sweep, dir=str(sweep_dir), trial_id=trial_id, trial_overrides=as_overrides(values))
     logger = dataclasses.replace(cfg.logger, group=cfg.sweep.name, job_type="trial",
                                  run_id=f"{cfg.sweep.name}-{trial_id}"[:64])
-    return dataclasses.replace(cfg, sweep=sweep, logger=logger, run_dir=str(sweep_dir / TRIALS / trial_id))
+    return dataclasses.replace(cfg, sweep=sweep, logger=logger, run_dir=str(SweepDir(sweep_dir).trial(trial_id).path))
 
 
 def run_trial(values: dict[str, Any], base_overrides: list[str], config_file: str | None, sweep_dir: str) -> dict:
@@ -47,12 +44,12 @@ def run_trial(values: dict[str, Any], base_overrides: list[str], config_file: st
     started = time.monotonic()
     try:
         cfg = trial_config(base_overrides, config_file, values, Path(sweep_dir), trial_id)
-        ran_before = (Path(cfg.run_dir) / "summary.json").exists()
+        ran_before = RunDir(Path(cfg.run_dir)).summary_file.exists()
         run_dir = train(cfg, report_to_tune=True)
     except (ConfigError, TrainingError, Preempted) as error:
         return {"status": "failed", "error": str(error).splitlines()[0] if str(error) else type(error).__name__}
     if not ran_before:  # a resumed sweep re-entering an ended trial keeps the wall time it took
-        (run_dir / TRIAL_JSON).write_text(json.dumps({"id": trial_id, "wall_s": time.monotonic() - started}))
-    summary = json.loads((run_dir / "summary.json").read_text())
+        RunDir(run_dir).trial_record.write_text(json.dumps({"id": trial_id, "wall_s": time.monotonic() - started}))
+    summary = RunDir(run_dir).summary()
     return {"status": summary["status"], "step": summary["steps"], "val_loss": summary["final_val_loss"],
             "val_ppl": summary["final_val_ppl"], "loss": summary["final_train_loss"]}

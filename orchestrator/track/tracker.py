@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from orchestrator.config.schema import LoggerConfig, WandbMode
+from orchestrator.rundir import RunDir
 
 
 class Tracker:
@@ -18,7 +19,7 @@ class Tracker:
     training steps run meanwhile; the first call that needs the run waits for it."""
 
     def __init__(self, run_dir: Path, logger: LoggerConfig, run_id: str, run_name: str, config: dict):
-        self.metrics_path = run_dir / "metrics.jsonl"
+        self.metrics_path = RunDir(run_dir).metrics
         self._metrics = self.metrics_path.open("a", buffering=1)  # line-buffered: readable while running
         self._wandb = None
         self._starting: threading.Thread | None = None

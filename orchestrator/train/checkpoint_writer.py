@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from orchestrator import checkpoint
+from orchestrator.rundir import checkpoints as checkpoint
 from orchestrator.train import engine as ds
 from orchestrator.train import rank_state
 

@@ -20,7 +20,6 @@ import time
 import uuid
 from pathlib import Path
 
-from orchestrator import checkpoint
 from orchestrator.config.compose import to_dict, to_yaml
 from orchestrator.config.schema import Backend, Config, WandbMode
 from orchestrator.errors import ConfigError, Preempted, TrainingError
@@ -29,6 +28,7 @@ from orchestrator.paths import unwritable
 from orchestrator.plan.deepspeed import deepspeed_config
 from orchestrator.plan.plan import Plan, gpus_per_worker, make_plan, refuse_unfit, resolved_config
 from orchestrator.redact import redact, redact_text
+from orchestrator.rundir import checkpoints as checkpoint
 from orchestrator.train import elastic, failures
 from orchestrator.train.loop import EARLY_STOP, STOP_FILE
 from orchestrator.train.startup import Startup

@@ -22,9 +22,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from orchestrator import checkpoint
 from orchestrator.config.schema import Config
 from orchestrator.errors import ConfigError, TrainingError
+from orchestrator.rundir import checkpoints as checkpoint
 
 UNIVERSAL = "universal"
 MODEL_STATES = "mp_rank_00_model_states.pt"

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator import checkpoint
+from orchestrator.rundir import RunDir
+from orchestrator.rundir import checkpoints as checkpoint
 
 OOM_MARKS = ("running low on memory", "memory monitor", "OutOfMemoryError")
 
@@ -28,7 +29,7 @@ def reason(error: BaseException, run_dir: Path, join_timeout_s: float, workers: 
                 "(`orchestrator plan` shows the memory), or give the nodes more memory")
     placement = ("WorkerGroupStartupTimeoutError", "WorkerGroupStartupFailedError")
     if unstarted or any(type(e).__name__ in placement for e in chain):
-        found, _ = checkpoint.newest_usable(run_dir / "checkpoints", verify=False)
+        found, _ = checkpoint.newest_usable(RunDir(run_dir).checkpoints, verify=False)
         resume = (f"the newest complete checkpoint is step {found.step}: rerun with a cluster.num_workers the "
                   "cluster still holds to resume from it (it converts itself to the new world size)"
                   if found else "no checkpoint was written yet")

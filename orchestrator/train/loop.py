@@ -350,7 +350,7 @@ def _resume_point(rank: int, ckpt_root: Path, named: dict | None):
     unless the driver checked that very one moments ago, else the one the driver named."""
     import torch.distributed as dist
 
-    from orchestrator import checkpoint
+    from orchestrator.rundir import checkpoints as checkpoint
 
     chosen = [None, []]
     if rank == 0:

@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 
-from orchestrator import checkpoint
 from orchestrator.data.loader import ShardedBatches
 from orchestrator.data.shards import TokenBlocks
+from orchestrator.rundir import checkpoints as checkpoint
 from orchestrator.track.tracker import truncate_metrics
 
 

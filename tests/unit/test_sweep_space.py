@@ -2,13 +2,14 @@
 
 import pytest
 
+from orchestrator.config import overrides
 from orchestrator.config.schema import SearchAlgorithm
 from orchestrator.sweep import space
 from orchestrator.sweep.driver import _check_settings
 
 
 def test_sweep_expressions_are_split_from_the_overrides_every_trial_shares():
-    plain, swept = space.split_overrides(["optim.lr=tag(log,interval(1e-4,3e-2))", "train.max_steps=100",
+    plain, swept = overrides.split_overrides(["optim.lr=tag(log,interval(1e-4,3e-2))", "train.max_steps=100",
                                           "zero=2,3", "optim.warmup_steps=choice(0,10,20)", "model=tiny"])
     assert plain == ["train.max_steps=100", "model=tiny"]
     assert swept == {"optim.lr": "tag(log,interval(1e-4,3e-2))", "zero": "2,3",
@@ -39,8 +40,8 @@ def test_a_grid_cannot_search_an_interval_and_a_log_scale_needs_positive_bounds(
 
 
 def test_float_values_reach_the_trial_exactly():
-    assert space.as_override("optim.lr", 0.0011205837185064174) == "optim.lr=0.0011205837185064174"
-    assert space.as_override("zero", 3) == "zero=3"
+    assert overrides.as_override("optim.lr", 0.0011205837185064174) == "optim.lr=0.0011205837185064174"
+    assert overrides.as_override("zero", 3) == "zero=3"
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
