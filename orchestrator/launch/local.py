@@ -19,7 +19,7 @@ import subprocess
 
 from orchestrator.config.schema import ClusterConfig
 from orchestrator.machine import available_cpus, free_port, visible_gpus
-from orchestrator.train.signals import SETUP_HOOK
+from orchestrator.launch.worker_signals import SETUP_HOOK
 
 _reaper: subprocess.Popen | None = None
 _joined_warm = False

@@ -78,7 +78,8 @@ def _train(payload: dict, progress, startup) -> None:
     from orchestrator.data.pipeline import prepare
     from orchestrator.models.registry import apply_activation_checkpointing, build_model
     from orchestrator.plan import mfu
-    from orchestrator.train import elastic, rank_state, signals
+    from orchestrator.launch import worker_signals as signals
+    from orchestrator.train import elastic, rank_state
     from orchestrator.train import engine as ds
     from orchestrator.train.checkpoint_writer import CheckpointWriter
     from orchestrator.train.memory_probe import model_state_bytes
