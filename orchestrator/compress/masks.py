@@ -13,18 +13,16 @@ weights and dropped: the saved model is plain, and exactly sparse.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 
 import torch
 from torch import nn
 
 from orchestrator.compress import pruning, surgery
 from orchestrator.config.schema import PassConfig
+from orchestrator.train.hooks import Gather
 
 MASK = "weight_mask"
 
-Gather = Callable[[list], AbstractContextManager]
-"""params -> a context in which they are whole on every rank (DeepSpeed's GatheredParameters under ZeRO-3)."""
 
 
 def _masked_forward(module: nn.Module) -> Callable:

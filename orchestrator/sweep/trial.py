@@ -38,14 +38,16 @@ def run_trial(values: dict[str, Any], base_overrides: list[str], config_file: st
     (status `failed` and the one-line root cause), so the sweep goes on and records it."""
     from ray import tune
 
+    from orchestrator.sweep.tune_report import TuneReport, run_callbacks
     from orchestrator.train.driver import train
+    from orchestrator.train_command import standard_hooks
 
     trial_id = tune.get_context().get_trial_id()
     started = time.monotonic()
     try:
         cfg = trial_config(base_overrides, config_file, values, Path(sweep_dir), trial_id)
         ran_before = RunDir(Path(cfg.run_dir)).summary_file.exists()
-        run_dir = train(cfg, report_to_tune=True)
+        run_dir = train(cfg, hooks=(*standard_hooks(), TuneReport), callbacks=run_callbacks())
     except (ConfigError, TrainingError, Preempted) as error:
         return {"status": "failed", "error": str(error).splitlines()[0] if str(error) else type(error).__name__}
     if not ran_before:  # a resumed sweep re-entering an ended trial keeps the wall time it took

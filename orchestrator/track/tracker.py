@@ -76,16 +76,6 @@ class Tracker:
             self._wandb.finish()
 
 
-def truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop lines logged after `last_step` (work redone after a resume), so each step appears once."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    tmp.replace(path)
-
-
 def track_compression(run_dir: Path, logger: LoggerConfig, report: dict, folder: Path) -> None:
     """A W&B run for one `orchestrator compress`, in the training run's group (its name when it has none):
     one logged step per pass, the report's top-level numbers as its summary."""

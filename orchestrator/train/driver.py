@@ -1,23 +1,23 @@
 """The driver: the only place that builds the Ray Train trainer.
 
-config -> plan -> DeepSpeed dict -> data cache -> run directory -> Ray Train TorchTrainer.
-Everything that can be wrong with the inputs (including a run directory whose checkpoints
-cannot be resumed) is found before the run directory is written or Ray starts, and raised
-as ConfigError. SIGTERM/SIGUSR1 to the driver become a STOP request the workers honour at
-their next step (checkpoint, then stop); the command then exits with Preempted's code.
+config -> job (plan/job.py: plan, resume point, DeepSpeed config, resolved once) -> data cache -> run
+directory -> Ray Train TorchTrainer running train/loop.py on every worker. Everything that can be wrong
+with the inputs (including a run directory whose checkpoints cannot be resumed: train/resume.py) is found
+before the run directory is written or Ray starts, and raised as ConfigError. SIGTERM/SIGUSR1 to the driver
+become a stop request the workers honour at their next step (train/preemption.py); the command then exits
+with Preempted's code. What plugs into the loop comes from the caller: `hooks` (train/hooks.py) and Ray
+Train run `callbacks` (a sweep's trial reports to Tune through both).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
-import json
 import os
-import signal
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 from orchestrator.config.compose import to_dict, to_yaml
@@ -25,22 +25,13 @@ from orchestrator.config.schema import Backend, Config, WandbMode
 from orchestrator.errors import ConfigError, Preempted, TrainingError
 from orchestrator.launch import local
 from orchestrator.paths import unwritable
-from orchestrator.plan.deepspeed import deepspeed_config
-from orchestrator.plan.plan import Plan, gpus_per_worker, make_plan, refuse_unfit, resolved_config
+from orchestrator.plan.job import Job, resolve
+from orchestrator.plan.plan import gpus_per_worker
 from orchestrator.redact import redact, redact_text
-from orchestrator.rundir import checkpoints as checkpoint
-from orchestrator.train import elastic, failures
-from orchestrator.train.loop import EARLY_STOP, STOP_FILE
+from orchestrator.rundir import Event, RunDir
+from orchestrator.train import failures, resume
+from orchestrator.train.hooks import HookFactory
 from orchestrator.train.startup import Startup
-
-# Keys that may change between the run that wrote a checkpoint and the command that resumes it.
-_RESUMABLE_CHANGES = ("train.max_steps", "train.log_every", "train.eval_every", "train.eval_batches",
-                      "train.ckpt_every", "train.keep_checkpoints", "train.resume", "train.max_failures",
-                      "train.micro_batch_size", "train.grad_accum",  # the global batch is kept (train/elastic.py)
-                      "train.collective_timeout_s", "logger.", "cluster.", "plan.", "submit.", "run_dir",
-                      "data.cache_dir", "data.num_proc", "data.tokenize_on", "zero.offload_", "zero.overlap_comm",
-                      "sweep.")
-
 
 BACKSTOP_S = 60
 """Seconds the process group's own timeout allows beyond train.collective_timeout_s (the watchdog's)."""
@@ -71,10 +62,12 @@ def worker_env(cfg: Config, gpus_per_worker: int) -> dict[str, str]:
     return env
 
 
-def train(cfg: Config, report_to_tune: bool = False, startup: Startup | None = None) -> Path:
+def train(cfg: Config, hooks: Sequence[HookFactory] = (), callbacks: Sequence = (),
+          startup: Startup | None = None) -> Path:
     """Run the configured job to completion (or resume it) and return its run directory.
 
-    `report_to_tune`: inside a Ray Tune trial (a sweep), every evaluation is reported to Tune too.
+    `hooks`: factories of the loop's hooks, built on every rank (train/hooks.py).
+    `callbacks`: Ray Train run callbacks (a sweep's trial: Tune's report callback).
     `startup`: the command's start-up timeline (the CLI's starts at process start); None = from this call.
     """
     from orchestrator.data.pipeline import describe_mixture, prepare
@@ -84,11 +77,7 @@ def train(cfg: Config, report_to_tune: bool = False, startup: Startup | None = N
     preload = threading.Thread(target=_import_trainer, name="import-ray-train", daemon=True)
     preload.start()
 
-    plan = make_plan(cfg)
-    for reason in plan.auto_reasons:
-        print(f"zero=auto: {reason}", flush=True)
-    run_dir = Path(cfg.run_dir).expanduser() if cfg.run_dir else default_run_dir(cfg)
-    run_dir = run_dir.resolve()
+    run_dir = (Path(cfg.run_dir).expanduser() if cfg.run_dir else default_run_dir(cfg)).resolve()
     # Where it cannot write or what the machine cannot hold first: no memory estimate matters then.
     problems = [problem for problem in (unwritable("run_dir", str(run_dir)),
                                         unwritable("data.cache_dir", cfg.data.cache_dir)) if problem]
@@ -96,30 +85,25 @@ def train(cfg: Config, report_to_tune: bool = False, startup: Startup | None = N
         problems += local.preflight(cfg.cluster)
     if problems:
         raise ConfigError(problems)
-    refuse_unfit(cfg, plan)
-    cfg = dataclasses.replace(resolved_config(cfg, plan), run_dir=str(run_dir))
-    resume_from = _resume_point(cfg, run_dir)
-    if resume_from is not None and _finished(run_dir, resume_from.step, cfg.train.max_steps):
-        print(f"{run_dir} already finished at step {resume_from.step}; raise train.max_steps to train further")
+    job = resolve(dataclasses.replace(cfg, run_dir=str(run_dir)), lambda resolved: resume.find(resolved, run_dir))
+    cfg, plan, run = job.config, job.plan, RunDir(run_dir)
+    for note in job.notes:
+        print(note, flush=True)
+    if job.resume_from is not None and run.finished(job.resume_from.step, cfg.train.max_steps):
+        print(f"{run_dir} already finished at step {job.resume_from.step}; raise train.max_steps to train further")
         return run_dir
-    if resume_from is not None:
-        cfg, plan = _continue_from(cfg, plan, resume_from)
+    if job.resume_from is not None:
+        resume.prepare(job.resume_from, plan.world_size)
     print(f"plan: {plan.describe()}", flush=True)
     if plan.memory:
         m = plan.memory
         print(f"memory per rank: model states {m['model_states'] / 1e9:.3f} GB, activations "
               f"{m['activations'] / 1e9:.3f} GB, total {m['device'] / 1e9:.2f} GB", flush=True)
 
-    joined = cfg.cluster.name is not Backend.local and not _in_ray_process()
+    inside_ray = _in_ray_process()
+    joined = cfg.cluster.name is not Backend.local and not inside_ray
     if joined:  # join first: no cluster, no data work, no run dir
-        # torch before Ray joins: in a Ray job's driver the other order makes oneMKL fail to load
-        # libtorch_cpu ("Intel oneMKL FATAL ERROR", exit code 2).
-        import torch  # noqa: F401
-
-        from orchestrator.launch import ray_cluster
-
-        ray_cluster.connect(cfg.cluster, nodes=ray_nodes(cfg), workers=plan.world_size,
-                            gpus_per_worker=gpus_per_worker(cfg) or 0)
+        _join(cfg, plan.world_size)
         startup.mark("cluster")
     prepared = prepare(cfg.data, cfg.train.seq_len, cfg.train.seed)
     meta = prepared.meta
@@ -132,13 +116,15 @@ def train(cfg: Config, report_to_tune: bool = False, startup: Startup | None = N
           *describe_mixture(prepared, plan.total_tokens), sep="\n", flush=True)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(redact_text(to_yaml(cfg)))
-    (run_dir / STOP_FILE).unlink(missing_ok=True)  # a stop request belongs to the invocation that made it
-    run_id = _run_id(run_dir, cfg.logger.run_id)
+    run.config.write_text(redact_text(to_yaml(cfg)))
+    run.clear_stop_request()  # a stop request belongs to the invocation that made it
     startup.mark("prepare")
-    _fit(cfg, plan, run_dir, run_id, resume_from, report_to_tune, joined, startup, preload)
-    last = _last_event(run_dir)
-    if last.get("event") == "preempted":
+    # A sweep's cluster outlives each trial, and a trial's controller can die with its Tune actor: its placement
+    # group must still be freed for the next trial (the cleaner), so trials keep all of Ray Train.
+    lean = cfg.cluster.name is Backend.local and not inside_ray
+    _fit(job, run, run.run_id(cfg.logger.run_id), hooks, callbacks, lean, joined, startup, preload)
+    last = run.last_event()
+    if last.get("event") == Event.preempted:
         raise Preempted(f"stopped at step {last['step']} with a complete checkpoint; "
                         "rerun the same command to resume")
     return run_dir
@@ -151,111 +137,20 @@ def _in_ray_process() -> bool:
     return ray.is_initialized()
 
 
-def _finished(run_dir: Path, step: int, max_steps: int) -> bool:
-    """The run wrote its summary at its last step: max_steps, or earlier when a sweep stopped it early."""
-    summary = run_dir / "summary.json"
-    return summary.exists() and (step >= max_steps or json.loads(summary.read_text()).get("status") == EARLY_STOP)
+def _join(cfg: Config, world_size: int) -> None:
+    # torch before Ray joins: in a Ray job's driver the other order makes oneMKL fail to load
+    # libtorch_cpu ("Intel oneMKL FATAL ERROR", exit code 2).
+    import torch  # noqa: F401
+
+    from orchestrator.launch import ray_cluster
+
+    ray_cluster.connect(cfg.cluster, nodes=ray_nodes(cfg), workers=world_size,
+                        gpus_per_worker=gpus_per_worker(cfg) or 0)
 
 
-def _run_id(run_dir: Path, chosen: str | None) -> str:
-    """One W&B run id per run directory (logger.run_id, else a new one), kept across reruns and restarts."""
-    record = run_dir / "run.json"
-    if record.exists():
-        return json.loads(record.read_text())["run_id"]
-    run_id = chosen or uuid.uuid4().hex[:12]
-    record.write_text(json.dumps({"run_id": run_id}))
-    return run_id
-
-
-def _changed_keys(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    changed = []
-    for key in sorted(set(saved) | set(current)):
-        full = f"{prefix}{key}"
-        a, b = saved.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changed += _changed_keys(a, b, f"{full}.")
-        elif a != b and not full.startswith(_RESUMABLE_CHANGES):
-            changed.append(f"{full}={a} (this command: {b})")
-    return changed
-
-
-def _resume_point(cfg: Config, run_dir: Path) -> checkpoint.Checkpoint | None:
-    """The checkpoint this command continues from, its hashes verified, or None for a fresh start;
-    ConfigError if unusable."""
-    import yaml
-
-    resume = cfg.train.resume
-    if resume not in ("auto", "never"):
-        path = Path(resume).expanduser().resolve()
-        if elastic.is_universal_folder(path) and not (path / checkpoint.MARKER).exists():
-            return elastic.hand_converted(path)
-        reason = checkpoint.problem(path, verify=True)
-        if reason:
-            raise ConfigError([f"train.resume={resume}: not a usable checkpoint: {reason}"])
-        return checkpoint.load(path)
-    if resume == "never" or not (run_dir / "config.yaml").exists():
-        return None
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    changed = _changed_keys(saved, to_dict(cfg))
-    if changed:
-        raise ConfigError([f"run_dir={run_dir} holds a run with a different config: {', '.join(changed)}; "
-                           "keep those values to resume, or pick a new run_dir"])
-    found, skipped = checkpoint.newest_usable(run_dir / "checkpoints")
-    for path, reason in skipped:
-        print(f"warning: skipping checkpoint {path}: {reason}", flush=True)
-    if found is None and skipped:
-        listed = "; ".join(f"{path}: {reason}" for path, reason in skipped)
-        raise ConfigError([f"run_dir={run_dir} has checkpoints but none is usable ({listed}); "
-                           "fix or remove them, or pick a new run_dir"])
-    return found
-
-
-def _continue_from(cfg: Config, plan: Plan, found: checkpoint.Checkpoint) -> tuple[Config, Plan]:
-    """Keep the checkpoint's global batch on this world size (the plan follows), and convert a sharded
-    checkpoint of another world size to a universal one."""
-    cfg, note = elastic.keep_global_batch(cfg, plan.world_size, found)
-    if note:
-        print(note, flush=True)
-        plan = make_plan(cfg)
-        refuse_unfit(cfg, plan)
-    if found.world_size and found.world_size != plan.world_size:
-        print(elastic.describe(found, plan.world_size), flush=True)
-    if elastic.needs_universal(found, plan.world_size) and not found.meta.get("universal_only"):
-        elastic.ensure_universal(found)
-    return cfg, plan
-
-
-@contextlib.contextmanager
-def _stop_on_signals(run_dir: Path):
-    """SIGTERM/SIGUSR1 (a scheduler's preemption notice) -> STOP file -> workers checkpoint and stop.
-
-    Only a process's main thread may set handlers: a sweep's trial runs in a Tune thread, and its
-    trials are stopped through the STOP file directly.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def request_stop(signum, frame):
-        (run_dir / STOP_FILE).write_text(signal.Signals(signum).name)
-        print(f"{signal.Signals(signum).name} received: checkpointing at the next step, then stopping", flush=True)
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGUSR1)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _last_event(run_dir: Path) -> dict:
-    events = run_dir / "events.jsonl"
-    lines = events.read_text().splitlines() if events.exists() else []
-    return json.loads(lines[-1]) if lines else {}
-
-
-def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: checkpoint.Checkpoint | None,
-         report_to_tune: bool, joined: bool, startup: Startup, preload: threading.Thread) -> None:
+def _fit(job: Job, run: RunDir, run_id: str, hooks: Sequence[HookFactory], callbacks: Sequence, lean: bool,
+         joined: bool, startup: Startup, preload: threading.Thread) -> None:
+    cfg, plan = job.config, job.plan
     # The Train controller polls its workers every 2 s by default, so a finished run waited up to 2 s more
     # to end; 1 s halves that for about 1% of a core (0.5 s cost 1.7%, measured).
     started_local = cfg.cluster.name is Backend.local and local.start(
@@ -279,30 +174,19 @@ def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: check
 
     from orchestrator.launch import ray_cluster
     from orchestrator.train.loop import train_worker
+    from orchestrator.train.payload import WorkerPayload
     from orchestrator.train.ray_trainer import LeanTorchTrainer
 
     gpus = gpus_per_worker(cfg)
     if gpus is None:
         gpus = 1 if local.gpus() >= plan.world_size else 0
-    payload = {
-        "config": redact(to_dict(cfg)),
-        "plan": plan.to_dict(),
-        "plan_text": plan.describe(),
-        "ds_config": deepspeed_config(cfg, plan),
-        "run_dir": str(run_dir),
-        "run_id": run_id,
-        "resume_from": resume_from and {"path": str(resume_from.path), "step": resume_from.step,
-                                        "world_size": resume_from.world_size, "meta": resume_from.meta},
-        "progress_board": board_name,
-        "report_metrics": report_to_tune,
-        "startup": startup.to_payload(),
-    }
+    payload = WorkerPayload(config=redact(to_dict(cfg)), plan=plan, deepspeed=job.deepspeed, run_dir=str(run.path),
+                            run_id=run_id, progress_board=board_name, startup=startup, resume_from=job.resume_from,
+                            hooks=tuple(hooks))
     resources = {"CPU": cfg.cluster.cpus_per_worker, **({"GPU": gpus} if gpus else {})}
     trainer = LeanTorchTrainer(
         train_worker,
-        # A sweep's cluster outlives each trial, and a trial's controller can die with its Tune actor: its
-        # placement group must still be freed for the next trial (the cleaner), so sweeps keep all of Ray Train.
-        lean_cluster=cfg.cluster.name is Backend.local and not report_to_tune,
+        lean_cluster=lean,
         board=board,
         train_loop_config=payload,
         # The watchdog ends a stalled job at collective_timeout_s and names the rank that stalled; the process
@@ -312,12 +196,12 @@ def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: check
                                      resources_per_worker=resources),
         run_config=RunConfig(
             name="train",
-            storage_path=str(run_dir / ".ray"),
+            storage_path=str(run.ray_storage),
             # A restart the cluster cannot place (a node lost) fails once, after cluster.join_timeout_s (the
             # controller's start timeout, below), instead of Ray's default of retrying forever.
             failure_config=FailureConfig(max_failures=cfg.train.max_failures, controller_failure_limit=0),
             worker_runtime_env={"env_vars": worker_env(cfg, gpus)},
-            callbacks=_tune_report() if report_to_tune else None,
+            callbacks=list(callbacks) or None,
         ),
     )
     # Ray Train hands this to its controller: how long a worker group may wait for its place.
@@ -325,13 +209,16 @@ def _fit(cfg: Config, plan: Plan, run_dir: Path, run_id: str, resume_from: check
     # A worker group gets join_timeout_s to be placed, then collective_timeout_s to start its process group.
     watchdog = Watchdog(board, cfg.train.collective_timeout_s,
                         start_limit_s=cfg.cluster.join_timeout_s + cfg.train.collective_timeout_s)
+    from orchestrator.train.preemption import stop_on_signals
+
     try:
-        with _stop_on_signals(run_dir), watchdog:  # after Ray starts: its core installs handlers of its own
+        with stop_on_signals(run), watchdog:  # after Ray starts: its core installs handlers of its own
             trainer.fit()
     except Exception as error:  # Ray wraps worker exceptions; show the root cause in one line
-        cause = failures.reason(error, run_dir, cfg.cluster.join_timeout_s, plan.world_size, watchdog.last,
+        cause = failures.reason(error, run.path, cfg.cluster.join_timeout_s, plan.world_size, watchdog.last,
                                 unstarted=watchdog.ended_controller)
-        _record_failure(run_dir, cause)
+        # events.jsonl's last line says the command failed and why, so `compare` tells a failed run from a running one
+        run.append_event(Event.failed, run.last_logged_step(), error=cause)
         raise TrainingError(cause) from error
     finally:
         if started_local:
@@ -344,26 +231,6 @@ def _import_trainer() -> None:
     import orchestrator.train.loop  # noqa: F401
     import orchestrator.train.ray_trainer  # noqa: F401
     import orchestrator.train.watchdog  # noqa: F401
-
-
-def _record_failure(run_dir: Path, cause: str) -> None:
-    """events.jsonl's last line says the command failed and why, so `compare` tells a failed run from a running one."""
-    metrics = run_dir / "metrics.jsonl"
-    step = 0
-    for line in reversed(metrics.read_text().splitlines() if metrics.exists() else []):
-        try:  # a rank killed mid-write can leave a torn last line
-            step = json.loads(line)["step"]
-            break
-        except (json.JSONDecodeError, KeyError):
-            continue
-    with open(run_dir / "events.jsonl", "a") as f:
-        f.write(json.dumps({"event": "failed", "step": step, "time": time.time(), "error": cause}) + "\n")
-
-
-def _tune_report() -> list:
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    return [TuneReportCallback()]
 
 
 def ray_nodes(cfg: Config) -> int:

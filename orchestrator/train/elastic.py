@@ -6,7 +6,7 @@ stages 1-3 keep optimizer state (stage 3 also parameters) in per-rank shards, so
 written by N ranks is converted once into DeepSpeed's universal checkpoint (`ds_to_universal`),
 into `<checkpoint>/universal/`, which every world size loads (`checkpoint.load_universal`).
 Stage 0 holds whole states on every rank and loads natively. The global batch is kept by
-scaling train.grad_accum (refused when micro-batch x workers does not divide it). What cannot
+scaling train.grad_accum (plan/job.py; refused when micro-batch x workers does not divide it). What cannot
 carry over: the RNG streams of ranks that no longer exist; a new rank r takes rank r mod N's.
 
 `train.resume=<folder>` also takes a universal checkpoint converted by hand; it records no data
@@ -15,15 +15,13 @@ position, which is then derived from its step at the current world size.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from orchestrator.config.schema import Config
-from orchestrator.errors import ConfigError, TrainingError
+from orchestrator.errors import TrainingError
 from orchestrator.rundir import checkpoints as checkpoint
 
 UNIVERSAL = "universal"
@@ -57,25 +55,6 @@ def hand_converted(path: Path) -> checkpoint.Checkpoint:
     states = sorted(path.glob("*model_states.pt"))
     step = int(torch.load(states[0], map_location="cpu", weights_only=False)["global_steps"])
     return checkpoint.Checkpoint(path=path, step=step, world_size=0, meta={"step": step, "universal_only": True})
-
-
-def keep_global_batch(cfg: Config, world: int, found: checkpoint.Checkpoint) -> tuple[Config, str | None]:
-    """cfg with train.grad_accum set so micro-batch x accum x workers is the checkpoint's global batch,
-    and a line saying so when it changed; ConfigError with the numbers when no accum can."""
-    t = cfg.train
-    saved = found.meta.get("global_batch", t.micro_batch_size * t.grad_accum * world)
-    per_accum = t.micro_batch_size * world
-    if saved % per_accum:
-        raise ConfigError([
-            f"cluster.num_workers={world}: the checkpoint {found.path} trained with a global batch of {saved} "
-            f"sequences, which micro_batch_size {t.micro_batch_size} x {world} workers = {per_accum} does not "
-            f"divide; pick a worker count or train.micro_batch_size whose product divides {saved}"])
-    accum = saved // per_accum
-    if accum == t.grad_accum:
-        return cfg, None
-    note = (f"resume on {world} worker(s): grad_accum {t.grad_accum} -> {accum} keeps the global batch of {saved} "
-            f"sequences (micro {t.micro_batch_size} x accum {accum} x {world})")
-    return dataclasses.replace(cfg, train=dataclasses.replace(t, grad_accum=accum)), note
 
 
 def ensure_universal(found: checkpoint.Checkpoint) -> Path:

@@ -30,13 +30,6 @@ class Startup:
         """`phase` has just ended."""
         self.marks.append((phase, time.time()))
 
-    def to_payload(self) -> dict:
-        return {"process_start": self.process_start, "marks": self.marks}
-
-    @classmethod
-    def from_payload(cls, payload: dict) -> Startup:
-        return cls(payload["process_start"], [tuple(mark) for mark in payload["marks"]])
-
     def breakdown(self) -> dict[str, float]:
         """{"<phase>_s": seconds, ..., "time_to_first_step_s": total}, phases in the order they ran."""
         result, previous = {}, self.process_start

@@ -8,8 +8,8 @@ import numpy as np
 
 from orchestrator.data.loader import ShardedBatches
 from orchestrator.data.shards import TokenBlocks
+from orchestrator.rundir import RunDir
 from orchestrator.rundir import checkpoints as checkpoint
-from orchestrator.track.tracker import truncate_metrics
 
 
 def _write(root, step: int, sealed: bool = True):
@@ -100,7 +100,8 @@ def test_resuming_mid_second_epoch_consumes_the_same_samples_as_an_uninterrupted
 
 
 def test_metrics_are_cut_back_to_the_resumed_step(tmp_path):
-    path = tmp_path / "metrics.jsonl"
+    run = RunDir(tmp_path)
+    path = run.metrics
     path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 18)))
-    truncate_metrics(path, 15)
+    run.truncate_metrics(15)
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == list(range(1, 16))
