@@ -136,10 +136,10 @@ def _check_settings(cfg: Config, params: list[space.Param]) -> list[str]:
 
 
 def _trial_need(cfg: Config) -> str:
-    from orchestrator.plan.plan import gpus_per_worker, make_plan
+    from orchestrator.plan.plan import gpus_per_worker, world_and_ranks_per_node
 
     gpus = f" + {gpus_per_worker(cfg)} GPU" if gpus_per_worker(cfg) else ""
-    return f"a trial takes {make_plan(cfg).world_size} workers x {cfg.cluster.cpus_per_worker} CPU{gpus}"
+    return f"a trial takes {world_and_ranks_per_node(cfg)[0]} workers x {cfg.cluster.cpus_per_worker} CPU{gpus}"
 
 
 def _unplaceable(cfg: Config) -> list[str]:
@@ -158,7 +158,7 @@ TRIAL_ENV = {"RAY_CHDIR_TO_TRIAL_DIR": "0"}
 def _join(cfg: Config) -> None:
     """Start the embedded cluster (workers' output stays in Ray's logs: trial lines speak), or join one."""
     from orchestrator.launch import local, ray_cluster
-    from orchestrator.plan.plan import gpus_per_worker, make_plan
+    from orchestrator.plan.plan import gpus_per_worker, world_and_ranks_per_node
     from orchestrator.train.driver import ray_nodes
 
     if cfg.cluster.name is Backend.local:
@@ -166,7 +166,7 @@ def _join(cfg: Config) -> None:
         return
     import torch  # noqa: F401  (before Ray joins: see train/driver.py)
 
-    ray_cluster.connect(cfg.cluster, nodes=ray_nodes(cfg), workers=make_plan(cfg).world_size,
+    ray_cluster.connect(cfg.cluster, nodes=ray_nodes(cfg), workers=world_and_ranks_per_node(cfg)[0],
                         gpus_per_worker=gpus_per_worker(cfg) or 0, env_vars=TRIAL_ENV)
 
 
@@ -183,9 +183,9 @@ def _concurrency(cfg: Config, trials: int) -> int:
     """Trials at once: what the cluster's CPUs and GPUs hold (each trial's driver reserves none), capped."""
     import ray
 
-    from orchestrator.plan.plan import gpus_per_worker, make_plan
+    from orchestrator.plan.plan import gpus_per_worker, world_and_ranks_per_node
 
-    world = make_plan(cfg).world_size
+    world = world_and_ranks_per_node(cfg)[0]
     total = ray.cluster_resources()
     fits = int(total.get("CPU", 0) // (world * cfg.cluster.cpus_per_worker))
     gpus = gpus_per_worker(cfg) or 0
