@@ -86,28 +86,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cluster_command(action: str, num_cpus: int | None) -> int:
-    from orchestrator.launch import warm
-
-    if action == "up":
-        from orchestrator.launch.local import available_cpus
-
-        if num_cpus is not None and num_cpus < 1:
-            raise ConfigError([f"--num-cpus={num_cpus}: must be at least 1"])
-        record, started = warm.up(num_cpus or available_cpus())
-        print(f"{'started' if started else 'already running:'} local Ray cluster at {record['address']} with "
-              f"{record['num_cpus']} CPUs (log: {record['log']}); cluster=local commands join it until "
-              "`orchestrator cluster down`")
-    elif action == "down":
-        record = warm.down()
-        print(f"stopped the local Ray cluster at {record['address']}" if record else "no local Ray cluster runs")
-    else:
-        record = warm.running()
-        print(f"running: {record['address']}, {record['num_cpus']} CPUs, pid {record['pid']} (log: {record['log']})"
-              if record else "no local Ray cluster runs (`orchestrator cluster up` starts one)")
-    return 0
-
-
 def _compare_parser(commands) -> None:
     summary = ("compare runs and sweeps from their folders: a table of what differs, loss curves (--png), "
                "an HTML report (--html), a W&B report (--wandb-report)")
@@ -160,16 +138,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command in ("status", "logs", "stop"):
-        return _job_command(args)
+        from orchestrator import cluster_commands
+
+        return cluster_commands.ray_job(args.command, args.job_id, args.address, getattr(args, "follow", False))
     if args.command == "cluster":
-        return _cluster_command(args.action, args.num_cpus)
+        from orchestrator import cluster_commands
+
+        return cluster_commands.cluster(args.action, args.num_cpus)
     if args.command == "compare":
         from orchestrator.compare.command import Request, run
 
         return run(Request(paths=args.paths, metric=args.metric, mode=args.mode, format=args.format, png=args.png,
                            x=args.x, html=args.html, wandb_report=args.wandb_report))
     if args.command == "submit" and args.cfg is None:
-        from orchestrator.launch.submit import submit
+        from orchestrator.submit import submit
 
         return submit([*args.overrides, *(["submit.dry_run=true"] if args.dry_run else [])], args.config)
     searching = args.command == "sweep" or getattr(args, "multirun", False)
@@ -178,7 +160,9 @@ def _run(args: argparse.Namespace) -> int:
 
         return sweep(args.overrides, args.config, getattr(args, "resume", None))
     if args.command == "compress":
-        return _compress(args)
+        from orchestrator.compress import command
+
+        return command.run(args.overrides, args.config, args.cfg == "job")
     from orchestrator.config.compose import compose, to_yaml
 
     overrides = args.overrides
@@ -201,38 +185,3 @@ def _run(args: argparse.Namespace) -> int:
     print(f"run directory: {run_dir}")
     return 0
 
-
-def _compress(args: argparse.Namespace) -> int:
-    from orchestrator.compress import command
-
-    if args.config:
-        raise ConfigError([f"--config {args.config}: `orchestrator compress` reads the run's own config.yaml; "
-                           "name the run with run_dir=..."])
-    if args.cfg == "job":
-        from orchestrator.config.compose import to_yaml
-
-        print(to_yaml(command.compose(args.overrides)[0]), end="")
-        return 0
-    command.compress(args.overrides)
-    return 0
-
-
-def _job_command(args: argparse.Namespace) -> int:
-    from orchestrator.config.schema import ClusterConfig
-    from orchestrator.launch import ray_cluster
-
-    url = args.address or ray_cluster.dashboard_url(ClusterConfig(name="ray"))
-    try:
-        if args.command == "status":
-            print(ray_cluster.status(url, args.job_id))
-        elif args.command == "stop":
-            stopped = ray_cluster.stop(url, args.job_id)
-            print(f"{args.job_id}: stop requested (it checkpoints at its next step)" if stopped
-                  else f"{args.job_id}: already finished")
-        elif args.follow:
-            return ray_cluster.follow(url, args.job_id)
-        else:
-            print(ray_cluster.logs(url, args.job_id), end="")
-    except RuntimeError as error:  # the Job Submission API's answer for an unknown id or a refused request
-        raise ConfigError([f"{args.job_id}: {str(error).strip().splitlines()[0]}"]) from None
-    return 0

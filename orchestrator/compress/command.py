@@ -17,7 +17,8 @@ import shutil
 import time
 from pathlib import Path
 
-from orchestrator.compress.passes import QUANTIZERS, ModelShape, build, pipeline_problems
+from orchestrator.compress.passes import build, pipeline_problems
+from orchestrator.config.compress_checks import QUANTIZERS, ModelShape
 from orchestrator.config.schema import Config
 from orchestrator.errors import ConfigError, GateFailed
 from orchestrator.paths import unwritable
@@ -47,6 +48,20 @@ def compose(overrides: list[str]) -> tuple[Config, Path]:
     base = load_job_file(str(RunDir(run_dir).config), [])
     base.compress = chosen.compress
     return OmegaConf.to_object(base), run_dir  # type: ignore[return-value]
+
+
+def run(overrides: list[str], config_file: str | None, print_config: bool) -> int:
+    """The command: `--cfg job` prints the config the pipeline would run with; else compress."""
+    if config_file:
+        raise ConfigError([f"--config {config_file}: `orchestrator compress` reads the run's own config.yaml; "
+                           "name the run with run_dir=..."])
+    if print_config:
+        from orchestrator.config.compose import to_yaml
+
+        print(to_yaml(compose(overrides)[0]), end="")
+        return 0
+    compress(overrides)
+    return 0
 
 
 def compress(overrides: list[str]) -> Path:

@@ -1,6 +1,8 @@
 """`compress.passes` as pass objects: each refuses what it cannot do before anything runs
-(`check`), then does it (`apply`). Nothing here imports torch at module level, so the
-refusals answer as fast as any other config error.
+(`check`), then does it (`apply`). The checks that need only the config and the model's shape
+live in config/compress_checks.py (validation runs them with every other config error); the passes
+here subclass them and add `apply` and what needs torch (the CPU int4 kernel probe). Nothing here
+imports torch at module level, so the refusals answer as fast as any other config error.
 
 Post-training passes run in `orchestrator compress`; `gradual_magnitude` and `qat` run inside
 training (masks.py, qat.py). A pipeline prunes first and quantizes last, at most once.
@@ -8,101 +10,31 @@ training (masks.py, qat.py). A pipeline prunes first and quantizes last, at most
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from pathlib import Path
 
-from orchestrator.config.schema import Arch, CompressConfig, ModelConfig, PassConfig, PassName, SparsityScore
-
-QUANTIZERS = (PassName.int8_weight, PassName.int8_dynamic, PassName.int4_weight)
-INT4_GROUP_SIZES = (32, 64, 128, 256)
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """What the checks need to know about a model, without building it."""
-
-    arch: str
-    hidden_size: int
-    intermediate_size: int
-    tied_head: bool
-
-    @property
-    def in_features(self) -> set[int]:
-        """Input widths of the prunable linear layers (attention, MLP up, MLP down)."""
-        return {self.hidden_size, self.intermediate_size}
-
-    @classmethod
-    def of_config(cls, model: ModelConfig) -> ModelShape | None:
-        if model.pretrained_path:
-            return cls.of_folder(Path(model.pretrained_path).expanduser())
-        return cls(model.arch.value, model.hidden_size, model.intermediate_size or 4 * model.hidden_size,
-                   model.tie_word_embeddings)
-
-    @classmethod
-    def of_folder(cls, folder: Path) -> ModelShape | None:
-        """From a saved model's config.json (None when it cannot be read; the load then reports it)."""
-        try:
-            hf = json.loads((folder / "config.json").read_text())
-        except (OSError, ValueError):
-            return None
-        if hf.get("model_type") == Arch.gpt2.value:
-            hidden = hf["n_embd"]
-            return cls("gpt2", hidden, hf.get("n_inner") or 4 * hidden, hf.get("tie_word_embeddings", True))
-        return cls(hf.get("model_type", "llama"), hf["hidden_size"], hf["intermediate_size"],
-                   hf.get("tie_word_embeddings", False))
-
+from orchestrator.config import compress_checks as checks
+from orchestrator.config.compress_checks import ModelShape
+from orchestrator.config.schema import CompressConfig, PassName, SparsityScore
 
 Calibration = Callable[[int], Iterable]
 """n -> n training-split batches, for passes that look at activations."""
 
 
-class Pass:
-    """One step of a pipeline. `key` names it in errors (compress.passes[i]=name)."""
-
-    during_training = False
-
-    def __init__(self, spec: PassConfig, index: int):
-        self.spec = spec
-        self.key = f"compress.passes[{index}]"
-
-    @property
-    def name(self) -> str:
-        return self.spec.name.value
-
-    def check(self, shape: ModelShape | None) -> list[str]:
-        return []
-
-    def reshape(self, shape: ModelShape | None) -> ModelShape | None:
-        """The model's shape after this pass (the next pass is checked against it)."""
-        return shape
+class Pass(checks.PassCheck):
+    """One step of a pipeline: its checks (config/compress_checks.py) and what it does to a model."""
 
     def apply(self, model, calibration: Calibration) -> None:
         raise NotImplementedError(f"{self.name} runs during training (orchestrator train compress=...)")
 
-    def _sparsity_problem(self) -> list[str]:
-        s = self.spec.sparsity
-        return [] if 0.0 < s < 1.0 else [f"{self.key}.sparsity={s}: must be in (0, 1)"]
 
-
-class Magnitude(Pass):
-    def check(self, shape):
-        return self._sparsity_problem()
-
+class Magnitude(checks.MagnitudeCheck, Pass):
     def apply(self, model, calibration):
         from orchestrator.compress import pruning, surgery
 
         pruning.magnitude(surgery.prunable(model), self.spec.sparsity, self.spec.global_ranking)
 
 
-class Wanda(Pass):
-    def check(self, shape):
-        problems = self._sparsity_problem()
-        if self.spec.calibration_batches < 1:
-            problems.append(f"{self.key}.calibration_batches={self.spec.calibration_batches}: must be >= 1")
-        return problems
-
+class Wanda(checks.WandaCheck, Pass):
     def apply(self, model, calibration):
         from orchestrator.compress import pruning, surgery
 
@@ -110,18 +42,9 @@ class Wanda(Pass):
                       self.spec.sparsity)
 
 
-class SemiStructured(Pass):
+class SemiStructured(checks.SemiStructuredCheck, Pass):
     """2:4: half of every 4 consecutive input weights. Zeroed only: CPU has no 2:4 kernels, so it saves
     nothing here; on CUDA GPUs (sm80+) torch's semi-structured sparse tensors can use it."""
-
-    def check(self, shape):
-        problems = []
-        if shape and any(n % 4 for n in shape.in_features):
-            problems.append(f"{self.key}={self.name}: 2:4 needs input widths divisible by 4, the model has "
-                            f"{sorted(shape.in_features)}")
-        if self.spec.score is SparsityScore.wanda and self.spec.calibration_batches < 1:
-            problems.append(f"{self.key}.calibration_batches={self.spec.calibration_batches}: must be >= 1")
-        return problems
 
     def apply(self, model, calibration):
         from orchestrator.compress import pruning, surgery
@@ -133,23 +56,9 @@ class SemiStructured(Pass):
             pruning.two_of_four(linears)
 
 
-class MlpChannels(Pass):
+class MlpChannels(checks.MlpChannelsCheck, Pass):
     """Structured pruning: unlike zeroed weights, removed channels make the model smaller and faster
     everywhere, CPU included."""
-
-    def check(self, shape):
-        problems = self._sparsity_problem()
-        if not problems and shape and shape.intermediate_size < 64:
-            problems.append(f"{self.key}={self.name}: the MLP is {shape.intermediate_size} channels wide; "
-                            "it needs at least 64 to keep 32")
-        return problems
-
-    def reshape(self, shape):
-        from dataclasses import replace
-
-        from orchestrator.compress.pruning import kept_channels
-
-        return shape and replace(shape, intermediate_size=kept_channels(shape.intermediate_size, self.spec.sparsity))
 
     def apply(self, model, calibration):
         from orchestrator.compress import pruning
@@ -157,25 +66,15 @@ class MlpChannels(Pass):
         pruning.mlp_channels(model, self.spec.sparsity)
 
 
-class Quantize(Pass):
+class Quantize(checks.QuantizeCheck, Pass):
     def check(self, shape):
-        problems = []
-        if self.spec.lm_head and shape and shape.tied_head:
-            problems.append(f"{self.key}.lm_head=true: the output head is tied to the input embedding; quantizing it "
-                            "would untie it and grow the model (train with model.tie_word_embeddings=false)")
-        if self.spec.name is PassName.int4_weight:
-            g = self.spec.group_size
-            if g not in INT4_GROUP_SIZES:
-                problems.append(f"{self.key}.group_size={g}: must be one of {', '.join(map(str, INT4_GROUP_SIZES))}")
-            elif shape and any(n % g for n in shape.in_features):
-                problems.append(f"{self.key}.group_size={g}: must divide every layer's input width "
-                                f"{sorted(shape.in_features)}; try {_largest_divisor(shape.in_features)}")
-            else:
-                from orchestrator.compress.quantization import int4_cpu_kernel
+        problems = super().check(shape)
+        if self.spec.name is PassName.int4_weight and not self._group_problems(shape):
+            from orchestrator.compress.quantization import int4_cpu_kernel
 
-                if not int4_cpu_kernel():
-                    problems.append(f"{self.key}=int4_weight: this torch has no CPU int4 kernel "
-                                    "(aten._weight_int4pack_mm_for_cpu); use int8_weight")
+            if not int4_cpu_kernel():
+                problems.append(f"{self.key}=int4_weight: this torch has no CPU int4 kernel "
+                                "(aten._weight_int4pack_mm_for_cpu); use int8_weight")
         return problems
 
     def apply(self, model, calibration):
@@ -184,35 +83,12 @@ class Quantize(Pass):
         quantization.quantize(model, surgery.prunable(model, include_head=self.spec.lm_head), self.spec)
 
 
-class GradualMagnitude(Pass):
-    during_training = True
-
-    def check(self, shape):
-        problems = self._sparsity_problem()
-        s = self.spec
-        if s.start_step is not None and s.start_step < 0:
-            problems.append(f"{self.key}.start_step={s.start_step}: must be >= 0")
-        if s.end_step is not None and s.start_step is not None and s.end_step <= s.start_step:
-            problems.append(f"{self.key}.end_step={s.end_step}: must be after start_step={s.start_step}")
-        if s.update_every < 1:
-            problems.append(f"{self.key}.update_every={s.update_every}: must be >= 1")
-        return problems
+class GradualMagnitude(checks.GradualMagnitudeCheck, Pass):
+    pass
 
 
-class QuantizationAware(Pass):
-    during_training = True
-
-    def check(self, shape):
-        s = self.spec
-        if s.bits not in (4, 8):
-            return [f"{self.key}.bits={s.bits}: must be 8 or 4"]
-        if s.bits == 4:
-            if s.group_size not in INT4_GROUP_SIZES:
-                return [f"{self.key}.group_size={s.group_size}: must be one of {', '.join(map(str, INT4_GROUP_SIZES))}"]
-            if shape and any(n % s.group_size for n in shape.in_features):
-                return [f"{self.key}.group_size={s.group_size}: must divide every layer's input width "
-                        f"{sorted(shape.in_features)}; try {_largest_divisor(shape.in_features)}"]
-        return []
+class QuantizationAware(checks.QuantizationAwareCheck, Pass):
+    pass
 
 
 _KINDS: dict[PassName, type[Pass]] = {
@@ -233,42 +109,6 @@ def build(compress: CompressConfig) -> list[Pass]:
 
 
 def pipeline_problems(compress: CompressConfig, shape: ModelShape | None, during_training: bool) -> list[str]:
-    """Everything wrong with running this pipeline on this model, one line each, before anything runs."""
-    name = compress.name
-    problems = []
-    seen_quantizer = False
-    for step in build(compress):
-        if step.during_training and not during_training:
-            problems.append(f"compress={name}: {step.key}={step.name} runs during training; run "
-                            f"`orchestrator train compress={name}`")
-            continue
-        if during_training and not step.during_training:
-            problems.append(f"compress={name}: {step.key}={step.name} runs after training; train first, then "
-                            f"`orchestrator compress run_dir=<run> compress={name}`")
-            continue
-        if step.spec.name in QUANTIZERS:
-            if seen_quantizer:
-                problems.append(f"{step.key}={step.name}: a pipeline quantizes at most once")
-            seen_quantizer = True
-        elif seen_quantizer:
-            problems.append(f"{step.key}={step.name}: prunes after quantization; put pruning passes first")
-        problems += step.check(shape)
-        shape = step.reshape(shape)
-    names = [spec.name for spec in compress.passes]
-    if PassName.qat in names and PassName.gradual_magnitude in names:
-        problems.append(f"compress={name}: qat and gradual_magnitude in one pipeline: train with one, then "
-                        "fine-tune with the other (model.pretrained_path=<run>/model)")
-    if names.count(PassName.qat) > 1:
-        problems.append(f"compress={name}: a pipeline quantizes at most once (two qat passes)")
-    if compress.max_ppl_increase is not None and compress.max_ppl_increase < 0:
-        problems.append(f"compress.max_ppl_increase={compress.max_ppl_increase}: must be >= 0 (a share: 0.05 = 5%)")
-    for key in ("eval_batches", "latency_runs"):
-        value = getattr(compress, key)
-        if value < 1:
-            problems.append(f"compress.{key}={value}: must be >= 1")
-    return problems
-
-
-def _largest_divisor(widths: set[int]) -> str:
-    fits = [g for g in INT4_GROUP_SIZES if all(n % g == 0 for n in widths)]
-    return f"group_size={max(fits)}" if fits else "int8_weight (no int4 group size divides them)"
+    """Everything wrong with running this pipeline on this model, one line each, before anything runs:
+    config/compress_checks.py's rules, with this torch's int4 kernel probed as well."""
+    return checks.pipeline_problems(compress, shape, during_training, _KINDS)

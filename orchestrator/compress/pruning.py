@@ -13,6 +13,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from orchestrator.config.compress_checks import kept_channels
+
 
 def magnitude(linears: dict[str, nn.Linear], sparsity: float, global_ranking: bool) -> None:
     """Zero the `sparsity` share of weights with the smallest |w|, across all layers or within each."""
@@ -55,12 +57,6 @@ def two_of_four(linears: dict[str, nn.Linear]) -> None:
             blocks = w.view(-1, 4)
             drop = blocks.abs().argsort(dim=1)[:, :2]
             blocks.scatter_(1, drop, 0.0)
-
-
-def kept_channels(width: int, share: float) -> int:
-    """MLP channels kept when `share` of `width` go: rounded down to a multiple of 32 (at least 32), so
-    int4 groups of 32 and 2:4 blocks still fit the narrower layers."""
-    return max(32, int(width * (1.0 - share)) // 32 * 32)
 
 
 def mlp_channels(model: nn.Module, share: float) -> int:

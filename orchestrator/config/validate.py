@@ -235,7 +235,7 @@ def validate(cfg: Config) -> list[str]:
     p.check(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "must be >= 1")
     p.check(t.collective_timeout_s >= 1, "train.collective_timeout_s", t.collective_timeout_s, "must be >= 1 second")
     if cfg.compress.passes:
-        from orchestrator.compress.passes import ModelShape, pipeline_problems
+        from orchestrator.config.compress_checks import ModelShape, pipeline_problems
 
         p += pipeline_problems(cfg.compress, ModelShape.of_config(m), during_training=True)
         for i, spec in enumerate(cfg.compress.passes):

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from orchestrator.compress import pruning, surgery
-from orchestrator.compress.passes import ModelShape, pipeline_problems
+from orchestrator.compress.passes import pipeline_problems
+from orchestrator.config.compress_checks import ModelShape
 from orchestrator.config.schema import CompressConfig, PassConfig, PassName
 from orchestrator.errors import ConfigError
 

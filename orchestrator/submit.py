@@ -7,6 +7,9 @@ Nothing secret is written: the job file is redacted, scripts and manifests name 
 by reference, and the runtime environment carries no secret values. Every refusal (an unwritable
 run directory, a job `sbatch --test-only` refuses, folders off the Kubernetes volume, an
 unreachable Ray cluster) comes before the first file is written: exit 2, no run directory.
+
+A command above launch/ (the backends it renders for and submits to) and sweep/ (a config with a
+search space is submitted as a sweep, its space checked here first); the plan comes from plan/job.py.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from orchestrator.config.compose import compose_dictconfig, load_job_file, to_ya
 from orchestrator.config.schema import Backend, Config
 from orchestrator.errors import ConfigError
 from orchestrator.paths import unwritable
-from orchestrator.plan.plan import Plan, make_plan, refuse_unfit
+from orchestrator.plan.job import resolve
+from orchestrator.plan.plan import Plan
 from orchestrator.redact import redact_text
 from orchestrator.rundir import RunDir
 
@@ -83,8 +87,7 @@ def submit(overrides: list[str], config_file: str | None = None) -> int:
         problems = search_problems(cfg, {}, overrides, config_file)[1]
         if problems:
             raise ConfigError(problems)
-    plan = make_plan(cfg)
-    refuse_unfit(cfg, plan)
+    plan = resolve(cfg).plan  # refuses a plan that does not fit; the job file keeps `job`, un-resolved
     name = run_name(cfg)
     folder, run_dir, updates = _placement(cfg, name, overrides)
     # The job file submits for real when resubmitted with --config, even if this call is a dry run.
