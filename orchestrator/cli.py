@@ -178,10 +178,8 @@ def _run(args: argparse.Namespace) -> int:
         from orchestrator.plan import command
 
         return command.run(cfg, args.calibrate)
-    from orchestrator.train.driver import train
-    from orchestrator.train.startup import Startup
+    from orchestrator import train_command
 
-    run_dir = train(cfg, startup=Startup.of_this_process())
-    print(f"run directory: {run_dir}")
+    train_command.run(cfg)
     return 0
 

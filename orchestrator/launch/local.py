@@ -18,8 +18,8 @@ import os
 import subprocess
 
 from orchestrator.config.schema import ClusterConfig
-from orchestrator.machine import available_cpus, free_port, visible_gpus
 from orchestrator.launch.worker_signals import SETUP_HOOK
+from orchestrator.machine import available_cpus, free_port, visible_gpus
 
 _reaper: subprocess.Popen | None = None
 _joined_warm = False

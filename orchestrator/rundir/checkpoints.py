@@ -29,6 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.machine import available_cpus
+
 MARKER = "COMPLETE"
 MANIFEST = "manifest.json"
 LATEST = "latest"
@@ -106,7 +108,7 @@ def seal(path: Path, meta: dict, digests: dict[str, str]) -> None:
 def write_manifest(path: Path, meta: dict) -> None:
     """A manifest with hashes for a folder one process wrote (a universal checkpoint); no marker."""
     files = files_of(path)
-    digests = sha256(path, list(files), threads=os.cpu_count() or 1)
+    digests = sha256(path, list(files), threads=available_cpus())
     entries = {name: {"bytes": size, "sha256": digests[name]} for name, size in files.items()}
     _write_atomically(path / MANIFEST, json.dumps({**meta, "files": entries}, indent=2))
 
@@ -130,7 +132,7 @@ def problem(path: Path, verify: bool = False, marker: bool = True) -> str | None
         if f.stat().st_size != entry["bytes"]:
             return f"{name} is truncated or altered ({f.stat().st_size} of {entry['bytes']} bytes)"
     if verify:
-        found = sha256(path, list(files), threads=os.cpu_count() or 1)
+        found = sha256(path, list(files), threads=available_cpus())
         for name, entry in files.items():
             if found[name] != entry["sha256"]:
                 return f"{name} does not match its sha256 in manifest.json (altered after it was written)"

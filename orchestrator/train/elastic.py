@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from orchestrator.errors import TrainingError
+from orchestrator.machine import available_cpus
 from orchestrator.rundir import checkpoints as checkpoint
 
 UNIVERSAL = "universal"
@@ -73,7 +74,7 @@ def ensure_universal(found: checkpoint.Checkpoint) -> Path:
     staging = found.path / f"{UNIVERSAL}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(target, ignore_errors=True)
-    workers = str(max(1, min(4, os.cpu_count() or 1)))
+    workers = str(max(1, min(4, available_cpus())))
     result = subprocess.run(
         [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(found.path),
          "--output_folder", str(staging), "--inject_missing_state", "--num_extract_workers", workers,

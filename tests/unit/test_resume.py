@@ -11,8 +11,7 @@ import pytest
 from orchestrator.config.compose import to_yaml
 from orchestrator.errors import ConfigError
 from orchestrator.plan.job import keep_global_batch, resolve
-from orchestrator.rundir import RunDir
-from orchestrator.rundir import checkpoints
+from orchestrator.rundir import RunDir, checkpoints
 from orchestrator.train import resume
 
 
