@@ -14,29 +14,46 @@ once by the workers (train/peak_flops.py). Pure: no torch, so `orchestrator plan
 
 from __future__ import annotations
 
-# Dense TFLOP/s per device: (name fragment, bf16/fp16, fp32). Most specific fragments first.
+import re
+
+# Dense TFLOP/s per device: (model name as torch reports it, bf16/fp16 with FP32 accumulate, fp32). A name
+# matches when its words appear in the device name in order, as whole words: "L4" is not "L40", and "H200"
+# is not "H200 NVL". The most specific names come first.
 _PEAK_TFLOPS = [
     ("H100 PCIe", 756.0, 51.0),
     ("H100 NVL", 835.0, 60.0),
     ("H100", 989.0, 67.0),  # SXM; the datasheet's 1,979 is with 2:4 sparsity
-    ("H200", 989.0, 67.0),
+    ("H200 NVL", 835.0, 60.0),
+    ("H200", 989.0, 67.0),  # SXM
     ("GH200", 989.0, 67.0),
     ("B200", 2250.0, 80.0),
     ("A100", 312.0, 19.5),
     ("A800", 312.0, 19.5),
     ("L40S", 362.0, 91.6),
+    ("L40", 181.0, 90.5),
     ("L4", 121.0, 30.3),
+    ("A10G", 125.0, 31.2),
     ("A10", 125.0, 31.2),
-    ("RTX 4090", 165.2, 82.6),
+    ("RTX 4090", 165.2, 82.6),  # FP32 accumulate (training's); FP16 accumulate doubles it to 330.3
     ("V100", 125.0, 15.7),  # fp16 only: V100 has no bf16
     ("T4", 65.0, 8.1),
 ]
 
 
+def _words(name: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", name.lower())
+
+
+def _names(model: str, device_name: str) -> bool:
+    """The model's words appear in the device's name as consecutive whole words."""
+    wanted, words = _words(model), _words(device_name)
+    return any(words[i : i + len(wanted)] == wanted for i in range(len(words) - len(wanted) + 1))
+
+
 def table_peak_flops(device_name: str, precision: str) -> float | None:
     """Datasheet peak FLOP/s of one device at `precision` (bf16, fp16, fp32), or None if unknown."""
-    for fragment, half, single in _PEAK_TFLOPS:
-        if fragment.lower() in device_name.lower():
+    for model, half, single in _PEAK_TFLOPS:
+        if _names(model, device_name):
             return (single if precision == "fp32" else half) * 1e12
     return None
 

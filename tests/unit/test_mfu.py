@@ -36,6 +36,13 @@ def test_hfu_counts_the_forward_pass_checkpointing_recomputes():
     ("NVIDIA A100-SXM4-80GB", "fp32", 19.5),
     ("NVIDIA A10G", "fp16", 125.0),
     ("NVIDIA L4", "bf16", 121.0),
+    ("NVIDIA L40", "bf16", 181.0),  # not the L4's figure: names match as whole words
+    ("NVIDIA L40S", "bf16", 362.0),
+    ("NVIDIA H200 NVL", "bf16", 835.0),  # not the SXM's
+    ("NVIDIA H100 80GB HBM3", "bf16", 989.0),
+    ("NVIDIA GH200 480GB", "bf16", 989.0),
+    ("NVIDIA GeForce RTX 4090", "bf16", 165.2),  # FP32 accumulate, not FP16 accumulate's 330.3
+    ("Tesla T4", "fp32", 8.1),
 ])
 def test_peak_comes_from_the_dense_datasheet_figure(name, precision, tflops):
     assert mfu.table_peak_flops(name, precision) == tflops * 1e12
