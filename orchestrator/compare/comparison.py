@@ -69,9 +69,11 @@ def _hashable(value: Any) -> str:
 
 
 def best_trial(sweep: Sweep, metric: str, maximize: bool) -> Run | None:
-    """The sweep's best trial among those that ran to the end (an early-stopped one never beat them on equal terms)."""
-    done = [t for t in sweep.trials if t.status == "completed" and t.best(metric, maximize)[0] is not None]
-    return (max if maximize else min)(done, key=lambda t: t.best(metric, maximize)[0], default=None)
+    """The sweep's best trial: among those that ran to the end (an early-stopped one never beat them on equal
+    terms), the best final metric, the model a retrain reproduces. best.yaml names the same one
+    (sweep/record.best_completed)."""
+    done = [t for t in sweep.trials if t.status == "completed" and t.final(metric)[0] is not None]
+    return (max if maximize else min)(done, key=lambda t: t.final(metric)[0], default=None)
 
 
 def retrain_command(sweep: Sweep, trial: Run) -> str:

@@ -57,6 +57,11 @@ class Run:
         scored = [(row[metric], row["step"]) for row in self.history if _number(row.get(metric))]
         return (max if maximize else min)(scored, key=lambda pair: pair[0], default=(None, None))
 
+    def final(self, metric: str) -> tuple[float | None, int | None]:
+        """(last logged value, its step) of a metrics.jsonl column."""
+        scored = [(row[metric], row["step"]) for row in self.history if _number(row.get(metric))]
+        return scored[-1] if scored else (None, None)
+
     @property
     def wandb_run_id(self) -> str | None:
         return RunDir(self.run_dir).recorded_run_id()

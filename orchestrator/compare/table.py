@@ -46,8 +46,8 @@ def notes(comparison: Comparison) -> list[str]:
                      f"{', '.join(sweep.searched) or 'nothing'}")
         best = best_trial(sweep, comparison.metric, comparison.maximize)
         if best is not None:
-            value, step = best.best(comparison.metric, comparison.maximize)
-            lines.append(f"  best trial {best.name} ({comparison.metric} {num(value)} at step {step}): "
+            value, step = best.final(comparison.metric)
+            lines.append(f"  best trial {best.name} (final {comparison.metric} {num(value)} at step {step}): "
                          f"{retrain_command(sweep, best)}")
         if sweep.trials and sweep.trials[0].config.get("sweep.scheduler") == "asha":
             stops = asha_stops(sweep)

@@ -40,7 +40,7 @@ def test_the_table_of_a_sweep(lr_grid):
     for trial in stopped:
         assert f"early-stopped at {trial['steps']}" in result.stdout
         assert f"{trial['id']} at step {trial['steps']}" in result.stdout.split("ASHA stopped", 1)[1]
-    best_id = min((t for t in record["trials"] if t["status"] == "completed"), key=lambda t: t["best_metric"])["id"]
+    best_id = min((t for t in record["trials"] if t["status"] == "completed"), key=lambda t: t["final_metric"])["id"]
     line = next(line for line in result.stdout.splitlines() if "best trial" in line)
     assert best_id in line and f"optim.lr={trials[best_id]['overrides']['optim.lr']}" in line
     assert line.split(": ", 1)[1].startswith("orchestrator train ")

@@ -339,3 +339,26 @@ def test_wandb_report_is_refused_while_the_runs_are_offline(sweep_dir, capsys, m
     code, _, err = run_cli(capsys, str(sweep_dir), "--wandb-report")
     assert code == 2 and "WANDB_MODE=offline" in err
 
+
+
+def test_compare_and_best_yaml_name_the_same_trial_when_best_seen_and_final_disagree(sweep_dir):
+    """One rule for "the best trial": the best final metric among completed trials. A trial whose val_loss dipped
+    lowest mid-run but ended worse is not the one a retrain reproduces."""
+    from orchestrator.rundir import RunDir
+    from orchestrator.sweep.record import best_completed, trial_record
+
+    completed = [t for t in sorted((sweep_dir / "trials").iterdir()) if RunDir(t).summary().get("status") == "completed"]
+    early_dip, steady = completed[:2]
+    rows = RunDir(early_dip).rows()
+    first_eval = next(row for row in rows if "val_loss" in row)
+    first_eval["val_loss"] = 0.001  # lowest value seen by any trial, at its first evaluation
+    RunDir(early_dip).metrics.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    for run_dir, final in ((early_dip, 9.0), (steady, 1.0)):
+        rows = RunDir(run_dir).rows()
+        last_eval = max(i for i, row in enumerate(rows) if "val_loss" in row)
+        rows[last_eval]["val_loss"] = final
+        RunDir(run_dir).metrics.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    records = [trial_record(path, {}, "val_loss", maximize=False) for path in sorted((sweep_dir / "trials").iterdir())]
+    assert best_completed(records, maximize=False)["id"] == steady.name
+    runs, sweeps = load([str(sweep_dir)])
+    assert json.loads(to_json(compare(runs, sweeps, "val_loss", "min")))["sweeps"][0]["best_trial"] == steady.name
