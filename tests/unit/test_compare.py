@@ -347,7 +347,8 @@ def test_compare_and_best_yaml_name_the_same_trial_when_best_seen_and_final_disa
     from orchestrator.rundir import RunDir
     from orchestrator.sweep.record import best_completed, trial_record
 
-    completed = [t for t in sorted((sweep_dir / "trials").iterdir()) if RunDir(t).summary().get("status") == "completed"]
+    trials = sorted((sweep_dir / "trials").iterdir())
+    completed = [t for t in trials if RunDir(t).summary().get("status") == "completed"]
     early_dip, steady = completed[:2]
     rows = RunDir(early_dip).rows()
     first_eval = next(row for row in rows if "val_loss" in row)
