@@ -8,19 +8,21 @@ share one embedded cluster for the session: starting it costs seconds on these m
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
-# The tiny model on the default corpus, shrunk so a distributed test takes seconds of training.
-TINY = [
-    "model=tiny",
-    "data.max_bytes=600000",
-    "data.vocab_size=512",
-    "train.seq_len=64",
-    "train.micro_batch_size=4",
-    "train.log_every=1",
-    "train.eval_batches=4",
-]
+from tests.helpers import TINY
+
+TIERS = {"unit": "unit", "distributed": "distributed", "e2e": "e2e"}
+"""tests/<folder>/ -> the marker every test in it carries (pyproject.toml declares them)."""
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        tier = TIERS.get(Path(str(item.fspath)).parent.name)
+        if tier:
+            item.add_marker(getattr(pytest.mark, tier))
 
 
 @pytest.fixture(scope="session")

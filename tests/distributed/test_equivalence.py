@@ -13,7 +13,7 @@ import pytest
 
 from orchestrator.config.compose import compose
 from orchestrator.train.driver import train
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 STEPS = 20
 _cache: dict[tuple[str, ...], list[float]] = {}

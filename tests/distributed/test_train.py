@@ -20,7 +20,7 @@ def finished_run(ray_cluster, tmp_path_factory, data_cache):
     import os
 
     from orchestrator.config.compose import compose
-    from tests.conftest import TINY
+    from tests.helpers import TINY
 
     os.environ["ORCHESTRATOR_CACHE"] = data_cache
     run_dir = tmp_path_factory.mktemp("run") / "tiny"

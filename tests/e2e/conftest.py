@@ -1,4 +1,4 @@
-"""The e2e tier's marker, and the one learning-rate grid that the compare and multirun tests share."""
+"""The one learning-rate grid that the compare and multirun tests share."""
 
 from __future__ import annotations
 
@@ -8,16 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY
-
-LR_GRID = ["1e-2", "3e-3", "1e-3", "1e-4"]
-"""Best first, so ASHA has later, worse trials to stop."""
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if "/tests/e2e/" in str(item.fspath):
-            item.add_marker(pytest.mark.e2e)
+from tests.helpers import LR_GRID, TINY
 
 
 @pytest.fixture(scope="session")

@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY
-
-
-def orchestrator(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True,
-                          timeout=timeout)
-
-
-from tests.unit.test_config import BAD_INPUTS  # noqa: E402  (the same table, now through the real CLI)
+from tests.helpers import BAD_INPUTS, TINY, orchestrator  # BAD_INPUTS: the config layer's table, through the CLI
 
 CLI_ONLY = [
     (["train.seq_len"], "Error parsing override", ""),

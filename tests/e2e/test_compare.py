@@ -10,18 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.browser import chromium, open_page
-
-
-def orchestrator(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True,
-                          timeout=timeout)
+from tests.helpers import orchestrator
 
 
 def test_the_table_of_a_sweep(lr_grid):

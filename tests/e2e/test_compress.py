@@ -9,23 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests import wandb_reader
-from tests.conftest import TINY
+from tests.helpers import TINY, orchestrator
 
 FAST = ["compress.compile=false", "compress.latency_runs=1", "compress.eval_batches=4"]
 PINNED = {"pipeline", "sparsity", "ppl_before", "ppl_after", "linear_weight_bytes_before", "linear_weight_bytes_after",
           "file_bytes_before", "file_bytes_after", "latency", "passes"}
-
-
-def orchestrator(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True,
-                          timeout=600, env=env)
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY
-from tests.e2e.test_fault_tolerance import events, metrics, train_workers, wait_for_step
+from tests.helpers import TINY, events, metrics, train_workers, wait_for_step
 
 STEPS = 200
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY
+from tests.helpers import TINY, metrics, orchestrator
 
 JOB = [*TINY, "data.max_bytes=20000", "train.micro_batch_size=8", "train.precision=fp32", "train.max_steps=20",
        "train.ckpt_every=10", "train.keep_checkpoints=2", "train.eval_every=0", "train.log_every=1"]
@@ -24,13 +24,11 @@ STAGES = ["2", "3"]
 
 
 def train(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator", "train", *JOB, f"run_dir={run_dir}", *extra],
-                          capture_output=True, text=True, timeout=600)
+    return orchestrator("train", *JOB, f"run_dir={run_dir}", *extra)
 
 
 def losses(run_dir: Path) -> list[tuple[int, float]]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [(row["step"], row["loss"]) for row in rows]
+    return [(row["step"], row["loss"]) for row in metrics(run_dir)]
 
 
 def cut_back_to_step_10(run_dir: Path) -> None:

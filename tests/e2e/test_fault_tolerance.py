@@ -13,14 +13,14 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.conftest import TINY
+from tests.helpers import TINY, events, job_processes, metrics, orchestrator, survivors, train_workers, wait_for_step
+from tests.helpers import command as cli
 from tests.wandb_reader import run_ids
 
 STEPS = 30
@@ -30,47 +30,11 @@ JOB = [*TINY, "data.max_bytes=20000", "train.micro_batch_size=8", "train.precisi
 
 
 def command(run_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "orchestrator", "train", *JOB, f"run_dir={run_dir}", *extra]
+    return cli("train", *JOB, f"run_dir={run_dir}", *extra)
 
 
 def run(run_dir: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run(command(run_dir, *extra), capture_output=True, text=True, timeout=600, env=env)
-    return result
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def events(run_dir: Path) -> list[str]:
-    return [json.loads(line)["event"] for line in (run_dir / "events.jsonl").read_text().splitlines()]
-
-
-def wait_for_step(run_dir: Path, step: int, process: subprocess.Popen, limit: float = 300) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        rows = metrics(run_dir)
-        if rows and rows[-1]["step"] >= step:
-            return
-        if process.poll() is not None:
-            output = process.stdout.read() if process.stdout else ""
-            raise AssertionError(f"the run ended (exit {process.returncode}) before the fault was injected:\n"
-                                 f"{output[-3000:]}")
-        time.sleep(0.02)
-    raise TimeoutError(f"step {step} not reached")
-
-
-def train_workers(driver: subprocess.Popen) -> list[psutil.Process]:
-    """This job's Ray Train workers: descendants of its driver (the embedded raylet is its child)."""
-    found = []
-    for proc in psutil.Process(driver.pid).children(recursive=True):
-        try:
-            if any("RayTrainWorker" in part for part in proc.cmdline()):
-                found.append(proc)
-        except psutil.NoSuchProcess:
-            continue
-    return found
+    return orchestrator("train", *JOB, f"run_dir={run_dir}", *extra, env=env, timeout=600)
 
 
 def weights(run_dir: Path) -> dict:
@@ -177,20 +141,6 @@ def test_rerunning_a_finished_run_says_so_and_changes_nothing(reference, tmp_pat
     assert result.returncode == 0
     assert "already finished at step 30" in result.stdout
     assert metrics(run_dir) == metrics(reference)
-
-
-def job_processes(driver: subprocess.Popen) -> list[psutil.Process]:
-    """Everything the driver started: the embedded Ray cluster, its workers, the reaper."""
-    return psutil.Process(driver.pid).children(recursive=True)
-
-
-def survivors(processes: list[psutil.Process], within: float) -> list[psutil.Process]:
-    deadline = time.monotonic() + within
-    while True:
-        alive = [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.2)
 
 
 def in_a_checkpoint_save(run_dir: Path) -> bool:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY
-from tests.e2e.test_fault_tolerance import events, metrics, train_workers, wait_for_step
+from tests.helpers import TINY, events, metrics, train_workers, wait_for_step
+from tests.helpers import command as cli
 
 STEPS = 16
 JOB = [*TINY, "data.max_bytes=20000", "train.micro_batch_size=8", "train.precision=fp32", f"train.max_steps={STEPS}",
@@ -24,7 +23,7 @@ JOB = [*TINY, "data.max_bytes=20000", "train.micro_batch_size=8", "train.precisi
 
 
 def command(run_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "orchestrator", "train", *JOB, f"run_dir={run_dir}", *extra]
+    return cli("train", *JOB, f"run_dir={run_dir}", *extra)
 
 
 def prunable_weights(run_dir: Path) -> dict:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 
 def test_qat_int4_under_zero3_exports_a_converted_model_matching_the_fake_quantized_one(tmp_path):

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import TINY
+from tests.helpers import TINY, orchestrator
 
 RAY = [sys.executable, "-m", "ray.scripts.scripts"]
 SENTINEL = "sentinel-wandb-key-0123456789"
@@ -96,9 +96,9 @@ def two_nodes(tmp_path_factory):
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def orchestrator(env: dict, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+def on_cluster(env: dict, *args: str, timeout: float = 600):
+    """The CLI with this test's environment (RAY_ADDRESS and the cluster's token)."""
+    return orchestrator(*args, timeout=timeout, env=env)
 
 
 def _assert_trained_on_both_nodes(run_dir: Path) -> None:
@@ -114,7 +114,7 @@ def _assert_trained_on_both_nodes(run_dir: Path) -> None:
 def test_submit_runs_on_both_nodes_and_ships_no_secret(two_nodes, tmp_path):
     env, _, url, _ = two_nodes
     run_dir = tmp_path / "run"
-    result = orchestrator({**env, "WANDB_API_KEY": SENTINEL}, "submit", "cluster=ray", f"cluster.dashboard_url={url}",
+    result = on_cluster({**env, "WANDB_API_KEY": SENTINEL}, "submit", "cluster=ray", f"cluster.dashboard_url={url}",
                           *TINY, "train.max_steps=20", "train.eval_every=10", f"run_dir={run_dir}")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     job_id = next(line.split()[3] for line in result.stdout.splitlines() if line.startswith("submitted Ray job"))
@@ -122,14 +122,14 @@ def test_submit_runs_on_both_nodes_and_ships_no_secret(two_nodes, tmp_path):
     _assert_trained_on_both_nodes(run_dir)
     submitted = next((tmp_path / "runs").iterdir())
     assert SENTINEL not in (submitted / "job.yaml").read_text()
-    status = orchestrator(env, "status", job_id, "--address", url)
+    status = on_cluster(env, "status", job_id, "--address", url)
     assert status.returncode == 0 and "SUCCEEDED" in status.stdout
 
 
 def test_train_joins_the_running_cluster(two_nodes, tmp_path):
     env, gcs, _, _ = two_nodes
     run_dir = tmp_path / "run"
-    result = orchestrator(env, "train", "cluster=ray", f"cluster.address={gcs}", *TINY, "train.max_steps=20",
+    result = on_cluster(env, "train", "cluster=ray", f"cluster.address={gcs}", *TINY, "train.max_steps=20",
                           "train.eval_every=10", f"run_dir={run_dir}")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     _assert_trained_on_both_nodes(run_dir)
@@ -138,16 +138,16 @@ def test_train_joins_the_running_cluster(two_nodes, tmp_path):
 def test_stop_checkpoints_then_resubmitting_the_job_file_resumes(two_nodes, tmp_path):
     env, _, url, _ = two_nodes
     run_dir = tmp_path / "run"
-    result = orchestrator(env, "submit", "cluster=ray", f"cluster.dashboard_url={url}", "submit.follow=false", *TINY,
+    result = on_cluster(env, "submit", "cluster=ray", f"cluster.dashboard_url={url}", "submit.follow=false", *TINY,
                           "train.max_steps=100000", f"run_dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     job_id = next(line.split()[3] for line in result.stdout.splitlines() if line.startswith("submitted Ray job"))
     deadline = time.monotonic() + 300
     while not (run_dir / "metrics.jsonl").exists() or len((run_dir / "metrics.jsonl").read_text().splitlines()) < 5:
-        assert time.monotonic() < deadline, orchestrator(env, "logs", job_id, "--address", url).stdout[-3000:]
+        assert time.monotonic() < deadline, on_cluster(env, "logs", job_id, "--address", url).stdout[-3000:]
         time.sleep(1)
-    assert orchestrator(env, "stop", job_id, "--address", url).returncode == 0
-    while "STOPPED" not in (status := orchestrator(env, "status", job_id, "--address", url).stdout):
+    assert on_cluster(env, "stop", job_id, "--address", url).returncode == 0
+    while "STOPPED" not in (status := on_cluster(env, "status", job_id, "--address", url).stdout):
         assert time.monotonic() < deadline, status
         time.sleep(2)
     preempted = json.loads((run_dir / "events.jsonl").read_text().splitlines()[-1])
@@ -156,7 +156,7 @@ def test_stop_checkpoints_then_resubmitting_the_job_file_resumes(two_nodes, tmp_
 
     # The job file pins run_dir: resubmitting it continues from that checkpoint, to a lower max_steps.
     job_file = next((tmp_path / "runs").iterdir()) / "job.yaml"
-    again = orchestrator(env, "submit", "--config", str(job_file), f"cluster.dashboard_url={url}", "submit.follow=true",
+    again = on_cluster(env, "submit", "--config", str(job_file), f"cluster.dashboard_url={url}", "submit.follow=true",
                          f"train.max_steps={preempted['step'] + 3}")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -171,7 +171,7 @@ def test_a_job_the_cluster_cannot_place_is_refused_before_anything_is_written(tw
     env, gcs, _, _ = two_nodes
     run_dir = tmp_path / "run"
     started = time.monotonic()
-    result = orchestrator(env, "train", "cluster=ray", f"cluster.address={gcs}", *TINY, override, f"run_dir={run_dir}",
+    result = on_cluster(env, "train", "cluster=ray", f"cluster.address={gcs}", *TINY, override, f"run_dir={run_dir}",
                           timeout=120)
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
     [line] = result.stderr.strip().splitlines()
@@ -183,7 +183,7 @@ def test_a_job_the_cluster_cannot_place_is_refused_before_anything_is_written(tw
 def test_a_submitted_sweep_runs_its_trials_across_the_nodes(two_nodes, tmp_path):
     env, _, url, _ = two_nodes
     sweep_dir = tmp_path / "sweep"
-    result = orchestrator(env, "submit", "cluster=ray", f"cluster.dashboard_url={url}", *TINY, "data.max_bytes=20000",
+    result = on_cluster(env, "submit", "cluster=ray", f"cluster.dashboard_url={url}", *TINY, "data.max_bytes=20000",
                           "optim.lr=1e-3,3e-3", "train.max_steps=10", "train.eval_every=5", f"sweep.dir={sweep_dir}")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "trial " in result.stdout and "completed at step 10" in result.stdout  # the sweep's lines, streamed
@@ -230,7 +230,7 @@ def test_losing_a_node_fails_within_the_bound_then_resumes_on_what_is_left(two_n
     assert "could not place 2 workers within cluster.join_timeout_s=20s" in line
     step = int(line.split("the newest complete checkpoint is step ")[1].split(":")[0])
 
-    resumed = orchestrator(env, *job, "cluster.num_workers=1")  # what is left: one node
+    resumed = on_cluster(env, *job, "cluster.num_workers=1")  # what is left: one node
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"elastic resume: step {step} was written by 2 rank(s), continuing on 1" in resumed.stdout
     rows = [json.loads(row) for row in (run_dir / "metrics.jsonl").read_text().splitlines()]

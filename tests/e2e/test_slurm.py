@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY
+from tests.helpers import TINY, metrics, orchestrator
 from tests.slurm_cluster import SlurmCluster
 
 pytestmark = pytest.mark.e2e
@@ -42,8 +42,7 @@ def _free_ports(count: int) -> int:
 
 
 def _orchestrator_submit(slurm: SlurmCluster, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator", "submit", "cluster=slurm", *overrides],
-                          env=slurm.env(), capture_output=True, text=True, timeout=120)
+    return orchestrator("submit", "cluster=slurm", *overrides, env=slurm.env(), timeout=120)
 
 
 def _submit(slurm: SlurmCluster, run_dir: Path, *overrides: str) -> str:
@@ -56,11 +55,6 @@ def _submit(slurm: SlurmCluster, run_dir: Path, *overrides: str) -> str:
     return line.split()[3].rstrip(";")
 
 
-def _metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
 def test_submitted_job_trains_on_the_ray_cluster_inside_the_allocation(slurm, tmp_path):
     run_dir = tmp_path / "run"
     job = _submit(slurm, run_dir, "train.max_steps=30", "train.eval_every=10")
@@ -69,7 +63,7 @@ def test_submitted_job_trains_on_the_ray_cluster_inside_the_allocation(slurm, tm
     assert state == "COMPLETED", output[-4000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 30 and summary["world_size"] == 2
-    val = [row["val_loss"] for row in _metrics(run_dir) if "val_loss" in row]
+    val = [row["val_loss"] for row in metrics(run_dir) if "val_loss" in row]
     assert len(val) == 3 and val[0] > val[1] > val[2]
     assert "Ray cluster: 1 node(s)" in output
 
@@ -78,7 +72,7 @@ def test_preemption_notice_checkpoints_requeues_and_resumes(slurm, tmp_path):
     run_dir = tmp_path / "run"
     job = _submit(slurm, run_dir, "train.max_steps=600", "train.eval_every=0", "train.ckpt_every=0")
     deadline = time.monotonic() + 300
-    while len(_metrics(run_dir)) < 5:
+    while len(metrics(run_dir)) < 5:
         assert time.monotonic() < deadline and slurm.job_state(job) in ("PENDING", "RUNNING"), \
             (run_dir / f"slurm-{job}.out").read_text()[-4000:] if (run_dir / f"slurm-{job}.out").exists() else job
         time.sleep(0.5)
@@ -95,7 +89,7 @@ def test_preemption_notice_checkpoints_requeues_and_resumes(slurm, tmp_path):
     assert 5 <= preempted["step"] < 600
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["resumed_from_step"] == preempted["step"] and summary["steps"] == 600
-    steps = [row["step"] for row in _metrics(run_dir)]
+    steps = [row["step"] for row in metrics(run_dir)]
     assert steps == list(range(1, 601))  # every step logged once: nothing lost, nothing repeated
 
 

@@ -15,18 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY
-from tests.e2e.conftest import LR_GRID
+from tests.helpers import LR_GRID, TINY, orchestrator
 from tests.wandb_reader import inspect
 
 SWEEP = ["sweep", *TINY, "optim.lr=tag(log,interval(1e-4,3e-2))", "sweep.algorithm=optuna", "sweep.scheduler=asha",
          "sweep.asha.grace_steps=10", "sweep.num_trials=2", "train.max_steps=30", "train.eval_every=5",
          "train.log_every=5", "data.max_bytes=20000"]
-
-
-def orchestrator(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def digests(sweep_dir: Path) -> dict[Path, str]:

@@ -7,6 +7,7 @@ import pytest
 from orchestrator.config.compose import compose, from_dict, to_dict, to_yaml
 from orchestrator.config.schema import Offload, Precision
 from orchestrator.errors import ConfigError
+from tests.helpers import BAD_INPUTS
 
 
 def test_defaults_compose_to_the_documented_job():
@@ -30,42 +31,6 @@ def test_overrides_pick_groups_and_set_values():
 def test_zero_3_offload_moves_optimizer_and_params_to_cpu():
     cfg = compose(["zero=3_offload"])
     assert (cfg.zero.stage, cfg.zero.offload_optimizer, cfg.zero.offload_param) == (3, Offload.cpu, Offload.cpu)
-
-
-BAD_INPUTS = [
-    (["zero=7"], "zero=7", "choose one of: 0, 1, 2, 3, 3_offload"),
-    (["model=nosuch"], "model=nosuch", "gpt2-124m"),
-    (["train.micro_batch_size=-1"], "train.micro_batch_size=-1", ">= 1"),
-    (["data.path=/nonexistent"], "data.path=/nonexistent", "no such file"),
-    (["optim.lr=abc"], "optim.lr=abc", "expected a float"),
-    (["train.seq_len=1.5"], "train.seq_len=1.5", "expected an integer"),
-    (["train.precision=fp8"], "train.precision=fp8", "fp32, bf16, fp16"),
-    (["train.nokey=1"], "train.nokey", "unknown key"),
-    (["+surprise=1"], "surprise", "unknown key"),
-    (["data=local"], "data.path", "required"),
-    (["optim.lr=0"], "optim.lr=0", "> 0"),
-    (["train.max_steps=0"], "train.max_steps=0", ">= 1"),
-    (["cluster.num_workers=0"], "cluster.num_workers=0", ">= 1"),
-    (["zero=2", "zero.offload_param=cpu"], "zero.offload_param=cpu", "zero.stage=3"),
-    (["zero=0", "zero.offload_optimizer=cpu"], "zero.offload_optimizer=cpu", "zero.stage >= 1"),
-    (["model.hidden_size=100", "model.num_heads=3"], "model.hidden_size=100", "divisible"),
-    (["data.val_fraction=0.9"], "data.val_fraction=0.9", "(0, 0.5]"),
-    (["train.precision=fp16", "cluster.gpus_per_worker=0"], "train.precision=fp16", "needs CUDA"),
-    (["model.pretrained_path=/nonexistent"], "model.pretrained_path=/nonexistent", "config.json"),
-    (["train.max_steps=ten"], "train.max_steps=ten", "expected an integer"),
-    (["optim.beta2=1.5"], "optim.beta2=1.5", "[0, 1)"),
-    (["model=gpt2-124m", "train.seq_len=2048"], "model.max_position_embeddings=1024", "train.seq_len=2048"),
-    (["zero=3", "zero.offload_param=nvme", "zero.nvme_path=/"], "zero.offload_param=nvme", "async_io"),
-    (["cluster.gpu_memory_gb=0"], "cluster.gpu_memory_gb=0", "> 0 GB"),
-    (["zero=3", "zero.reduce_bucket_size=0"], "zero.reduce_bucket_size=0", ">= 1 element"),
-    (["cluster=nosuch"], "cluster=nosuch", "k8s, local, ray, slurm"),
-    (["data.sources=[{path: /nonexistent}]"], "data.sources[0].path=/nonexistent", "no such file"),
-    ([f"data.sources=[{{path: {__file__}, weight: 0}}]"], "data.sources[0].weight=0", "> 0"),
-    ([f"data.sources=[{{path: {__file__}}}]", "data.streaming=true"], "data.streaming=true", "mixture"),
-    ([f"data.sources=[{{path: {__file__}}}]", f"data.path={__file__}"], f"data.path={__file__}", "must be null"),
-    (["data.num_proc=0"], "data.num_proc=0", ">= 1 or null"),
-    (["data.tokenize_on=ray"], "data.tokenize_on=ray", "cluster=ray, slurm or k8s"),
-]
 
 
 @pytest.mark.parametrize(("overrides", "key", "hint"), BAD_INPUTS, ids=[" ".join(o) for o, _, _ in BAD_INPUTS])

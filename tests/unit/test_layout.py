@@ -52,7 +52,7 @@ RUN_DIR_NAMES = ("metrics.jsonl", "summary.json", "events.jsonl")
 MAX_MODULE_LINES = 400
 LONGER_MODULES_ALLOWED = {"orchestrator/config/schema.py"}  # the schema: one documented dataclass per group
 TRAINING_LOOP = "orchestrator/train/loop.py"
-TRAINING_FUNCTIONS = ("train_loop", "_train")  # the training function: the first of these names found
+TRAINING_FUNCTION = "train_loop"
 MAX_TRAINING_FUNCTION_LINES = 150
 
 
@@ -165,10 +165,37 @@ def test_the_training_function_is_under_150_lines():
     path = ROOT / TRAINING_LOOP
     functions = {node.name: node for node in ast.walk(_tree(path))
                  if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
-    name = next((name for name in TRAINING_FUNCTIONS if name in functions), None)
-    assert name, f"{TRAINING_LOOP}: no function named {' or '.join(TRAINING_FUNCTIONS)}"
+    name = TRAINING_FUNCTION
+    assert name in functions, f"{TRAINING_LOOP}: no function named {name}"
     node = functions[name]
     length = node.end_lineno - node.lineno + 1
     assert length < MAX_TRAINING_FUNCTION_LINES, (
         f"{TRAINING_LOOP}:{node.lineno}: {name} is {length} lines, not under {MAX_TRAINING_FUNCTION_LINES}; "
         "move what is not the loop itself (summary, throughput, hooks) out of it")
+
+
+def test_no_test_module_imports_another():
+    """Shared test code lives in tests/helpers.py (and fixtures in conftest.py files), never in a test module."""
+    problems = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for line, module, statement in imports(path):
+            leaf = module.split(".")
+            if leaf[0] == "tests" and any(part.startswith("test_") or part == "conftest" for part in leaf[1:]):
+                problems.append(f"{_name(path)}:{line}: `{statement}`: move what it needs into tests/helpers.py")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["plan", "zero=3"], ["train", "zero=7"], ["plan", "model=llama-8b",
+                                                                                          "plan.format=json"]],
+                         ids=" ".join)
+def test_help_plan_and_config_errors_import_no_torch_ray_or_deepspeed(argv):
+    """The fast paths: the CLI as a user runs it, its imports listed by Python itself (-X importtime)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "orchestrator", *argv], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode in (0, 2), result.stderr[-2000:]
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert not imported & {"torch", "ray", "deepspeed", "transformers"}, sorted(imported & {"torch", "ray"})

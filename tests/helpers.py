@@ -1,0 +1,133 @@
+"""What the tests share: the shrunk job, running the CLI, reading a run directory, waiting for a step,
+finding a job's processes, and the table of bad inputs both the config layer and the CLI refuse.
+Test modules import from here (and from tests/conftest.py's fixtures), never from one another."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from orchestrator.rundir import RunDir
+
+TINY = [
+    "model=tiny",
+    "data.max_bytes=600000",
+    "data.vocab_size=512",
+    "train.seq_len=64",
+    "train.micro_batch_size=4",
+    "train.log_every=1",
+    "train.eval_batches=4",
+]
+"""The tiny model on the default corpus, shrunk so a distributed test takes seconds of training."""
+
+LR_GRID = ["1e-2", "3e-3", "1e-3", "1e-4"]
+"""The session's learning-rate grid (tests/e2e/conftest.py `lr_grid`), best first, so ASHA has later, worse
+trials to stop."""
+
+
+def orchestrator(*args: str, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`orchestrator ARGS` in a subprocess, as a user runs it; output captured."""
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def command(*args: str) -> list[str]:
+    """The argv of `orchestrator ARGS`, for tests that start it with Popen (the `spawn` fixture)."""
+    return [sys.executable, "-m", "orchestrator", *args]
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return RunDir(run_dir).rows()
+
+
+def events(run_dir: Path) -> list[str]:
+    return [event["event"] for event in RunDir(run_dir).events()]
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads(RunDir(run_dir).summary_file.read_text())
+
+
+def wait_for_step(run_dir: Path, step: int, process: subprocess.Popen, limit: float = 300) -> None:
+    """Until metrics.jsonl reaches `step`; fails at once if the run ends first, with its output."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        rows = metrics(run_dir)
+        if rows and rows[-1]["step"] >= step:
+            return
+        if process.poll() is not None:
+            output = process.stdout.read() if process.stdout else ""
+            raise AssertionError(f"the run ended (exit {process.returncode}) before the fault was injected:\n"
+                                 f"{output[-3000:]}")
+        time.sleep(0.02)
+    raise TimeoutError(f"step {step} not reached")
+
+
+def train_workers(driver: subprocess.Popen) -> list[psutil.Process]:
+    """This job's Ray Train workers: descendants of its driver (the embedded raylet is its child)."""
+    found = []
+    for proc in psutil.Process(driver.pid).children(recursive=True):
+        try:
+            if any("RayTrainWorker" in part for part in proc.cmdline()):
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def job_processes(driver: subprocess.Popen) -> list[psutil.Process]:
+    """Everything the driver started: the embedded Ray cluster, its workers, the reaper."""
+    return psutil.Process(driver.pid).children(recursive=True)
+
+
+def survivors(processes: list[psutil.Process], within: float) -> list[psutil.Process]:
+    """The processes still alive (not zombies) after waiting up to `within` seconds for them to end."""
+    deadline = time.monotonic() + within
+    while True:
+        alive = [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.2)
+
+
+# (overrides, what the one error line must name, the hint it must give): refused by the config layer
+# (tests/unit/test_config.py) and by the CLI before anything starts (tests/e2e/test_cli.py).
+BAD_INPUTS = [
+    (["zero=7"], "zero=7", "choose one of: 0, 1, 2, 3, 3_offload"),
+    (["model=nosuch"], "model=nosuch", "gpt2-124m"),
+    (["train.micro_batch_size=-1"], "train.micro_batch_size=-1", ">= 1"),
+    (["data.path=/nonexistent"], "data.path=/nonexistent", "no such file"),
+    (["optim.lr=abc"], "optim.lr=abc", "expected a float"),
+    (["train.seq_len=1.5"], "train.seq_len=1.5", "expected an integer"),
+    (["train.precision=fp8"], "train.precision=fp8", "fp32, bf16, fp16"),
+    (["train.nokey=1"], "train.nokey", "unknown key"),
+    (["+surprise=1"], "surprise", "unknown key"),
+    (["data=local"], "data.path", "required"),
+    (["optim.lr=0"], "optim.lr=0", "> 0"),
+    (["train.max_steps=0"], "train.max_steps=0", ">= 1"),
+    (["cluster.num_workers=0"], "cluster.num_workers=0", ">= 1"),
+    (["zero=2", "zero.offload_param=cpu"], "zero.offload_param=cpu", "zero.stage=3"),
+    (["zero=0", "zero.offload_optimizer=cpu"], "zero.offload_optimizer=cpu", "zero.stage >= 1"),
+    (["model.hidden_size=100", "model.num_heads=3"], "model.hidden_size=100", "divisible"),
+    (["data.val_fraction=0.9"], "data.val_fraction=0.9", "(0, 0.5]"),
+    (["train.precision=fp16", "cluster.gpus_per_worker=0"], "train.precision=fp16", "needs CUDA"),
+    (["model.pretrained_path=/nonexistent"], "model.pretrained_path=/nonexistent", "config.json"),
+    (["train.max_steps=ten"], "train.max_steps=ten", "expected an integer"),
+    (["optim.beta2=1.5"], "optim.beta2=1.5", "[0, 1)"),
+    (["model=gpt2-124m", "train.seq_len=2048"], "model.max_position_embeddings=1024", "train.seq_len=2048"),
+    (["zero=3", "zero.offload_param=nvme", "zero.nvme_path=/"], "zero.offload_param=nvme", "async_io"),
+    (["cluster.gpu_memory_gb=0"], "cluster.gpu_memory_gb=0", "> 0 GB"),
+    (["zero=3", "zero.reduce_bucket_size=0"], "zero.reduce_bucket_size=0", ">= 1 element"),
+    (["cluster=nosuch"], "cluster=nosuch", "k8s, local, ray, slurm"),
+    (["data.sources=[{path: /nonexistent}]"], "data.sources[0].path=/nonexistent", "no such file"),
+    ([f"data.sources=[{{path: {__file__}, weight: 0}}]"], "data.sources[0].weight=0", "> 0"),
+    ([f"data.sources=[{{path: {__file__}}}]", "data.streaming=true"], "data.streaming=true", "mixture"),
+    ([f"data.sources=[{{path: {__file__}}}]", f"data.path={__file__}"], f"data.path={__file__}", "must be null"),
+    (["data.num_proc=0"], "data.num_proc=0", ">= 1 or null"),
+    (["data.tokenize_on=ray"], "data.tokenize_on=ray", "cluster=ray, slurm or k8s"),
+]
