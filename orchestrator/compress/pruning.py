@@ -2,7 +2,7 @@
 and the pure mask arithmetic gradual pruning needs during training.
 
 Pruning here zeroes weights in place; the tensors stay dense. That saves nothing on its own
-(see README: Compression): it is what sparse kernels, 2:4 kernels on GPUs or a later
+(docs/compression.md): it is what sparse kernels, 2:4 kernels on GPUs or a later
 quantization pass can use.
 """
 

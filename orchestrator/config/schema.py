@@ -126,7 +126,7 @@ class K8sConfig:
 class ClusterConfig:
     name: Backend = Backend.local
     """Backend: `local` starts an embedded Ray cluster inside the driver process; `ray` joins a running
-    Ray cluster; `slurm` and `k8s` are submitted with `orchestrator submit` (see README)."""
+    Ray cluster; `slurm` and `k8s` are submitted with `orchestrator submit` (docs/clusters.md)."""
     num_workers: int = 2
     """Ray Train workers (ranks) on `local` and `ray`. World size = num_workers there."""
     cpus_per_worker: int = 1
@@ -450,7 +450,7 @@ class SparsityScore(str, Enum):
 
 @dataclass
 class PassConfig:
-    """One compression pass. Each pass reads only the keys its name uses (README: Compression)."""
+    """One compression pass. Each pass reads only the keys its name uses (docs/compression.md)."""
 
     name: PassName = PassName.magnitude
     """magnitude, wanda, semi_structured (2:4): pruning after training; int8_weight, int8_dynamic,
@@ -523,4 +523,4 @@ class Config:
     def command(self) -> str:
         """What a submitted job runs on the cluster: `sweep` when the config holds a search space."""
         return "sweep" if self.sweep.params else "train"
-    """Output folder (see README: the run directory). null = runs/<model>-<timestamp>."""
+    """Output folder (docs/run-directory.md). null = runs/<model>-<timestamp>."""

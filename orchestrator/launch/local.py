@@ -49,7 +49,7 @@ def start(cluster: ClusterConfig, log_to_driver: bool = True, env_vars: dict[str
 
     Returns True when this call started or joined it, so the caller knows to stop (or leave) it again.
     `lean` (a single training run): no dashboard and no prestarted workers, seconds sooner. A sweep's
-    cluster keeps Ray's defaults: its trials failed without them (not understood yet, see README).
+    cluster keeps Ray's defaults: its trials failed without them (not understood yet, see docs/design.md).
     `log_to_driver` forwards workers' output (rank 0's progress lines) to this terminal;
     `env_vars` go to every process of the job.
     """

@@ -69,7 +69,7 @@ class CheckpointBytes:
 
 
 def checkpoint_bytes(params: int, world: int, stage: int, precision: str) -> CheckpointBytes:
-    """What DeepSpeed 0.19 saves, measured (README: Planning a large run): each rank's optimizer states
+    """What DeepSpeed 0.19 saves, measured (docs/planning.md): each rank's optimizer states
     (memory.py: fp32 master, Adam m and v, 12Ψ in all; 8Ψ for fp32 at stage 0, which keeps no master) and,
     at stages 0-2, the module's parameters in the training precision (pΨ), written by rank 0. Stage 3
     saves no separate parameters: its fp32 partitions are the parameters. Gradients are never saved."""
