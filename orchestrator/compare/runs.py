@@ -101,7 +101,7 @@ def load(paths: list[str]) -> tuple[list[Run], list[Sweep]]:
                 runs.append(load_run(path))
             else:
                 problems.append(f"{match}: not a run directory (no config.yaml with run.json or metrics.jsonl) "
-                                f"or sweep directory (no sweep.json, or request.json and trials/)")
+                                f"or sweep directory (no sweep.json or trials/)")
     if problems:
         raise ConfigError(problems)
     if not runs:
