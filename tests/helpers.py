@@ -131,3 +131,16 @@ BAD_INPUTS = [
     (["data.num_proc=0"], "data.num_proc=0", ">= 1 or null"),
     (["data.tokenize_on=ray"], "data.tokenize_on=ray", "cluster=ray, slurm or k8s"),
 ]
+
+
+REFERENCE_STEPS = 30
+REFERENCE_JOB = [*TINY, "data.max_bytes=20000", "train.micro_batch_size=8", "train.precision=fp32",
+                 f"train.max_steps={REFERENCE_STEPS}", "train.ckpt_every=5", "train.keep_checkpoints=6",
+                 "train.eval_every=0", "train.log_every=1"]
+"""The session's reference job (tests/e2e/conftest.py `reference`): 2 workers, fp32, a fixed seed, every
+checkpoint of steps 5-30 kept. Small data: 9 batches per rank per epoch, so step 10 onwards is the second,
+reshuffled pass. Fault-tolerance, elastic and compress tests compare with it or start from its checkpoints."""
+
+SECRETS = {"WANDB_API_KEY": "sentinel-wandb-4f9a", "HF_TOKEN": "sentinel-hf-8c21",
+           "MY_SERVICE_PASSWORD": "sentinel-pw-77d0"}
+"""In the reference run's environment: none of these values may reach its run directory or Ray's logs."""

@@ -1,14 +1,17 @@
-"""The one learning-rate grid that the compare and multirun tests share."""
+"""What the e2e tier shares per session: the reference run (fault tolerance, elastic resume, compress) and
+the learning-rate grid (compare and multirun)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import LR_GRID, TINY
+from tests.helpers import LR_GRID, REFERENCE_JOB, SECRETS, TINY, orchestrator
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +26,43 @@ def lr_grid(tmp_path_factory) -> Path:
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return sweep_dir
+
+
+@dataclass(frozen=True)
+class Reference:
+    run_dir: Path
+    output: str
+    """What the command printed (stdout, then stderr)."""
+    ray_sessions: list[Path]
+    """The Ray session folders (logs) the run created: its embedded cluster's."""
+    stale_lock: Path
+    """The DeepSpeed build lock a killed build would leave, laid before the run started."""
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory, data_cache) -> Reference:
+    """The session's uninterrupted REFERENCE_JOB run (ZeRO-2, 30 steps), run once as users run it, with two
+    preconditions other tests check on it: secrets in its environment, and a stale DeepSpeed build lock that
+    would block every start if left. Tests that resume from it copy it first; compress writes beside it."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    lock = Path(_get_build_directory("deepspeed_shm_comm", verbose=False)) / "lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.touch()
+    sessions_before = set(Path("/tmp/ray").glob("session_2*"))
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    env = {**os.environ, "ORCHESTRATOR_CACHE": data_cache, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           **SECRETS}
+    result = orchestrator("train", *REFERENCE_JOB, f"run_dir={run_dir}", env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return Reference(run_dir, result.stdout + result.stderr,
+                     sorted(set(Path("/tmp/ray").glob("session_2*")) - sessions_before), lock)
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """One throwaway Slurm cluster (slurm-wlm + munge, as root; tests/slurm_cluster.py) for the session."""
+    from tests.slurm_cluster import SlurmCluster
+
+    with SlurmCluster(tmp_path_factory.mktemp("slurm")) as cluster:
+        yield cluster

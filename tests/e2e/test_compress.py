@@ -1,34 +1,28 @@
 """`orchestrator compress` on a run the tool trained: the report, the gate, the reload, the refusals.
 
-One tiny GPT-2-shaped run (2 workers, ZeRO-2, 20 steps) is trained once per session and shared;
-each test compresses it into its own compressed/<pipeline>/ folder. Latency is timed once per
-figure and compiled only where the test is about it, to keep the tests short on 2 CPU cores.
+The session's reference run (tiny GPT-2, 2 workers, ZeRO-2, 30 steps; tests/e2e/conftest.py) is what
+every test compresses, each into its own compressed/<pipeline>/ folder: no training of its own. Latency
+is timed once per figure and compiled only where the test is about it, to keep the tests short on 2 cores.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from tests import wandb_reader
-from tests.helpers import TINY, orchestrator
+from tests.helpers import orchestrator
 
 FAST = ["compress.compile=false", "compress.latency_runs=1", "compress.eval_batches=4"]
 PINNED = {"pipeline", "sparsity", "ppl_before", "ppl_after", "linear_weight_bytes_before", "linear_weight_bytes_after",
           "file_bytes_before", "file_bytes_after", "latency", "passes"}
 
 
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory, data_cache) -> Path:
-    run_dir = tmp_path_factory.mktemp("compress") / "run"
-    env = {**os.environ, "ORCHESTRATOR_CACHE": data_cache, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    result = orchestrator("train", *TINY, "train.max_steps=20", "train.eval_every=0", "train.ckpt_every=0",
-                          f"run_dir={run_dir}", env=env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return run_dir
+@pytest.fixture
+def trained_run(reference) -> Path:
+    return reference.run_dir
 
 
 def report(run_dir: Path, pipeline: str) -> dict:
@@ -131,3 +125,56 @@ def test_a_run_without_its_final_model_is_compressed_from_its_merged_zero_shards
     assert merged.keys() == final.keys()
     assert max((merged[k] - final[k]).abs().max().item() for k in final) <= 1e-6
     assert abs(report(copy, "prune50")["sparsity"] - 0.5) <= 0.005
+
+
+def _linear_weights(folder: Path) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder))
+    return {name: p.detach() for name, p in model.named_parameters() if name.endswith(".weight") and p.ndim == 2
+            and (".attn.c_" in name or ".mlp.c_" in name)}
+
+
+def test_wanda_at_50_percent_prunes_each_layer_by_weight_times_activation(trained_run):
+    result = orchestrator("compress", f"run_dir={trained_run}", "compress=wanda50", *FAST)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    r = report(trained_run, "wanda50")
+    assert r["passes"][0]["pass"] == "wanda" and abs(r["sparsity"] - 0.5) <= 0.005
+    assert all(abs(share - 0.5) <= 0.01 for share in r["sparsity_per_layer"].values())  # per layer, not global
+    assert r["reload_max_abs_diff"] <= 1e-5 and r["ppl_after"] > 1
+
+
+def test_2_of_4_leaves_two_zeros_in_every_group_of_four_inputs(trained_run):
+    result = orchestrator("compress", f"run_dir={trained_run}", "compress=prune_2of4", *FAST)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert abs(report(trained_run, "prune_2of4")["sparsity"] - 0.5) <= 0.005
+    for name, weight in _linear_weights(trained_run / "compressed" / "prune_2of4").items():
+        rows = weight.t() if ".c_" in name else weight  # GPT-2's Conv1D keeps (inputs, outputs): inputs per row
+        groups = rows.reshape(rows.shape[0], -1, 4)
+        assert ((groups == 0).sum(-1) >= 2).all(), name
+
+
+def test_mlp_channel_pruning_shrinks_every_mlp_and_still_loads_as_a_plain_model(trained_run):
+    from transformers import AutoConfig
+
+    result = orchestrator("compress", f"run_dir={trained_run}", "compress=mlp_prune25", *FAST)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    r = report(trained_run, "mlp_prune25")
+    before = AutoConfig.from_pretrained(str(trained_run / "model"))
+    after = AutoConfig.from_pretrained(str(trained_run / "compressed" / "mlp_prune25"))
+    width = before.n_inner or 4 * before.n_embd
+    assert after.n_inner == int(width * 0.75) // 32 * 32 < width
+    assert r["linear_weight_bytes_after"] < r["linear_weight_bytes_before"]
+    assert all(w.shape[-1 if ".c_fc" in n else 0] == after.n_inner
+               for n, w in _linear_weights(trained_run / "compressed" / "mlp_prune25").items() if ".mlp." in n)
+
+
+@pytest.mark.parametrize(("pipeline", "at_most"), [("int8_weight", 0.27), ("int4_weight", 0.2)])
+def test_weight_only_quantization_shrinks_the_linear_weights_and_reloads_exactly(trained_run, pipeline, at_most):
+    result = orchestrator("compress", f"run_dir={trained_run}", f"compress={pipeline}", *FAST)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    r = report(trained_run, pipeline)
+    assert r["linear_weight_bytes_after"] <= at_most * r["linear_weight_bytes_before"]
+    assert r["file_bytes_after"] < r["file_bytes_before"]
+    assert r["reload_max_abs_diff"] <= 1e-5
+    assert abs(r["ppl_after"] / r["ppl_before"] - 1) < 0.05

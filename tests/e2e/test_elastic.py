@@ -1,6 +1,7 @@
 """Resume anywhere: a checkpoint written by N workers continues on M, as if nothing had changed.
 
-Each case trains 20 steps with a checkpoint at step 10, then loses everything after step 10 (what
+Each case starts from a 30-step run with a checkpoint every 5 steps (the session's reference job,
+tests/helpers.py; at ZeRO-2 the session's reference run itself), loses everything after step 10 (what
 a lost node leaves) and resumes the same run directory on another number of workers. The global
 batch is the same throughout (micro 8 x accum 1 x 2 workers = micro 8 x accum 2 x 1 worker), so
 every loss after the change must match an uninterrupted 2-worker run's.
@@ -16,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import TINY, metrics, orchestrator
+from tests.helpers import REFERENCE_JOB, REFERENCE_STEPS, metrics, orchestrator
 
-JOB = [*TINY, "data.max_bytes=20000", "train.micro_batch_size=8", "train.precision=fp32", "train.max_steps=20",
-       "train.ckpt_every=10", "train.keep_checkpoints=2", "train.eval_every=0", "train.log_every=1"]
+JOB = REFERENCE_JOB
+STEPS = REFERENCE_STEPS
 STAGES = ["2", "3"]
 
 
@@ -33,34 +34,32 @@ def losses(run_dir: Path) -> list[tuple[int, float]]:
 
 def cut_back_to_step_10(run_dir: Path) -> None:
     """What a run that lost its node after the step-10 checkpoint leaves behind."""
-    shutil.rmtree(run_dir / "checkpoints" / "step_00000020")
+    for later in range(15, STEPS + 1, 5):
+        shutil.rmtree(run_dir / "checkpoints" / f"step_{later:08d}")
     (run_dir / "checkpoints" / "latest").write_text("step_00000010")
     (run_dir / "summary.json").unlink()
 
 
 def assert_matches(run_dir: Path, reference: Path) -> None:
     ours, theirs = losses(run_dir), losses(reference)
-    assert [step for step, _ in ours] == list(range(1, 21))  # every step once
+    assert [step for step, _ in ours] == list(range(1, STEPS + 1))  # every step once
     for (step, loss), (_, expected) in zip(ours, theirs, strict=True):
         assert loss == pytest.approx(expected, rel=0.03), step
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict[str, Path]:
-    """An uninterrupted 2-worker run per ZeRO stage."""
-    runs = {}
-    for stage in STAGES:
-        run_dir = tmp_path_factory.mktemp(f"reference-zero{stage}") / "run"
-        result = train(run_dir, f"zero={stage}")
-        assert result.returncode == 0, result.stderr[-3000:]
-        runs[stage] = run_dir
-    return runs
+def references(reference, tmp_path_factory) -> dict[str, Path]:
+    """An uninterrupted 2-worker run per ZeRO stage: the session's reference at ZeRO-2, one more at ZeRO-3."""
+    run_dir = tmp_path_factory.mktemp("reference-zero3") / "run"
+    result = train(run_dir, "zero=3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {"2": reference.run_dir, "3": run_dir}
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_two_workers_checkpoint_resumes_on_one(reference, tmp_path, stage):
+def test_two_workers_checkpoint_resumes_on_one(references, tmp_path, stage):
     run_dir = tmp_path / "run"
-    shutil.copytree(reference[stage], run_dir)
+    shutil.copytree(references[stage], run_dir)
     cut_back_to_step_10(run_dir)
     result = train(run_dir, f"zero={stage}", "cluster.num_workers=1")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -68,12 +67,12 @@ def test_two_workers_checkpoint_resumes_on_one(reference, tmp_path, stage):
     assert "grad_accum 1 -> 2 keeps the global batch of 16" in out
     assert "converting" in out and "to a universal checkpoint" in out
     assert (run_dir / "checkpoints" / "step_00000010" / "universal" / "manifest.json").is_file()
-    assert_matches(run_dir, reference[stage])
+    assert_matches(run_dir, references[stage])
     assert json.loads((run_dir / "summary.json").read_text())["world_size"] == 1
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_one_worker_checkpoint_resumes_on_two(reference, tmp_path, stage):
+def test_one_worker_checkpoint_resumes_on_two(references, tmp_path, stage):
     run_dir = tmp_path / "run"
     result = train(run_dir, f"zero={stage}", "cluster.num_workers=1", "train.grad_accum=2")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -81,13 +80,13 @@ def test_one_worker_checkpoint_resumes_on_two(reference, tmp_path, stage):
     result = train(run_dir, f"zero={stage}", "train.grad_accum=2")  # the same command, on 2 workers
     assert result.returncode == 0, result.stderr[-3000:]
     assert "grad_accum 2 -> 1 keeps the global batch of 16" in result.stdout + result.stderr
-    assert_matches(run_dir, reference[stage])
+    assert_matches(run_dir, references[stage])
     assert json.loads((run_dir / "summary.json").read_text())["world_size"] == 2
 
 
-def test_a_universal_folder_converted_by_hand_resumes_a_new_run(reference, tmp_path):
+def test_a_universal_folder_converted_by_hand_resumes_a_new_run(references, tmp_path):
     source = tmp_path / "source"
-    shutil.copytree(reference["2"], source)
+    shutil.copytree(references["2"], source)
     universal = tmp_path / "step_00000010_universal"
     subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
                     str(source / "checkpoints" / "step_00000010"), "--output_folder", str(universal),
@@ -96,14 +95,14 @@ def test_a_universal_folder_converted_by_hand_resumes_a_new_run(reference, tmp_p
     result = train(run_dir, "zero=2", "cluster.num_workers=1", "train.grad_accum=2", f"train.resume={universal}")
     assert result.returncode == 0, result.stderr[-3000:]
     ours = dict(losses(run_dir))
-    assert sorted(ours) == list(range(11, 21))
-    for step, expected in losses(reference["2"])[10:]:
+    assert sorted(ours) == list(range(11, STEPS + 1))
+    for step, expected in losses(references["2"])[10:]:
         assert ours[step] == pytest.approx(expected, rel=0.03), step
 
 
-def test_a_global_batch_the_new_shape_cannot_keep_is_refused_with_the_numbers(reference, tmp_path):
+def test_a_global_batch_the_new_shape_cannot_keep_is_refused_with_the_numbers(references, tmp_path):
     run_dir = tmp_path / "run"
-    shutil.copytree(reference["2"], run_dir)
+    shutil.copytree(references["2"], run_dir)
     cut_back_to_step_10(run_dir)
     result = train(run_dir, "zero=2", "train.micro_batch_size=3")
     assert result.returncode == 2

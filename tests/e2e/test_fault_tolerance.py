@@ -1,9 +1,9 @@
 """A resumed run is indistinguishable from one that never stopped.
 
 Real faults against the real CLI: a worker SIGKILLed mid-run, SIGTERM to the driver, a stuck
-rank, truncated and unmarked checkpoints, secrets in the environment. Every run is the same
-small job (2 workers, fp32, fixed seed, checkpoints every 5 steps) so each can be compared
-step by step with one uninterrupted reference run.
+rank, truncated and unmarked checkpoints, secrets in the environment. Every run is the session's
+reference job (tests/helpers.py REFERENCE_JOB: 2 workers, fp32, fixed seed, checkpoints every 5
+steps) so each can be compared step by step with the session's uninterrupted reference run.
 """
 
 from __future__ import annotations
@@ -19,14 +19,23 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.helpers import TINY, events, job_processes, metrics, orchestrator, survivors, train_workers, wait_for_step
+from tests.helpers import (
+    REFERENCE_JOB,
+    REFERENCE_STEPS,
+    SECRETS,
+    events,
+    job_processes,
+    metrics,
+    orchestrator,
+    survivors,
+    train_workers,
+    wait_for_step,
+)
 from tests.helpers import command as cli
 from tests.wandb_reader import run_ids
 
-STEPS = 30
-# Small data: 9 batches per rank per epoch, so step 10 onwards is the second, reshuffled pass.
-JOB = [*TINY, "data.max_bytes=20000", "train.micro_batch_size=8", "train.precision=fp32", f"train.max_steps={STEPS}",
-       "train.ckpt_every=5", "train.eval_every=0", "train.log_every=1"]
+STEPS = REFERENCE_STEPS
+JOB = REFERENCE_JOB
 
 
 def command(run_dir: Path, *extra: str) -> list[str]:
@@ -41,14 +50,6 @@ def weights(run_dir: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(run_dir / "model" / "model.safetensors")
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("reference") / "run"
-    result = run(run_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir
 
 
 def assert_same_trajectory(run_dir: Path, reference: Path) -> None:
@@ -69,7 +70,7 @@ def test_sigkill_of_a_worker_restarts_once_and_resumes_exactly(spawn, reference,
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output[-3000:]
     assert events(run_dir) == ["start", "resume", "finished"]  # exactly one restart
-    assert_same_trajectory(run_dir, reference)
+    assert_same_trajectory(run_dir, reference.run_dir)
     # Each attempt writes its own offline-run-<time>-<id> folder; all must carry the same run id
     # (a killed attempt may not have flushed its run record, so the folder name is the witness).
     files = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
@@ -92,41 +93,40 @@ def test_sigterm_to_the_driver_checkpoints_exits_75_and_the_rerun_matches(spawn,
 
     result = run(run_dir)  # the same command again
     assert result.returncode == 0, result.stderr[-3000:]
-    assert_same_trajectory(run_dir, reference)
-    ours, theirs = weights(run_dir), weights(reference)
+    assert_same_trajectory(run_dir, reference.run_dir)
+    ours, theirs = weights(run_dir), weights(reference.run_dir)
     for name, tensor in ours.items():
         assert (tensor - theirs[name]).abs().max().item() <= 1e-6, name
 
 
-@pytest.mark.parametrize("damage", ["truncate_a_shard", "flip_a_byte", "remove_the_marker"])
-def test_a_damaged_newest_checkpoint_is_skipped_with_a_warning(reference, tmp_path, damage):
+def test_damaged_newest_checkpoints_are_skipped_each_with_its_reason(reference, tmp_path):
+    """Three kinds of damage on the three newest checkpoints of one copy: a truncated shard (step 30), a flipped
+    byte of the same size that only the manifest's sha256 can tell (step 25), a missing marker, what a writer
+    killed between the shards and the marker leaves (step 20). One resume skips all three and continues from 15."""
     run_dir = tmp_path / "damaged"
-    shutil.copytree(reference, run_dir)
+    shutil.copytree(reference.run_dir, run_dir)
     (run_dir / "summary.json").unlink()
-    newest = run_dir / "checkpoints" / f"step_{STEPS:08d}"
-    if damage == "truncate_a_shard":
-        shard = newest / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
-        shard.write_bytes(shard.read_bytes()[:100])
-    elif damage == "flip_a_byte":  # the same size: only the manifest's sha256 can tell
-        shard = newest / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
-        data = bytearray(shard.read_bytes())
-        data[len(data) // 2] ^= 0x40
-        shard.write_bytes(bytes(data))
-    else:
-        (newest / "COMPLETE").unlink()  # what a writer killed between the shards and the marker leaves
+    checkpoint = {step: run_dir / "checkpoints" / f"step_{step:08d}" for step in (15, 20, 25, 30)}
+    shard = checkpoint[30] / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    shard.write_bytes(shard.read_bytes()[:100])
+    shard = checkpoint[25] / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    shard.write_bytes(bytes(data))
+    (checkpoint[20] / "COMPLETE").unlink()
     result = run(run_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout + result.stderr
-    assert f"skipping checkpoint {newest}" in out
-    if damage == "flip_a_byte":
-        assert "zero_pp_rank_1_mp_rank_00_optim_states.pt does not match its sha256" in out
-    assert f"resuming from {run_dir / 'checkpoints' / f'step_{STEPS - 5:08d}'}" in out
-    assert_same_trajectory(run_dir, reference)
+    for step in (30, 25, 20):
+        assert f"skipping checkpoint {checkpoint[step]}" in out, step
+    assert "zero_pp_rank_1_mp_rank_00_optim_states.pt does not match its sha256" in out
+    assert f"resuming from {checkpoint[15]}" in out
+    assert_same_trajectory(run_dir, reference.run_dir)
 
 
 def test_checkpoints_exist_but_none_usable_is_an_error_with_the_paths(reference, tmp_path):
     run_dir = tmp_path / "ruined"
-    shutil.copytree(reference, run_dir)
+    shutil.copytree(reference.run_dir, run_dir)
     for marker in (run_dir / "checkpoints").glob("*/COMPLETE"):
         marker.unlink()
     result = run(run_dir)
@@ -136,11 +136,11 @@ def test_checkpoints_exist_but_none_usable_is_an_error_with_the_paths(reference,
 
 def test_rerunning_a_finished_run_says_so_and_changes_nothing(reference, tmp_path):
     run_dir = tmp_path / "again"
-    shutil.copytree(reference, run_dir)
+    shutil.copytree(reference.run_dir, run_dir)
     result = run(run_dir)
     assert result.returncode == 0
     assert "already finished at step 30" in result.stdout
-    assert metrics(run_dir) == metrics(reference)
+    assert metrics(run_dir) == metrics(reference.run_dir)
 
 
 def in_a_checkpoint_save(run_dir: Path) -> bool:
@@ -209,60 +209,53 @@ def test_two_runs_started_together_both_finish_without_a_traceback(spawn, tmp_pa
         assert "Traceback" not in output and "multiple active Ray instances" not in output, output[-3000:]
 
 
-def test_secrets_never_reach_the_run_directory_or_ray_logs(tmp_path):
-    sentinels = {"WANDB_API_KEY": "sentinel-wandb-4f9a", "HF_TOKEN": "sentinel-hf-8c21",
-                 "MY_SERVICE_PASSWORD": "sentinel-pw-77d0"}
-    env = {**os.environ, **sentinels}
-    sessions_before = set(Path("/tmp/ray").glob("session_2*"))
-    run_dir = tmp_path / "secret"
-    result = run(run_dir, "train.max_steps=6", env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    new_sessions = set(Path("/tmp/ray").glob("session_2*")) - sessions_before
-    assert new_sessions
-    searched = [run_dir, *new_sessions]
+def test_secrets_never_reach_the_run_directory_or_ray_logs(reference):
+    """The reference run had secrets in its environment (tests/helpers.py SECRETS)."""
+    assert reference.ray_sessions  # its embedded cluster's logs
+    searched = [reference.run_dir, *reference.ray_sessions]
     leaks = subprocess.run(["grep", "-rl", "-e", "sentinel-", *map(str, searched)], capture_output=True, text=True)
     assert leaks.stdout == "", f"secrets found in: {leaks.stdout}"
-    assert "sentinel-" not in result.stdout + result.stderr
+    assert "sentinel-" not in reference.output
+    assert all(value.startswith("sentinel-") for value in SECRETS.values())  # what the grep above looks for
 
 
-@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM], ids=["SIGUSR1", "SIGTERM"])
-def test_a_signal_to_one_worker_checkpoints_all_ranks_and_exits_75(spawn, tmp_path, sig):
+def test_a_signal_to_the_workers_checkpoints_all_ranks_and_exits_75(spawn, tmp_path):
+    """SIGUSR1 to one worker and SIGTERM to the other (a scheduler's notices; each reaches the same handler):
+    every rank checkpoints the same step and the command exits 75."""
     run_dir = tmp_path / "worker-signal"
     process = spawn(command(run_dir, "train.max_steps=2000"), stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT, text=True)
     wait_for_step(run_dir, 5, process)
-    train_workers(process)[1].send_signal(sig)
+    first, second = train_workers(process)
+    first.send_signal(signal.SIGUSR1)
+    second.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 75, output[-3000:]
     stopped = json.loads((run_dir / "events.jsonl").read_text().splitlines()[-1])
     assert stopped["event"] == "preempted"
     assert (run_dir / "checkpoints" / f"step_{stopped['step']:08d}" / "COMPLETE").is_file()
+    assert len(list((run_dir / "checkpoints" / f"step_{stopped['step']:08d}").glob("rank_*.pt"))) == 2
 
 
 def test_a_crash_after_the_final_checkpoint_only_writes_the_summary(reference, tmp_path):
     run_dir = tmp_path / "almost"
-    shutil.copytree(reference, run_dir)
+    shutil.copytree(reference.run_dir, run_dir)
     (run_dir / "summary.json").unlink()  # died between the last checkpoint and the summary
     result = run(run_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
-    expected = json.loads((reference / "summary.json").read_text())
+    expected = json.loads((reference.run_dir / "summary.json").read_text())
     assert summary["final_train_loss"] == expected["final_train_loss"]
     assert summary["final_val_loss"] == pytest.approx(expected["final_val_loss"], abs=1e-6)
-    assert metrics(run_dir) == metrics(reference)
+    assert metrics(run_dir) == metrics(reference.run_dir)
 
 
-def test_a_lock_file_left_by_a_killed_deepspeed_op_build_does_not_block_the_next_run(tmp_path):
-    """torch's build lock outlives a builder killed mid-build (e.g. by the watchdog during setup);
-    DeepSpeed would then wait on it forever at every start. The next run clears it and trains."""
-    from torch.utils.cpp_extension import _get_build_directory
-
-    lock = Path(_get_build_directory("deepspeed_shm_comm", verbose=False)) / "lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    lock.touch()
-    result = run(tmp_path / "run", "train.max_steps=3", "train.collective_timeout_s=60")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert not lock.exists()
+def test_a_lock_file_left_by_a_killed_deepspeed_op_build_does_not_block_the_next_run(reference):
+    """torch's build lock outlives a builder killed mid-build (e.g. by the watchdog during setup); DeepSpeed
+    would then wait on it forever at every start. The reference run started with one left behind: it
+    cleared it and trained."""
+    assert not reference.stale_lock.exists()
+    assert events(reference.run_dir) == ["start", "finished"]
 
 
 def test_a_worker_killed_by_rays_memory_monitor_names_oom(spawn, tmp_path):

@@ -14,18 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from tests.helpers import TINY, metrics, orchestrator
 from tests.slurm_cluster import SlurmCluster
-
-pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
-    with SlurmCluster(tmp_path_factory.mktemp("slurm")) as cluster:
-        yield cluster
 
 
 def _free_ports(count: int) -> int:

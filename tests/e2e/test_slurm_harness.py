@@ -10,17 +10,7 @@ import socket
 import time
 from pathlib import Path
 
-import pytest
-
-from tests.slurm_cluster import FINAL_STATES, SlurmCluster
-
-pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
-    with SlurmCluster(tmp_path_factory.mktemp("slurm")) as cluster:
-        yield cluster
+from tests.slurm_cluster import FINAL_STATES
 
 
 def _write_script(path: Path, body: str) -> Path:
