@@ -9,45 +9,52 @@ import hashlib
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import LR_GRID, TINY, orchestrator
+from tests.helpers import LR_GRID, TINY, command, events, metrics, orchestrator, summary
 from tests.wandb_reader import inspect
 
 SWEEP = ["sweep", *TINY, "optim.lr=tag(log,interval(1e-4,3e-2))", "sweep.algorithm=optuna", "sweep.scheduler=asha",
          "sweep.asha.grace_steps=10", "sweep.num_trials=2", "train.max_steps=30", "train.eval_every=5",
-         "train.log_every=5", "data.max_bytes=20000"]
+         "train.log_every=5", "train.ckpt_every=5", "data.max_bytes=20000"]
 
 
 def digests(sweep_dir: Path) -> dict[Path, str]:
     return {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in sweep_dir.glob("trials/*/summary.json")}
 
 
+def running_with_a_checkpoint(sweep_dir: Path) -> list[Path]:
+    """Trials that have not ended but have sealed a checkpoint of their own."""
+    return [trial for trial in sorted(sweep_dir.glob("trials/*")) if not (trial / "summary.json").exists()
+            and any(trial.glob("checkpoints/step_*/COMPLETE"))]
+
+
 @pytest.fixture(scope="module")
-def resumed_sweep(tmp_path_factory) -> tuple[Path, dict[Path, str], subprocess.CompletedProcess]:
-    """The sweep, SIGKILLed once its first trial has ended, then the same command again."""
+def resumed_sweep(tmp_path_factory) -> tuple[Path, dict[Path, str], subprocess.CompletedProcess, Path]:
+    """The sweep, SIGKILLed once its first trial has ended and the next has sealed a checkpoint, then the same
+    command again. Returns (sweep dir, the ended trials' summary digests, the rerun, the interrupted trial)."""
     sweep_dir = tmp_path_factory.mktemp("sweep") / "s"
-    command = [sys.executable, "-m", "orchestrator", *SWEEP, f"sweep.dir={sweep_dir}"]
-    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(command(*SWEEP, f"sweep.dir={sweep_dir}"), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 600
-        while not digests(sweep_dir):
-            assert first.poll() is None and time.monotonic() < deadline, "the sweep ended before a trial did"
-            time.sleep(0.2)
-    finally:  # SIGKILL whether or not a trial ended: a failed wait leaves no sweep running
+        while not (digests(sweep_dir) and running_with_a_checkpoint(sweep_dir)):
+            assert first.poll() is None and time.monotonic() < deadline, (
+                "the sweep ended before one trial had ended while another had a checkpoint")
+            time.sleep(0.1)
+    finally:  # SIGKILL whether or not the moment came: a failed wait leaves no sweep running
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
-    ended = digests(sweep_dir)
-    again = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    return sweep_dir, ended, again
+    ended, [interrupted] = digests(sweep_dir), running_with_a_checkpoint(sweep_dir)
+    again = orchestrator(*SWEEP, f"sweep.dir={sweep_dir}")
+    return sweep_dir, ended, again, interrupted
 
 
 def test_a_killed_sweep_resumes_to_all_its_trials_leaving_finished_ones_untouched(resumed_sweep):
-    sweep_dir, ended, again = resumed_sweep
+    sweep_dir, ended, again, _ = resumed_sweep
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "resuming sweep" in again.stdout
     record = json.loads((sweep_dir / "sweep.json").read_text())
@@ -69,8 +76,29 @@ def test_a_killed_sweep_resumes_to_all_its_trials_leaving_finished_ones_untouche
         assert set(trial["overrides"]) == {"optim.lr"} and trial["wandb_run_id"]
 
 
+def test_a_trial_killed_with_the_sweep_resumes_from_its_own_checkpoint(resumed_sweep):
+    sweep_dir, _, again, interrupted = resumed_sweep
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert events(interrupted)[:2] == ["start", "resume"] and events(interrupted)[-1] in ("finished", "early_stopped")
+    steps = [row["step"] for row in metrics(interrupted)]
+    assert steps == sorted(set(steps)) and steps[0] == 5  # every logged step once, across the kill
+    assert summary(interrupted)["resumed_from_step"] >= 5
+
+
+def test_optuna_ran_the_search_and_kept_its_study_in_the_sweep_folder(resumed_sweep):
+    import optuna
+
+    sweep_dir, _, _, _ = resumed_sweep
+    record = json.loads((sweep_dir / "sweep.json").read_text())
+    study = optuna.load_study(study_name=record["name"], storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    proposed = [trial.params["optim.lr"] for trial in study.trials]
+    assert len(proposed) >= len(record["trials"]) == 2
+    assert all(1e-4 <= lr <= 3e-2 for lr in proposed)
+    assert {float(t["overrides"]["optim.lr"]) for t in record["trials"]} <= set(proposed)
+
+
 def test_every_trial_is_one_wandb_run_in_the_sweeps_group(resumed_sweep):
-    sweep_dir, _, _ = resumed_sweep
+    sweep_dir, _, _, _ = resumed_sweep
     record = json.loads((sweep_dir / "sweep.json").read_text())
     for trial in record["trials"]:
         run_dir = Path(trial["run_dir"])
@@ -87,7 +115,7 @@ def test_every_trial_is_one_wandb_run_in_the_sweeps_group(resumed_sweep):
 
 
 def test_best_yaml_retrains_the_best_completed_trial_exactly(resumed_sweep, tmp_path):
-    sweep_dir, _, _ = resumed_sweep
+    sweep_dir, _, _, _ = resumed_sweep
     record = json.loads((sweep_dir / "sweep.json").read_text())
     best = min((t for t in record["trials"] if t["status"] == "completed"), key=lambda t: t["final_metric"])
     result = orchestrator("train", "--config", str(sweep_dir / "best.yaml"), f"run_dir={tmp_path / 'b'}")
