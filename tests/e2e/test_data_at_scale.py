@@ -35,7 +35,7 @@ def job(tmp_path_factory) -> list[str]:
     sources = _sources(tmp_path_factory.mktemp("sources"))
     return [sys.executable, "-m", "orchestrator", "train", *TINY, "data=local", "data.path=null", sources,
             "train.precision=fp32", f"train.max_steps={STEPS}", "train.ckpt_every=50", "train.eval_every=0",
-            "train.log_every=1"]
+            "train.log_every=1", "logger.mode=disabled"]
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,8 @@ def command(run_dir: Path, *extra: str) -> list[str]:
 
 
 def run(run_dir: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return orchestrator("train", *JOB, f"run_dir={run_dir}", *extra, env=env, timeout=600)
+    """A run of the reference job to its end; W&B is not under test here (the SIGKILL test checks it)."""
+    return orchestrator("train", *JOB, f"run_dir={run_dir}", "logger.mode=disabled", *extra, env=env, timeout=600)
 
 
 def weights(run_dir: Path) -> dict:
@@ -164,7 +165,7 @@ def test_a_stuck_rank_fails_the_job_within_the_timeout_naming_it_and_leaves_no_p
     extra, moment = STUCK[case]
     run_dir = tmp_path / "stuck"
     process = spawn(command(run_dir, "train.max_steps=2000", f"train.collective_timeout_s={TIMEOUT_S}",
-                            "train.max_failures=0", *extra),
+                            "logger.mode=disabled", "train.max_failures=0", *extra),
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for_step(run_dir, 5, process)
     victim = train_workers(process)[1]
@@ -189,7 +190,7 @@ def test_a_stuck_rank_fails_the_job_within_the_timeout_naming_it_and_leaves_no_p
 
 def test_sigkill_of_the_driver_leaves_no_process_of_its_ray_cluster(spawn, tmp_path):
     run_dir = tmp_path / "orphans"
-    process = spawn(command(run_dir, "train.max_steps=2000"), stdout=subprocess.DEVNULL,
+    process = spawn(command(run_dir, "train.max_steps=2000", "logger.mode=disabled"), stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL)
     wait_for_step(run_dir, 3, process)
     started = job_processes(process)
@@ -223,7 +224,7 @@ def test_a_signal_to_the_workers_checkpoints_all_ranks_and_exits_75(spawn, tmp_p
     """SIGUSR1 to one worker and SIGTERM to the other (a scheduler's notices; each reaches the same handler):
     every rank checkpoints the same step and the command exits 75."""
     run_dir = tmp_path / "worker-signal"
-    process = spawn(command(run_dir, "train.max_steps=2000"), stdout=subprocess.PIPE,
+    process = spawn(command(run_dir, "train.max_steps=2000", "logger.mode=disabled"), stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT, text=True)
     wait_for_step(run_dir, 5, process)
     first, second = train_workers(process)
@@ -267,7 +268,7 @@ def test_a_worker_killed_by_rays_memory_monitor_names_oom(spawn, tmp_path):
     threshold = (memory.total - memory.available + 2.5e9) / memory.total
     env = {**os.environ, "RAY_memory_usage_threshold": f"{threshold:.4f}", "RAY_memory_monitor_refresh_ms": "100"}
     run_dir = tmp_path / "oom"
-    process = spawn(command(run_dir, "train.max_steps=100000", "train.max_failures=0"), env=env,
+    process = spawn(command(run_dir, "train.max_steps=100000", "train.max_failures=0", "logger.mode=disabled"), env=env,
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_step(run_dir, 3, process)
     balloon = np.ones(int(2e9), dtype=np.uint8)  # every page touched: really used

@@ -21,7 +21,8 @@ def test_qat_int4_under_zero3_exports_a_converted_model_matching_the_fake_quanti
     run_dir = tmp_path / "qat"
     result = subprocess.run([sys.executable, "-m", "orchestrator", "train", *TINY, "data.max_bytes=20000",
                              "model.arch=llama", "model.num_kv_heads=2", "zero=3", "compress=qat_int4",
-                             "train.max_steps=8", "train.eval_every=0", "train.ckpt_every=0", f"run_dir={run_dir}"],
+                             "train.max_steps=8", "train.eval_every=0", "train.ckpt_every=0", "logger.mode=disabled",
+                             f"run_dir={run_dir}"],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((run_dir / "model" / "compress_report.json").read_text())
