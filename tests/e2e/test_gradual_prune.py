@@ -19,7 +19,8 @@ from tests.helpers import command as cli
 STEPS = 16
 JOB = [*TINY, "data.max_bytes=20000", "train.micro_batch_size=8", "train.precision=fp32", f"train.max_steps={STEPS}",
        "train.ckpt_every=4", "train.eval_every=0", "train.log_every=1", "logger.mode=disabled", "zero=3",
-       "compress=gradual_prune50", "compress.passes.0.start_step=0", "compress.passes.0.update_every=2", "compress.passes.0.end_step=12"]
+       "compress=gradual_prune50", "compress.passes.0.start_step=0", "compress.passes.0.update_every=2",
+       "compress.passes.0.end_step=12"]
 
 
 def command(run_dir: Path, *extra: str) -> list[str]:
