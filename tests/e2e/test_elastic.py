@@ -40,11 +40,17 @@ def cut_back_to_step_10(run_dir: Path) -> None:
     (run_dir / "summary.json").unlink()
 
 
-def assert_matches(run_dir: Path, reference: Path) -> None:
+TRACKS = {"2": 1e-6, "3": 2e-3}
+"""Relative loss difference a resume on another world size stays within (docs/fault-tolerance.md). Measured
+here: 4.4e-8 at ZeRO-2 (summation order only) and 8.2e-4 at ZeRO-3, whose universal conversion regroups
+the parameter partitions."""
+
+
+def assert_matches(run_dir: Path, reference: Path, stage: str) -> None:
     ours, theirs = losses(run_dir), losses(reference)
     assert [step for step, _ in ours] == list(range(1, STEPS + 1))  # every step once
     for (step, loss), (_, expected) in zip(ours, theirs, strict=True):
-        assert loss == pytest.approx(expected, rel=0.03), step
+        assert loss == pytest.approx(expected, rel=TRACKS[stage]), step
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +73,7 @@ def test_two_workers_checkpoint_resumes_on_one(references, tmp_path, stage):
     assert "grad_accum 1 -> 2 keeps the global batch of 16" in out
     assert "converting" in out and "to a universal checkpoint" in out
     assert (run_dir / "checkpoints" / "step_00000010" / "universal" / "manifest.json").is_file()
-    assert_matches(run_dir, references[stage])
+    assert_matches(run_dir, references[stage], stage)
     assert json.loads((run_dir / "summary.json").read_text())["world_size"] == 1
 
 
@@ -80,7 +86,7 @@ def test_one_worker_checkpoint_resumes_on_two(references, tmp_path, stage):
     result = train(run_dir, f"zero={stage}", "train.grad_accum=2")  # the same command, on 2 workers
     assert result.returncode == 0, result.stderr[-3000:]
     assert "grad_accum 2 -> 1 keeps the global batch of 16" in result.stdout + result.stderr
-    assert_matches(run_dir, references[stage])
+    assert_matches(run_dir, references[stage], stage)
     assert json.loads((run_dir / "summary.json").read_text())["world_size"] == 2
 
 
@@ -97,7 +103,7 @@ def test_a_universal_folder_converted_by_hand_resumes_a_new_run(references, tmp_
     ours = dict(losses(run_dir))
     assert sorted(ours) == list(range(11, STEPS + 1))
     for step, expected in losses(references["2"])[10:]:
-        assert ours[step] == pytest.approx(expected, rel=0.03), step
+        assert ours[step] == pytest.approx(expected, rel=TRACKS["2"]), step
 
 
 def test_a_global_batch_the_new_shape_cannot_keep_is_refused_with_the_numbers(references, tmp_path):
