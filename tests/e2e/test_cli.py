@@ -98,7 +98,8 @@ def test_train_zero3_end_to_end(tmp_path):
     assert (run_dir / "model" / "config.json").is_file()
     assert len(list((run_dir / "checkpoints" / "step_00000020").glob("*optim_states.pt"))) == 2
 
-    # the plan of the same config, calibrated from this run, predicts the step it measured and its checkpoint
+    # the plan of the same config, calibrated from this run, reproduces the step it measured and its checkpoint
+    # (a prediction for another run of the reference job: test_fault_tolerance.py's SIGTERM test)
     planned = orchestrator("plan", "--config", str(run_dir / "config.yaml"), "--calibrate", str(run_dir),
                            "plan.format=json")
     assert planned.returncode == 0, planned.stderr
