@@ -16,6 +16,8 @@ from orchestrator.config.compose import compose
 from orchestrator.train.driver import train
 from tests.helpers import TINY, metrics
 
+pytestmark = pytest.mark.slow
+
 STEPS = 20
 _cache: dict[tuple[str, ...], list[float]] = {}
 

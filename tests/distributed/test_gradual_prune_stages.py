@@ -11,6 +11,8 @@ from orchestrator.train.driver import train
 from orchestrator.train_command import standard_hooks
 from tests.helpers import TINY, summary
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("zero", ["0", "2", "3_offload"])
 def test_gradual_pruning_exports_an_exactly_sparse_model_at_this_stage(ray_cluster, tmp_path, zero):

@@ -14,6 +14,8 @@ import pytest
 
 from tests.helpers import TINY, events, metrics, train_workers, wait_for_step
 
+pytestmark = pytest.mark.slow
+
 STEPS = 200
 
 

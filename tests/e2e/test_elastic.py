@@ -19,6 +19,8 @@ import pytest
 
 from tests.helpers import REFERENCE_JOB, REFERENCE_STEPS, metrics, orchestrator
 
+pytestmark = pytest.mark.slow
+
 JOB = REFERENCE_JOB
 STEPS = REFERENCE_STEPS
 STAGES = ["2", "3"]

@@ -35,6 +35,8 @@ from tests.helpers import (
 from tests.helpers import command as cli
 from tests.wandb_reader import run_ids
 
+pytestmark = pytest.mark.slow
+
 STEPS = REFERENCE_STEPS
 JOB = REFERENCE_JOB
 

@@ -16,6 +16,8 @@ import pytest
 from tests.helpers import TINY, events, metrics, train_workers, wait_for_step
 from tests.helpers import command as cli
 
+pytestmark = pytest.mark.slow
+
 STEPS = 16
 JOB = [*TINY, "data.max_bytes=20000", "train.micro_batch_size=8", "train.precision=fp32", f"train.max_steps={STEPS}",
        "train.ckpt_every=4", "train.eval_every=0", "train.log_every=1", "logger.mode=disabled", "zero=3",

@@ -11,6 +11,8 @@ import pytest
 
 from tests.helpers import TINY
 
+pytestmark = pytest.mark.slow
+
 
 def test_qat_int4_under_zero3_exports_a_converted_model_matching_the_fake_quantized_one(tmp_path):
     import torch

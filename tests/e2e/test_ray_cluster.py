@@ -22,6 +22,8 @@ import pytest
 
 from tests.helpers import TINY, orchestrator
 
+pytestmark = pytest.mark.slow
+
 RAY = [sys.executable, "-m", "ray.scripts.scripts"]
 SENTINEL = "sentinel-wandb-key-0123456789"
 

@@ -14,8 +14,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import TINY, metrics, orchestrator
 from tests.slurm_cluster import SlurmCluster
+
+pytestmark = pytest.mark.slow
 
 
 def _free_ports(count: int) -> int:

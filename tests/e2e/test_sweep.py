@@ -17,6 +17,8 @@ import pytest
 from tests.helpers import LR_GRID, TINY, command, events, metrics, orchestrator, summary
 from tests.wandb_reader import inspect
 
+pytestmark = pytest.mark.slow
+
 SWEEP = ["sweep", *TINY, "optim.lr=tag(log,interval(1e-4,3e-2))", "sweep.algorithm=optuna", "sweep.scheduler=asha",
          "sweep.asha.grace_steps=10", "sweep.num_trials=2", "train.max_steps=30", "train.eval_every=5",
          "train.log_every=5", "train.ckpt_every=5", "data.max_bytes=20000"]
