@@ -49,14 +49,24 @@ def model_state_bytes(engine) -> dict[str, int]:
         inner = inner.optimizer
     states = [v for state in inner.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
     masters = [p for group in inner.param_groups for p in group["params"]]
+    # ZeRO-3 hands its fp32 partitions to the optimizer only during its step (param_groups are empty between steps).
+    masters += list(getattr(engine.optimizer, "fp32_partitioned_groups_flat", []))
     optimizer = _unique_bytes(states + masters, seen)
     rest = []
-    for obj in gc.get_objects():
-        try:
-            if isinstance(obj, torch.Tensor) and not obj.is_meta:
-                rest.append(obj)
-        except ReferenceError:
-            continue
+    # The loop freezes everything built before the first step (gc.freeze), and frozen objects are invisible to
+    # gc.get_objects: ZeRO-3's fp32 partitions and gradient buffers among them. Thaw them for this one look.
+    frozen = gc.get_freeze_count() > 0
+    gc.unfreeze()
+    try:
+        for obj in gc.get_objects():
+            try:
+                if isinstance(obj, torch.Tensor) and not obj.is_meta:
+                    rest.append(obj)
+            except ReferenceError:
+                continue
+    finally:
+        if frozen:
+            gc.freeze()
     grads_and_buffers = _unique_bytes(rest, seen)
     return {
         "params": params,
