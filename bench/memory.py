@@ -1,7 +1,7 @@
 """Predicted vs measured per-rank model-state memory for every ZeRO stage, side by side.
 
     python bench/memory.py                    # ~60M-parameter GPT-2 shape, bf16, 2 CPU workers, 3 steps per stage
-    python bench/memory.py --precision fp32   # fp32 (an extra fp32 master at stages 1-2; none at stage 3)
+    python bench/memory.py --precision fp32   # fp32 (DeepSpeed keeps an extra fp32 master partition: 20Ψ/N at stage 3)
     python bench/memory.py --layers 12        # bigger (about 90M parameters)
 
 For each of zero=0, 1, 2, 3, 3_offload it runs a real 2-worker job and reads summary.json:

@@ -11,8 +11,7 @@ Model states (Ψ parameters, N ranks, p = 2 bytes per parameter in bf16/fp16 or 
 In mixed precision these are the ZeRO paper's 16Ψ, 4Ψ+12Ψ/N, 2Ψ+14Ψ/N and 16Ψ/N, with one
 measured refinement: DeepSpeed's stage 1 also keeps only the reduced gradient partition at
 the optimizer step, so it holds what stage 2 holds (its full-size gradients live only during
-the backward pass). In fp32 DeepSpeed still keeps an fp32 master partition at stages 1-2 and with
-offload; at stage 3 without offload it steps the fp32 parameter partition itself (8Ψ/N of Adam states).
+the backward pass). In fp32 DeepSpeed still keeps an fp32 master partition at stages 1-3.
 Offloading the optimizer moves its states to CPU memory plus an fp32 gradient partition
 (4Ψ/N); at stages 1-2 the device then keeps full-size gradients. These are the tensors
 `train/memory_probe.py` measures, and bench/memory.py compares the two.
@@ -86,8 +85,6 @@ def model_states(params: int, world: int, stage: int, precision: Precision, offl
     grad_bytes = p * psi if stage == 0 else math.ceil(p * psi / n)
     if stage == 0:
         optim_bytes = (8 if precision is Precision.fp32 else 12) * psi
-    elif stage == 3 and precision is Precision.fp32 and offload_optimizer is Offload.none:
-        optim_bytes = math.ceil(8 * psi / n)  # ZeRO-3 in fp32 steps its fp32 parameter partition itself: no master
     else:
         optim_bytes = math.ceil(12 * psi / n)
     grads_offloaded = 0

@@ -75,9 +75,8 @@ def checkpoint_bytes(params: int, world: int, stage: int, precision: str) -> Che
     saves no separate parameters: its fp32 partitions are the parameters. Gradients are never saved."""
     states = model_states(params, world, stage, Precision(precision), Offload.none, Offload.none)
     optimizer = states["optimizer"]
-    if stage == 3:  # fp32 partitions, m and v; in fp32 training the fp32 partition is the parameter partition
-        shard = optimizer + (states["params"] if precision == "fp32" else 0)
-        return CheckpointBytes(rank0=shard, other_rank=shard, world=world, read_per_rank=shard)
+    if stage == 3:
+        return CheckpointBytes(rank0=optimizer, other_rank=optimizer, world=world, read_per_rank=optimizer)
     weights = states["params"]
     other = 0 if stage == 0 else optimizer
     return CheckpointBytes(rank0=weights + optimizer, other_rank=other, world=world, read_per_rank=weights + optimizer)
