@@ -81,7 +81,8 @@ def test_a_killed_sweep_resumes_to_all_its_trials_leaving_finished_ones_untouche
 def test_a_trial_killed_with_the_sweep_resumes_from_its_own_checkpoint(resumed_sweep):
     sweep_dir, _, again, interrupted = resumed_sweep
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert events(interrupted)[:2] == ["start", "resume"] and events(interrupted)[-1] in ("finished", "early_stopped")
+    logged = events(interrupted)
+    assert logged[:2] == ["start", "resume"] and {"finished", "early_stopped"} & set(logged[2:])
     steps = [row["step"] for row in metrics(interrupted)]
     assert steps == sorted(set(steps)) and steps[0] == 5  # every logged step once, across the kill
     assert summary(interrupted)["resumed_from_step"] >= 5
