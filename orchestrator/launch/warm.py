@@ -68,6 +68,8 @@ def running() -> dict | None:
 
 def up(num_cpus: int) -> tuple[dict, bool]:
     """Start the warm cluster unless it runs. Returns (its record, whether this call started it)."""
+    from orchestrator.launch import local
+
     record = running()
     if record:
         return record, False
@@ -79,7 +81,7 @@ def up(num_cpus: int) -> tuple[dict, bool]:
                # Ray's defaults otherwise (dashboard on loopback included): sweeps may join it too
                "--dashboard-host=127.0.0.1", f"--dashboard-port={free_port()}",
                f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
-               "--disable-usage-stats"]
+               "--disable-usage-stats", f"--system-config={json.dumps(local.system_config(lean=True))}"]
     token = secrets.token_hex(16)  # Ray's token authentication: only who can read the record may join
     process = subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                env={**os.environ, **auth_env(token)},

@@ -24,12 +24,13 @@ from orchestrator.config.compose import to_dict, to_yaml
 from orchestrator.config.schema import Backend, Config, WandbMode
 from orchestrator.errors import ConfigError, Preempted, TrainingError
 from orchestrator.launch import local
+from orchestrator.machine import visible_gpus
 from orchestrator.paths import unwritable
 from orchestrator.plan.job import Job, resolve
 from orchestrator.plan.plan import gpus_per_worker
 from orchestrator.redact import redact, redact_text
 from orchestrator.rundir import Event, RunDir
-from orchestrator.train import failures, resume
+from orchestrator.train import engine, failures, resume
 from orchestrator.train.hooks import HookFactory
 from orchestrator.train.startup import Startup
 
@@ -118,6 +119,8 @@ def train(cfg: Config, hooks: Sequence[HookFactory] = (), callbacks: Sequence = 
     run_dir.mkdir(parents=True, exist_ok=True)
     run.config.write_text(redact_text(to_yaml(cfg)))
     run.clear_stop_request()  # a stop request belongs to the invocation that made it
+    if cfg.cluster.name is Backend.local and _cpu_workers(cfg):
+        engine.build_missing_ops(engine.ops_for(job.deepspeed))
     startup.mark("prepare")
     # A sweep's cluster outlives each trial, and a trial's controller can die with its Tune actor: its placement
     # group must still be freed for the next trial (the cleaner), so trials keep all of Ray Train.
@@ -128,6 +131,11 @@ def train(cfg: Config, hooks: Sequence[HookFactory] = (), callbacks: Sequence = 
         raise Preempted(f"stopped at step {last['step']} with a complete checkpoint; "
                         "rerun the same command to resume")
     return run_dir
+
+
+def _cpu_workers(cfg: Config) -> bool:
+    gpus = gpus_per_worker(cfg)
+    return (visible_gpus() if gpus is None else gpus) == 0
 
 
 def _in_ray_process() -> bool:
@@ -170,7 +178,6 @@ def _fit(job: Job, run: RunDir, run_id: str, hooks: Sequence[HookFactory], callb
     board = ray.remote(num_cpus=0)(ProgressBoard).options(name=board_name, scheduling_strategy=here).remote()
     preload.join()
     from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig
 
     from orchestrator.launch import ray_cluster
     from orchestrator.train.loop import train_worker
@@ -191,7 +198,7 @@ def _fit(job: Job, run: RunDir, run_id: str, hooks: Sequence[HookFactory], callb
         train_loop_config=payload,
         # The watchdog ends a stalled job at collective_timeout_s and names the rank that stalled; the process
         # group's own timeout is only a backstop, set later so it cannot preempt the watchdog's verdict.
-        torch_config=TorchConfig(timeout_s=cfg.train.collective_timeout_s + BACKSTOP_S),
+        process_group_timeout_s=cfg.train.collective_timeout_s + BACKSTOP_S,
         scaling_config=ScalingConfig(num_workers=plan.world_size, use_gpu=gpus > 0,
                                      resources_per_worker=resources),
         run_config=RunConfig(

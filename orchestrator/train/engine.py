@@ -7,9 +7,13 @@ few engine calls the loop needs.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
+
+SHARED_MEMORY_OP, CPU_ADAM_OP = "ShareMemCommBuilder", "CPUAdamBuilder"
 
 
 def use_cpu_accelerator_unless_cuda() -> str:
@@ -21,6 +25,42 @@ def use_cpu_accelerator_unless_cuda() -> str:
     return device
 
 
+def extensions_dir() -> Path:
+    """Where this Python environment builds DeepSpeed's C++ ops (TORCH_EXTENSIONS_DIR unless the user set one).
+
+    torch's default is one folder per Python version and accelerator, shared by every environment on the
+    machine: two virtual environments rebuilt each other's op at every other start (32-40 s of a run's engine
+    phase here). A folder per environment, torch and DeepSpeed builds each op once per environment.
+    """
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return Path(os.environ["TORCH_EXTENSIONS_DIR"])
+    from importlib.metadata import version
+
+    tag = hashlib.sha256(f"{sys.prefix}|{version('torch')}|{version('deepspeed')}".encode()).hexdigest()[:12]
+    python = f"py{sys.version_info.major}{sys.version_info.minor}"
+    return Path.home() / ".cache" / "torch_extensions" / f"{python}-orchestrator-{tag}"
+
+
+def ops_for(ds_config: dict) -> list[str]:
+    """The C++ ops a CPU engine loads: the shared-memory collectives, and CPU Adam when the optimizer is offloaded."""
+    offload = ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device") == "cpu"
+    return [SHARED_MEMORY_OP, *([CPU_ADAM_OP] if offload else [])]
+
+
+def build_missing_ops(names: list[str]) -> None:
+    """In the driver, before any worker starts: build the ops this environment has never built (about 35 s for
+    the shared-memory op on 2 cores), so the first run's workers only load them. Built inside a worker, the
+    build counted against the job's start-up and collective timeouts. Checks files only: no torch import."""
+    ops = {SHARED_MEMORY_OP: "deepspeed_shm_comm", CPU_ADAM_OP: "cpu_adam"}
+    missing = [name for name in names if not (extensions_dir() / ops[name] / f"{ops[name]}.so").exists()]
+    if not missing:
+        return
+    print(f"building DeepSpeed's {', '.join(ops[name] for name in missing)} op for this Python environment "
+          f"(once; about a minute on 2 cores) in {extensions_dir()}", flush=True)
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    build_ops(missing)
+
+
 def build_ops(names: list[str]) -> None:
     """Load (JIT-building if needed) the DeepSpeed C++ ops the engine will load, one builder at a time.
 
@@ -30,6 +70,7 @@ def build_ops(names: list[str]) -> None:
     holds it is the only builder, so a baton file found then is stale and is removed. DeepSpeed then
     finds the op already loaded in this process.
     """
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(extensions_dir()))
     import filelock
     from deepspeed.accelerator import get_accelerator
     from deepspeed.ops import __compatible_ops__
@@ -75,8 +116,7 @@ def initialize(model, ds_config: dict, lr_lambda: Callable[[int], float], weight
     import deepspeed
     from torch.optim.lr_scheduler import LambdaLR
 
-    offload = ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device") == "cpu"
-    build_ops(["ShareMemCommBuilder", *(["CPUAdamBuilder"] if offload else [])])
+    build_ops(ops_for(ds_config))
 
     engine, _, _, _ = deepspeed.initialize(
         model=model,

@@ -8,8 +8,13 @@ about 12 s at exit (measured: a trivial training function entered at 16.2 s and 
 12 s after it finished; without them 12.0 s and at once).
 
 All three are dropped only for a plain run on a local cluster (`lean_cluster=True`): it cannot
-autoscale, we hand Ray no datasets, and its placement group ends with its driver. Everywhere else
-(`ray`, `slurm`, `k8s`, and a sweep, whose cluster its trials share) the trainer is Ray's own.
+autoscale, we hand Ray no datasets, and its placement group ends with its driver. So are Ray Train's
+metrics callbacks, which feed the Ray dashboard's Prometheus metrics: a local run starts no dashboard.
+Everywhere else (`ray`, `slurm`, `k8s`, and a sweep, whose cluster its trials share) the trainer keeps
+Ray's own callbacks.
+
+Every trainer's backend is `train/controller.py`'s torch-free `ProcessGroup` (Ray's TorchConfig made the
+controller import torch before it asked for workers).
 
 Every trainer, lean or not, also reports its controller's states to the progress board
 (`ControllerReporter`), so the driver's watchdog can bound how long a worker group takes to start.
@@ -20,50 +25,26 @@ tests/unit/test_ray_trainer.py fails if an upgrade renames them.
 
 from __future__ import annotations
 
-import os
-
-from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+from ray.train.v2._internal.callbacks.metrics import ControllerMetricsCallback, WorkerMetricsCallback
 from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
-from ray.train.v2._internal.execution.callback import ControllerCallback
-from ray.train.v2._internal.execution.scaling_policy.fixed import FixedScalingPolicy
+from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+from orchestrator.train.controller import ControllerReporter, FixedWorkers, ProcessGroup
 
 
-class FixedWorkers(FixedScalingPolicy):
-    """Always exactly scaling_config.num_workers, with no autoscaler to ask for them."""
+class LeanTorchTrainer(DataParallelTrainer):
+    """Ray's TorchTrainer with a torch-free backend config (train/controller.py)."""
 
-    def after_controller_start(self, train_run_context) -> None:
-        pass  # the base class creates the autoscaling coordinator actor here and waits on it
-
-    def _maybe_send_resource_request(self) -> None:
-        pass
-
-
-class ControllerReporter(ControllerCallback):
-    """Runs in the controller: tells the progress board (an actor handle) each state it enters, and its process."""
-
-    def __init__(self, board) -> None:
-        self._board = board
-
-    def after_controller_state_update(self, previous_state, current_state) -> None:
-        import psutil
-        import ray
-
-        pid = os.getpid()
-        self._board.controller.remote(type(current_state).__name__, pid, psutil.Process(pid).create_time(),
-                                      ray.get_runtime_context().get_node_id())
-
-
-class LeanTorchTrainer(TorchTrainer):
-    def __init__(self, *args, lean_cluster: bool, board, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, lean_cluster: bool, board, process_group_timeout_s: int = 1800, **kwargs):
+        super().__init__(*args, backend_config=ProcessGroup(timeout_s=process_group_timeout_s), **kwargs)
         self._lean_cluster, self._board = lean_cluster, board
 
     def _create_default_callbacks(self) -> list:
         callbacks = [*super()._create_default_callbacks(), ControllerReporter(self._board)]
         if not self._lean_cluster:
             return callbacks
-        unused = (DatasetsCallback, PlacementGroupCleanerCallback)
+        unused = (DatasetsCallback, PlacementGroupCleanerCallback, ControllerMetricsCallback, WorkerMetricsCallback)
         return [callback for callback in callbacks if not isinstance(callback, unused)]
 
     def _initialize_and_run_controller(self, **controller_init_kwargs):

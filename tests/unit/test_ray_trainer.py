@@ -1,40 +1,66 @@
-"""The lean trainer overrides private Ray Train methods: an upgrade that renames them must fail here."""
+"""The lean trainer overrides private Ray Train methods: an upgrade that renames them must fail here.
+And what the Train controller unpickles from us imports no torch (seconds of every start-up)."""
 
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 
-from ray.train.torch import TorchTrainer
+import ray.cloudpickle
+from ray.train import ScalingConfig
 from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+from ray.train.v2._internal.callbacks.metrics import ControllerMetricsCallback, WorkerMetricsCallback
 from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 from ray.train.v2._internal.execution.controller.controller import TrainController
 from ray.train.v2._internal.execution.scaling_policy.fixed import FixedScalingPolicy
+from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
 from orchestrator.train.ray_trainer import ControllerReporter, FixedWorkers, LeanTorchTrainer
 
 
 def test_the_overridden_ray_methods_still_exist():
-    assert "scaling_policy" in inspect.getsource(inspect.unwrap(TorchTrainer.fit))
+    assert "scaling_policy" in inspect.getsource(inspect.unwrap(DataParallelTrainer.fit))
     for name in ("_create_default_callbacks", "_initialize_and_run_controller"):
-        assert hasattr(TorchTrainer, name)
+        assert hasattr(DataParallelTrainer, name)
     for name in ("after_controller_start", "_maybe_send_resource_request"):
         assert hasattr(FixedScalingPolicy, name)
     assert "after_controller_state_update" in inspect.getsource(TrainController._set_state)
 
 
+def _trainer(lean_cluster: bool) -> LeanTorchTrainer:
+    return LeanTorchTrainer(lambda: None, lean_cluster=lean_cluster, board=None,
+                            scaling_config=ScalingConfig(num_workers=2))
+
+
 def _callbacks(lean_cluster: bool) -> list:
-    trainer = LeanTorchTrainer(lambda: None, lean_cluster=lean_cluster, board=None)
-    return trainer._create_default_callbacks()
+    return _trainer(lean_cluster)._create_default_callbacks()
 
 
-def test_a_local_cluster_runs_without_ray_data_the_cleaner_or_the_autoscaler():
+LOCAL_ONLY = (DatasetsCallback, PlacementGroupCleanerCallback, ControllerMetricsCallback, WorkerMetricsCallback)
+
+
+def test_a_local_cluster_runs_without_ray_data_the_cleaner_the_metrics_or_the_autoscaler():
     kinds = {type(callback) for callback in _callbacks(lean_cluster=True)}
-    assert DatasetsCallback not in kinds and PlacementGroupCleanerCallback not in kinds
+    assert not kinds & set(LOCAL_ONLY)
 
 
 def test_a_shared_cluster_keeps_all_of_ray_train():
     kinds = {type(callback) for callback in _callbacks(lean_cluster=False)}
-    assert DatasetsCallback in kinds and PlacementGroupCleanerCallback in kinds
+    assert set(LOCAL_ONLY) <= kinds
+
+
+def test_the_train_controller_unpickles_our_trainer_without_importing_torch():
+    for lean_cluster in (True, False):
+        trainer = _trainer(lean_cluster)
+        sent = ray.cloudpickle.dumps((trainer.train_run_context, trainer._create_default_callbacks(),
+                                      FixedWorkers(trainer.scaling_config)))
+        script = ("import sys, ray.cloudpickle\n"
+                  "context, callbacks, policy = ray.cloudpickle.loads(sys.stdin.buffer.read())\n"
+                  "backend = context.backend_config.backend_cls()\n"
+                  "print(type(backend).__name__, 'torch' in sys.modules)")
+        done = subprocess.run([sys.executable, "-c", script], input=sent, capture_output=True, timeout=60)
+        assert done.stdout.decode().split() == ["ProcessGroupBackend", "False"], done.stderr.decode()[-2000:]
 
 
 def test_every_trainer_reports_its_controller_states():
