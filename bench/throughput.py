@@ -97,8 +97,11 @@ def run_orchestrated(args, work: Path, name: str) -> dict:
 
 def run_bare(args, spec: Path, known: dict, peak_flops: float) -> dict:
     from orchestrator.plan.mfu import utilization
+    from orchestrator.train.engine import extensions_dir
 
-    env = {**os.environ, "OMP_NUM_THREADS": str(json.loads(spec.read_text())["threads"])}
+    # DeepSpeed's ops from the same folder the orchestrated runs load them from: neither side builds them
+    env = {**os.environ, "OMP_NUM_THREADS": str(json.loads(spec.read_text())["threads"]),
+           "TORCH_EXTENSIONS_DIR": str(extensions_dir())}
     if not known["uses_gpus"]:
         env["DS_ACCELERATOR"] = "cpu"
     result = Path(json.loads(spec.read_text())["result"])

@@ -124,7 +124,7 @@ def train(cfg: Config, hooks: Sequence[HookFactory] = (), callbacks: Sequence = 
     startup.mark("prepare")
     # A sweep's cluster outlives each trial, and a trial's controller can die with its Tune actor: its placement
     # group must still be freed for the next trial (the cleaner), so trials keep all of Ray Train.
-    lean = cfg.cluster.name is Backend.local and not inside_ray
+    lean = cfg.cluster.name is Backend.local and not _in_ray_actor()
     _fit(job, run, run.run_id(cfg.logger.run_id), hooks, callbacks, lean, joined, startup, preload)
     last = run.last_event()
     if last.get("event") == Event.preempted:
@@ -138,8 +138,16 @@ def _cpu_workers(cfg: Config) -> bool:
     return (visible_gpus() if gpus is None else gpus) == 0
 
 
+def _in_ray_actor() -> bool:
+    """A sweep's trial: the driver runs inside Tune's actor."""
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+
+
 def _in_ray_process() -> bool:
-    """A sweep's trial runs the driver inside a Ray actor: its cluster is already the one to use."""
+    """Ray already runs here (a sweep's trial inside Tune's actor, a program or test session that started it):
+    its cluster is the one to use."""
     import ray
 
     return ray.is_initialized()

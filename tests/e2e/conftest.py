@@ -44,9 +44,9 @@ def reference(tmp_path_factory, data_cache) -> Reference:
     """The session's uninterrupted REFERENCE_JOB run (ZeRO-2, 30 steps), run once as users run it, with two
     preconditions other tests check on it: secrets in its environment, and a stale DeepSpeed build lock that
     would block every start if left. Tests that resume from it copy it first; compress writes beside it."""
-    from torch.utils.cpp_extension import _get_build_directory
+    from orchestrator.train.engine import extensions_dir
 
-    lock = Path(_get_build_directory("deepspeed_shm_comm", verbose=False)) / "lock"
+    lock = extensions_dir() / "deepspeed_shm_comm" / "lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     lock.touch()
     sessions_before = set(Path("/tmp/ray").glob("session_2*"))
