@@ -24,25 +24,6 @@ from orchestrator.machine import available_cpus, free_port, visible_gpus
 _reaper: subprocess.Popen | None = None
 _joined_warm = False
 
-STARTUP_CONCURRENCY = 8
-"""Worker processes Ray may start at once. Its default, min(CPUs, 2 here), queued a job's Train controller,
-progress board and workers behind each other (bench/RESULTS.md)."""
-
-
-def system_config(lean: bool) -> dict:
-    """Ray's settings for a cluster on this machine, embedded or warm (launch/warm.py)."""
-    config = {
-        "worker_maximum_startup_concurrency": max(STARTUP_CONCURRENCY, available_cpus()),
-        # Ray starts its workers at nice 15, below its own daemons; torchrun's ranks run at the shell's priority,
-        # and so do ours: on a busy machine the training processes are the ones that matter.
-        "worker_niceness": 0,
-    }
-    if lean:
-        # Ray would prestart one idle worker process per CPU for each driver, but every process of our job
-        # needs the job's runtime environment, so none was used: they only took CPU from the start-up.
-        config["prestart_worker_first_driver"] = False
-    return config
-
 
 def preflight(cluster: ClusterConfig) -> list[str]:
     """Problems with placing the job on this machine, in one line each (numbers included)."""
@@ -59,6 +40,17 @@ def preflight(cluster: ClusterConfig) -> list[str]:
                 f"cluster.num_workers={cluster.num_workers} x cluster.gpus_per_worker={cluster.gpus_per_worker} = "
                 f"{needed} GPUs, but this machine has {gpus}; lower them, or cluster.gpus_per_worker=0 for CPU workers")
     return problems
+
+
+def system_config(lean: bool) -> dict | None:
+    """Ray's settings for a cluster on this machine, embedded or warm (launch/warm.py). Ray's worker start-up
+    concurrency and worker niceness stay Ray's: raising the one and lowering the other measured no faster start
+    (bench/RESULTS.md)."""
+    if not lean:
+        return None
+    # Ray would prestart one idle worker process per CPU for each driver, but every process of our job
+    # needs the job's runtime environment, so none was used: they only took CPU from the start-up.
+    return {"prestart_worker_first_driver": False}
 
 
 def start(cluster: ClusterConfig, log_to_driver: bool = True, env_vars: dict[str, str] | None = None,

@@ -1,5 +1,5 @@
-"""What the e2e tier shares per session: the reference run (fault tolerance, elastic resume, compress) and
-the learning-rate grid (compare and multirun)."""
+"""What the e2e tier shares per session: the reference runs (fault tolerance, elastic resume, compress, the CLI's
+ZeRO-3 check) and the learning-rate grid (compare and multirun)."""
 
 from __future__ import annotations
 
@@ -29,10 +29,14 @@ def lr_grid(tmp_path_factory) -> Path:
 
 
 @dataclass(frozen=True)
-class Reference:
+class Run:
     run_dir: Path
     output: str
     """What the command printed (stdout, then stderr)."""
+
+
+@dataclass(frozen=True)
+class Reference(Run):
     ray_sessions: list[Path]
     """The Ray session folders (logs) the run created: its embedded cluster's."""
     stale_lock: Path
@@ -57,6 +61,17 @@ def reference(tmp_path_factory, data_cache) -> Reference:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return Reference(run_dir, result.stdout + result.stderr,
                      sorted(set(Path("/tmp/ray").glob("session_2*")) - sessions_before), lock)
+
+
+@pytest.fixture(scope="session")
+def reference_zero3(tmp_path_factory, data_cache) -> Run:
+    """REFERENCE_JOB at ZeRO-3, with W&B off: elastic resume's ZeRO-3 reference and the CLI's ZeRO-3 check."""
+    run_dir = tmp_path_factory.mktemp("reference-zero3") / "run"
+    env = {**os.environ, "ORCHESTRATOR_CACHE": data_cache}
+    result = orchestrator("train", *REFERENCE_JOB, "zero=3", "logger.mode=disabled", f"run_dir={run_dir}", env=env,
+                          timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return Run(run_dir, result.stdout + result.stderr)
 
 
 @pytest.fixture(scope="session")

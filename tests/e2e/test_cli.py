@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import BAD_INPUTS, TINY, orchestrator  # BAD_INPUTS: the config layer's table, through the CLI
+from tests.helpers import BAD_INPUTS, REFERENCE_STEPS, TINY, orchestrator  # BAD_INPUTS: the config table
 
 CLI_ONLY = [
     (["train.seq_len"], "Error parsing override", ""),
@@ -77,14 +77,12 @@ def test_plan_json_is_machine_readable():
     assert plan["deepspeed"]["train_batch_size"] == 8 * 2 * 4
 
 
-def test_train_zero3_end_to_end(tmp_path):
-    """The documented check: a ZeRO-3 run from the command line; loss falls; the run dir is printed."""
-    run_dir = tmp_path / "x"
-    result = orchestrator("train", *TINY, "zero=3", "train.max_steps=20", "train.eval_every=10",
-                          "cluster.num_workers=2", f"run_dir={run_dir}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"run directory: {run_dir}" in result.stdout
-    assert "step 20/20" in result.stdout  # rank 0's progress lines reach the terminal
+def test_train_zero3_end_to_end(reference_zero3):
+    """The documented check: a ZeRO-3 run from the command line (the session's, tests/e2e/conftest.py); loss falls;
+    the run dir is printed."""
+    run_dir, output = reference_zero3.run_dir, reference_zero3.output
+    assert f"run directory: {run_dir}" in output
+    assert f"step {REFERENCE_STEPS}/{REFERENCE_STEPS}" in output  # rank 0's progress lines reach the terminal
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["loss"] < rows[0]["loss"] - 0.5
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -93,13 +91,13 @@ def test_train_zero3_end_to_end(tmp_path):
                 "checkpoint_bytes"):
         assert key in summary
     # the start-up breakdown is printed, counted from the command's process start
-    assert "first step " in result.stdout and "s after the command started: prepare " in result.stdout
+    assert "first step " in output and "s after the command started: prepare " in output
     assert summary["startup"]["cluster_s"] > 0 and summary["startup"]["time_to_first_step_s"] > 3
     assert (run_dir / "model" / "config.json").is_file()
-    assert len(list((run_dir / "checkpoints" / "step_00000020").glob("*optim_states.pt"))) == 2
+    assert len(list((run_dir / "checkpoints" / f"step_{REFERENCE_STEPS:08d}").glob("*optim_states.pt"))) == 2
 
     # the plan of the same config, calibrated from this run, reproduces the step it measured and its checkpoint
-    # (a prediction for another run of the reference job: test_fault_tolerance.py's SIGTERM test)
+    # (a prediction for another run of the reference job: test_fault_tolerance.py's stop-signal test)
     planned = orchestrator("plan", "--config", str(run_dir / "config.yaml"), "--calibrate", str(run_dir),
                            "plan.format=json")
     assert planned.returncode == 0, planned.stderr

@@ -1,10 +1,11 @@
 """Resume anywhere: a checkpoint written by N workers continues on M, as if nothing had changed.
 
-Each case starts from a 30-step run with a checkpoint every 5 steps (the session's reference job,
+Each stage starts from a 30-step run with a checkpoint every 5 steps (the session's reference job,
 tests/helpers.py; at ZeRO-2 the session's reference run itself), loses everything after step 10 (what
-a lost node leaves) and resumes the same run directory on another number of workers. The global
-batch is the same throughout (micro 8 x accum 1 x 2 workers = micro 8 x accum 2 x 1 worker), so
-every loss after the change must match an uninterrupted 2-worker run's.
+a lost node leaves) and resumes the same run directory on 1 worker; that run then loses everything after
+its own (1-worker) step-15 checkpoint and resumes on 2 workers again. The global batch is the same
+throughout (micro 8 x accum 1 x 2 workers = micro 8 x accum 2 x 1 worker), so every loss after a change
+must match an uninterrupted 2-worker run's.
 """
 
 from __future__ import annotations
@@ -34,11 +35,11 @@ def losses(run_dir: Path) -> list[tuple[int, float]]:
     return [(row["step"], row["loss"]) for row in metrics(run_dir)]
 
 
-def cut_back_to_step_10(run_dir: Path) -> None:
-    """What a run that lost its node after the step-10 checkpoint leaves behind."""
-    for later in range(15, STEPS + 1, 5):
+def cut_back_to(run_dir: Path, step: int) -> None:
+    """What a run that lost its node after the checkpoint of `step` leaves behind."""
+    for later in range(step + 5, STEPS + 1, 5):
         shutil.rmtree(run_dir / "checkpoints" / f"step_{later:08d}")
-    (run_dir / "checkpoints" / "latest").write_text("step_00000010")
+    (run_dir / "checkpoints" / "latest").write_text(f"step_{step:08d}")
     (run_dir / "summary.json").unlink()
 
 
@@ -56,20 +57,30 @@ def assert_matches(run_dir: Path, reference: Path, stage: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def references(reference, tmp_path_factory) -> dict[str, Path]:
-    """An uninterrupted 2-worker run per ZeRO stage: the session's reference at ZeRO-2, one more at ZeRO-3."""
-    run_dir = tmp_path_factory.mktemp("reference-zero3") / "run"
-    result = train(run_dir, "zero=3")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return {"2": reference.run_dir, "3": run_dir}
+def references(reference, reference_zero3) -> dict[str, Path]:
+    """An uninterrupted 2-worker run per ZeRO stage: the session's references (tests/e2e/conftest.py)."""
+    return {"2": reference.run_dir, "3": reference_zero3.run_dir}
+
+
+@pytest.fixture(scope="module")
+def resumed_on_one(references, tmp_path_factory):
+    """stage -> (the reference copied, cut back to step 10 and resumed on 1 worker; that command's result)."""
+    done: dict[str, tuple[Path, subprocess.CompletedProcess]] = {}
+
+    def resume(stage: str) -> tuple[Path, subprocess.CompletedProcess]:
+        if stage not in done:
+            run_dir = tmp_path_factory.mktemp(f"on-one-zero{stage}") / "run"
+            shutil.copytree(references[stage], run_dir)
+            cut_back_to(run_dir, 10)
+            done[stage] = run_dir, train(run_dir, f"zero={stage}", "cluster.num_workers=1")
+        return done[stage]
+
+    return resume
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_two_workers_checkpoint_resumes_on_one(references, tmp_path, stage):
-    run_dir = tmp_path / "run"
-    shutil.copytree(references[stage], run_dir)
-    cut_back_to_step_10(run_dir)
-    result = train(run_dir, f"zero={stage}", "cluster.num_workers=1")
+def test_two_workers_checkpoint_resumes_on_one(references, resumed_on_one, stage):
+    run_dir, result = resumed_on_one(stage)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout + result.stderr
     assert "grad_accum 1 -> 2 keeps the global batch of 16" in out
@@ -80,14 +91,17 @@ def test_two_workers_checkpoint_resumes_on_one(references, tmp_path, stage):
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_one_worker_checkpoint_resumes_on_two(references, tmp_path, stage):
+def test_one_worker_checkpoint_resumes_on_two(references, resumed_on_one, tmp_path, stage):
+    on_one, first = resumed_on_one(stage)
+    assert first.returncode == 0, first.stderr[-3000:]
     run_dir = tmp_path / "run"
-    result = train(run_dir, f"zero={stage}", "cluster.num_workers=1", "train.grad_accum=2")
+    shutil.copytree(on_one, run_dir)
+    cut_back_to(run_dir, 15)  # step 15 was written by the one worker
+    result = train(run_dir, f"zero={stage}", "train.grad_accum=2")  # on 2 workers
     assert result.returncode == 0, result.stderr[-3000:]
-    cut_back_to_step_10(run_dir)
-    result = train(run_dir, f"zero={stage}", "train.grad_accum=2")  # the same command, on 2 workers
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "grad_accum 2 -> 1 keeps the global batch of 16" in result.stdout + result.stderr
+    out = result.stdout + result.stderr
+    assert "grad_accum 2 -> 1 keeps the global batch of 16" in out
+    assert (run_dir / "checkpoints" / "step_00000015" / "universal" / "manifest.json").is_file()
     assert_matches(run_dir, references[stage], stage)
     assert json.loads((run_dir / "summary.json").read_text())["world_size"] == 2
 
@@ -111,7 +125,7 @@ def test_a_universal_folder_converted_by_hand_resumes_a_new_run(references, tmp_
 def test_a_global_batch_the_new_shape_cannot_keep_is_refused_with_the_numbers(references, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(references["2"], run_dir)
-    cut_back_to_step_10(run_dir)
+    cut_back_to(run_dir, 10)
     result = train(run_dir, "zero=2", "train.micro_batch_size=3")
     assert result.returncode == 2
     assert "global batch of 16" in result.stderr and "3 x 2 workers = 6" in result.stderr

@@ -83,19 +83,38 @@ def test_sigkill_of_a_worker_restarts_once_and_resumes_exactly(spawn, reference,
     assert ids == {json.loads((run_dir / "run.json").read_text())["run_id"]}
 
 
-def test_sigterm_to_the_driver_checkpoints_exits_75_and_the_rerun_matches(spawn, reference, tmp_path):
-    run_dir = tmp_path / "preempted"
-    process = spawn(command(run_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for_step(run_dir, 10, process)
-    process.send_signal(signal.SIGTERM)
+def _stopped(run_dir: Path, process: subprocess.Popen) -> int:
+    """The run exited 75 with every rank's shard of a sealed checkpoint, the newest: the step it stopped at."""
     output, _ = process.communicate(timeout=300)
     assert process.returncode == 75, output[-3000:]
     stopped = json.loads((run_dir / "events.jsonl").read_text().splitlines()[-1])
-    assert stopped["event"] == "preempted" and 10 <= stopped["step"] < STEPS
-    assert (run_dir / "checkpoints" / f"step_{stopped['step']:08d}" / "COMPLETE").is_file()
-    assert (run_dir / "checkpoints" / "latest").read_text() == f"step_{stopped['step']:08d}"
+    assert stopped["event"] == "preempted" and stopped["step"] < STEPS
+    checkpoint = run_dir / "checkpoints" / f"step_{stopped['step']:08d}"
+    assert (checkpoint / "COMPLETE").is_file() and len(list(checkpoint.glob("rank_*.pt"))) == 2
+    assert (run_dir / "checkpoints" / "latest").read_text() == checkpoint.name
+    return stopped["step"]
 
-    result = run(run_dir)  # the same command again
+
+def test_stop_signals_to_the_workers_or_the_driver_checkpoint_exit_75_and_the_reruns_match(spawn, reference, tmp_path):
+    """A scheduler's notices: SIGUSR1 to one worker and SIGTERM to the other (each reaches the same handler), then,
+    in the rerun, SIGTERM to the driver. Each time every rank checkpoints the same step and the command exits 75;
+    the last rerun finishes with the uninterrupted run's losses and weights."""
+    run_dir = tmp_path / "preempted"
+    stoppable = command(run_dir, "logger.mode=disabled")  # W&B: not under test here
+    process = spawn(stoppable, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for_step(run_dir, 5, process)
+    first, second = train_workers(process)
+    first.send_signal(signal.SIGUSR1)
+    second.send_signal(signal.SIGTERM)
+    at = _stopped(run_dir, process)
+    assert at >= 5
+
+    process = spawn(stoppable, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # the same command
+    wait_for_step(run_dir, at + 5, process)
+    process.send_signal(signal.SIGTERM)
+    assert _stopped(run_dir, process) >= at + 5
+
+    result = run(run_dir)  # and once more, to the end
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_trajectory(run_dir, reference.run_dir)
     ours, theirs = weights(run_dir), weights(reference.run_dir)
@@ -162,8 +181,7 @@ def in_a_checkpoint_save(run_dir: Path) -> bool:
 
 
 TIMEOUT_S = 10
-STUCK = {
-    "zero2-in-a-step": ([], lambda run_dir: True),
+STUCK = {  # a rank stuck in a step (ZeRO-3's parameter gathers), and one stuck writing its ZeRO-2 shard
     "zero3-in-a-step": (["zero=3"], lambda run_dir: True),
     "zero2-in-a-checkpoint-save": (["train.ckpt_every=1", "model.hidden_size=256", "model.num_layers=4"],
                                    in_a_checkpoint_save),
@@ -200,26 +218,22 @@ def test_a_stuck_rank_fails_the_job_within_the_timeout_naming_it_and_leaves_no_p
     assert survivors(started, within=5) == [], "a process of the job outlived it"
 
 
-def test_sigkill_of_the_driver_leaves_no_process_of_its_ray_cluster(spawn, tmp_path):
-    run_dir = tmp_path / "orphans"
-    process = spawn(command(run_dir, "train.max_steps=2000", "logger.mode=disabled"), stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL)
-    wait_for_step(run_dir, 3, process)
-    started = job_processes(process)
+def test_two_runs_side_by_side_each_use_their_own_cluster_and_a_sigkilled_driver_leaves_no_process(spawn, tmp_path):
+    """Two embedded Ray clusters at once: each job's Ray helpers find their own cluster. SIGKILL one driver mid-run:
+    its reaper ends everything it started within 2 s, and the other run finishes untouched, without a traceback."""
+    killed, finishing = (spawn(command(tmp_path / name, f"train.max_steps={steps}", "logger.mode=disabled"),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                         for name, steps in (("killed", 2000), ("finishing", 12)))
+    wait_for_step(tmp_path / "killed", 3, killed)
+    started = job_processes(killed)
     assert {"raylet", "gcs_server"} <= {p.name() for p in started}
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=10)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=10)
     assert survivors(started, within=2) == []  # the reaper kills them at once (docs/fault-tolerance.md)
-
-
-def test_two_runs_started_together_both_finish_without_a_traceback(spawn, tmp_path):
-    """Two embedded Ray clusters side by side: each job's Ray helpers find their own cluster."""
-    runs = [spawn(command(tmp_path / name, "train.max_steps=6"), stdout=subprocess.PIPE,
-                  stderr=subprocess.STDOUT, text=True) for name in ("first", "second")]
-    outputs = [run.communicate(timeout=300)[0] for run in runs]
-    for run, output in zip(runs, outputs, strict=True):
-        assert run.returncode == 0, output[-3000:]
-        assert "Traceback" not in output and "multiple active Ray instances" not in output, output[-3000:]
+    output = finishing.communicate(timeout=300)[0]
+    assert finishing.returncode == 0, output[-3000:]
+    assert "Traceback" not in output and "multiple active Ray instances" not in output, output[-3000:]
+    assert metrics(tmp_path / "finishing")[-1]["step"] == 12
 
 
 def test_secrets_never_reach_the_run_directory_or_ray_logs(reference):
@@ -230,24 +244,6 @@ def test_secrets_never_reach_the_run_directory_or_ray_logs(reference):
     assert leaks.stdout == "", f"secrets found in: {leaks.stdout}"
     assert "sentinel-" not in reference.output
     assert all(value.startswith("sentinel-") for value in SECRETS.values())  # what the grep above looks for
-
-
-def test_a_signal_to_the_workers_checkpoints_all_ranks_and_exits_75(spawn, tmp_path):
-    """SIGUSR1 to one worker and SIGTERM to the other (a scheduler's notices; each reaches the same handler):
-    every rank checkpoints the same step and the command exits 75."""
-    run_dir = tmp_path / "worker-signal"
-    process = spawn(command(run_dir, "train.max_steps=2000", "logger.mode=disabled"), stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT, text=True)
-    wait_for_step(run_dir, 5, process)
-    first, second = train_workers(process)
-    first.send_signal(signal.SIGUSR1)
-    second.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=300)
-    assert process.returncode == 75, output[-3000:]
-    stopped = json.loads((run_dir / "events.jsonl").read_text().splitlines()[-1])
-    assert stopped["event"] == "preempted"
-    assert (run_dir / "checkpoints" / f"step_{stopped['step']:08d}" / "COMPLETE").is_file()
-    assert len(list((run_dir / "checkpoints" / f"step_{stopped['step']:08d}").glob("rank_*.pt"))) == 2
 
 
 def test_a_crash_after_the_final_checkpoint_only_writes_the_summary(reference, tmp_path):

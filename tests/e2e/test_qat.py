@@ -1,5 +1,5 @@
-"""Quantization-aware training under ZeRO-3: the exported model is really quantized, and computes
-what the fake-quantized model computed (the converted perplexity equals the last evaluation's)."""
+"""Quantization-aware training (int4 under ZeRO-3, int8 under ZeRO-2): the exported model is really quantized,
+and computes what the fake-quantized model computed (the converted perplexity equals the last evaluation's)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from tests.helpers import TINY
 pytestmark = pytest.mark.slow
 
 
-def test_qat_int4_under_zero3_exports_a_converted_model_matching_the_fake_quantized_one(tmp_path):
+@pytest.mark.parametrize(("pipeline", "zero"), [("qat_int4", "3"), ("qat_int8", "2")])
+def test_qat_exports_a_converted_model_matching_the_fake_quantized_one(tmp_path, pipeline, zero):
     import torch
 
     from orchestrator.compress.artifact import load
@@ -22,7 +23,7 @@ def test_qat_int4_under_zero3_exports_a_converted_model_matching_the_fake_quanti
 
     run_dir = tmp_path / "qat"
     result = subprocess.run([sys.executable, "-m", "orchestrator", "train", *TINY, "data.max_bytes=20000",
-                             "model.arch=llama", "model.num_kv_heads=2", "zero=3", "compress=qat_int4",
+                             "model.arch=llama", "model.num_kv_heads=2", f"zero={zero}", f"compress={pipeline}",
                              "train.max_steps=8", "train.eval_every=0", "train.ckpt_every=0", "logger.mode=disabled",
                              f"run_dir={run_dir}"],
                             capture_output=True, text=True, timeout=900)

@@ -113,21 +113,6 @@ def _assert_trained_on_both_nodes(run_dir: Path) -> None:
     assert val[-1] < val[0]
 
 
-def test_submit_runs_on_both_nodes_and_ships_no_secret(two_nodes, tmp_path):
-    env, _, url, _ = two_nodes
-    run_dir = tmp_path / "run"
-    result = on_cluster({**env, "WANDB_API_KEY": SENTINEL}, "submit", "cluster=ray", f"cluster.dashboard_url={url}",
-                          *TINY, "train.max_steps=20", "train.eval_every=10", f"run_dir={run_dir}")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    job_id = next(line.split()[3] for line in result.stdout.splitlines() if line.startswith("submitted Ray job"))
-    assert "step 20/20" in result.stdout  # the job's logs were streamed
-    _assert_trained_on_both_nodes(run_dir)
-    submitted = next((tmp_path / "runs").iterdir())
-    assert SENTINEL not in (submitted / "job.yaml").read_text()
-    status = on_cluster(env, "status", job_id, "--address", url)
-    assert status.returncode == 0 and "SUCCEEDED" in status.stdout
-
-
 def test_train_joins_the_running_cluster(two_nodes, tmp_path):
     env, gcs, _, _ = two_nodes
     run_dir = tmp_path / "run"
@@ -137,11 +122,14 @@ def test_train_joins_the_running_cluster(two_nodes, tmp_path):
     _assert_trained_on_both_nodes(run_dir)
 
 
-def test_stop_checkpoints_then_resubmitting_the_job_file_resumes(two_nodes, tmp_path):
+def test_a_submitted_job_stops_with_a_checkpoint_and_its_job_file_resumes_it_on_both_nodes(two_nodes, tmp_path):
+    """Submit (a secret in the environment), stop once it trains, resubmit its job.yaml: it resumes from the stop's
+    checkpoint and finishes with one rank on each node, its logs streamed, and the secret in no file it wrote."""
     env, _, url, _ = two_nodes
     run_dir = tmp_path / "run"
-    result = on_cluster(env, "submit", "cluster=ray", f"cluster.dashboard_url={url}", "submit.follow=false", *TINY,
-                          "train.max_steps=100000", f"run_dir={run_dir}")
+    result = on_cluster({**env, "WANDB_API_KEY": SENTINEL}, "submit", "cluster=ray", f"cluster.dashboard_url={url}",
+                        "submit.follow=false", *TINY, "train.max_steps=100000", "train.eval_every=5",
+                        f"run_dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     job_id = next(line.split()[3] for line in result.stdout.splitlines() if line.startswith("submitted Ray job"))
     deadline = time.monotonic() + 300
@@ -155,14 +143,21 @@ def test_stop_checkpoints_then_resubmitting_the_job_file_resumes(two_nodes, tmp_
     preempted = json.loads((run_dir / "events.jsonl").read_text().splitlines()[-1])
     assert preempted["event"] == "preempted"
     assert (run_dir / "checkpoints" / f"step_{preempted['step']:08d}" / "COMPLETE").exists()
+    job_file = next((tmp_path / "runs").iterdir()) / "job.yaml"
+    assert SENTINEL not in job_file.read_text()
 
     # The job file pins run_dir: resubmitting it continues from that checkpoint, to a lower max_steps.
-    job_file = next((tmp_path / "runs").iterdir()) / "job.yaml"
+    last = preempted["step"] + 10
     again = on_cluster(env, "submit", "--config", str(job_file), f"cluster.dashboard_url={url}", "submit.follow=true",
-                         f"train.max_steps={preempted['step'] + 3}")
+                       f"train.max_steps={last}")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"step {last}/{last}" in again.stdout  # the job's logs were streamed
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["resumed_from_step"] == preempted["step"]
+    _assert_trained_on_both_nodes(run_dir)
+    resubmitted = next(line.split()[3] for line in again.stdout.splitlines() if line.startswith("submitted Ray job"))
+    status = on_cluster(env, "status", resubmitted, "--address", url)
+    assert status.returncode == 0 and "SUCCEEDED" in status.stdout
 
 
 @pytest.mark.parametrize(("override", "message"), [
@@ -200,7 +195,7 @@ def test_losing_a_node_fails_within_the_bound_then_resumes_on_what_is_left(two_n
     """Last in this module: it kills the second node's raylet, and no test after it needs two nodes."""
     env, gcs, _, nodes = two_nodes
     run_dir = tmp_path / "run"
-    job = ["train", "cluster=ray", f"cluster.address={gcs}", *TINY, "data.max_bytes=20000", "train.max_steps=60",
+    job = ["train", "cluster=ray", f"cluster.address={gcs}", *TINY, "data.max_bytes=20000", "train.max_steps=30",
            "train.ckpt_every=5", "train.eval_every=0", f"run_dir={run_dir}"]
     driver = spawn([sys.executable, "-m", "orchestrator", *job, "cluster.join_timeout_s=20", "train.max_failures=1",
                     "train.collective_timeout_s=60"],
@@ -236,4 +231,4 @@ def test_losing_a_node_fails_within_the_bound_then_resumes_on_what_is_left(two_n
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"elastic resume: step {step} was written by 2 rank(s), continuing on 1" in resumed.stdout
     rows = [json.loads(row) for row in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [row["step"] for row in rows] == list(range(1, 61))
+    assert [row["step"] for row in rows] == list(range(1, 31))

@@ -49,22 +49,11 @@ def _submit(slurm: SlurmCluster, run_dir: Path, *overrides: str) -> str:
     return line.split()[3].rstrip(";")
 
 
-def test_submitted_job_trains_on_the_ray_cluster_inside_the_allocation(slurm, tmp_path):
-    run_dir = tmp_path / "run"
-    job = _submit(slurm, run_dir, "train.max_steps=30", "train.eval_every=10")
-    state = slurm.wait_job(job, timeout_s=400)
-    output = (run_dir / f"slurm-{job}.out").read_text()
-    assert state == "COMPLETED", output[-4000:]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["steps"] == 30 and summary["world_size"] == 2
-    val = [row["val_loss"] for row in metrics(run_dir) if "val_loss" in row]
-    assert len(val) == 3 and val[0] > val[1] > val[2]
-    assert "Ray cluster: 1 node(s)" in output
-
-
-def test_preemption_notice_checkpoints_requeues_and_resumes(slurm, tmp_path):
-    run_dir = tmp_path / "run"
-    job = _submit(slurm, run_dir, "train.max_steps=600", "train.eval_every=0", "train.ckpt_every=0")
+def test_a_job_trains_in_its_allocation_and_a_preemption_notice_checkpoints_requeues_and_resumes(slurm, tmp_path):
+    """One submitted job: the Ray cluster inside the allocation trains it on 2 workers; Slurm's preemption notice
+    makes it checkpoint and requeue; the requeued job resumes and finishes, every step logged once."""
+    run_dir, steps = tmp_path / "run", 200
+    job = _submit(slurm, run_dir, f"train.max_steps={steps}", "train.eval_every=50", "train.ckpt_every=0")
     deadline = time.monotonic() + 300
     while len(metrics(run_dir)) < 5:
         assert time.monotonic() < deadline and slurm.job_state(job) in ("PENDING", "RUNNING"), \
@@ -76,15 +65,18 @@ def test_preemption_notice_checkpoints_requeues_and_resumes(slurm, tmp_path):
     state = slurm.wait_job(job, timeout_s=400)
     output = (run_dir / f"slurm-{job}.out").read_text()
     assert state == "COMPLETED", output[-4000:]
+    assert "Ray cluster: 1 node(s)" in output
     assert slurm.job(job)["Restarts"] == "1"
     assert "requeueing job" in output
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     preempted = next(e for e in events if e["event"] == "preempted")
-    assert 5 <= preempted["step"] < 600
+    assert 5 <= preempted["step"] < steps
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["resumed_from_step"] == preempted["step"] and summary["steps"] == 600
-    steps = [row["step"] for row in metrics(run_dir)]
-    assert steps == list(range(1, 601))  # every step logged once: nothing lost, nothing repeated
+    assert summary["resumed_from_step"] == preempted["step"] and summary["steps"] == steps
+    assert summary["world_size"] == 2
+    assert [row["step"] for row in metrics(run_dir)] == list(range(1, steps + 1))  # nothing lost, nothing repeated
+    val = [row["val_loss"] for row in metrics(run_dir) if "val_loss" in row]
+    assert len(val) == 4 and val[0] > val[1] > val[2] > val[3]
 
 
 def _job_ids(slurm: SlurmCluster) -> set[str]:
