@@ -51,16 +51,16 @@ def test_a_shared_cluster_keeps_all_of_ray_train():
 
 
 def test_the_train_controller_unpickles_our_trainer_without_importing_torch():
-    for lean_cluster in (True, False):
-        trainer = _trainer(lean_cluster)
-        sent = ray.cloudpickle.dumps((trainer.train_run_context, trainer._create_default_callbacks(),
-                                      FixedWorkers(trainer.scaling_config)))
-        script = ("import sys, ray.cloudpickle\n"
-                  "context, callbacks, policy = ray.cloudpickle.loads(sys.stdin.buffer.read())\n"
-                  "backend = context.backend_config.backend_cls()\n"
-                  "print(type(backend).__name__, 'torch' in sys.modules)")
-        done = subprocess.run([sys.executable, "-c", script], input=sent, capture_output=True, timeout=60)
-        assert done.stdout.decode().split() == ["ProcessGroupBackend", "False"], done.stderr.decode()[-2000:]
+    sent = ray.cloudpickle.dumps([(trainer.train_run_context, trainer._create_default_callbacks(),
+                                   FixedWorkers(trainer.scaling_config))
+                                  for trainer in (_trainer(lean_cluster=True), _trainer(lean_cluster=False))])
+    script = ("import sys, ray.cloudpickle\n"
+              "for context, callbacks, policy in ray.cloudpickle.loads(sys.stdin.buffer.read()):\n"
+              "    print(type(context.backend_config.backend_cls()).__name__)\n"
+              "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], input=sent, capture_output=True, timeout=60)
+    assert done.stdout.decode().split() == ["ProcessGroupBackend", "ProcessGroupBackend", "False"], \
+        done.stderr.decode()[-2000:]
 
 
 def test_every_trainer_reports_its_controller_states():
