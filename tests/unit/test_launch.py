@@ -15,11 +15,20 @@ SENTINEL = "sentinel"  # the issue's literal value; 8 characters, so redaction w
 
 
 def submit(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """`orchestrator submit ARGS` through the CLI's entry point, in this process (a unit test starts no
+    interpreter): its exit code and what it printed."""
+    import contextlib
+    import io
     import os
+    from unittest import mock
 
-    env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "orchestrator", "submit", *args], capture_output=True, text=True,
-                          timeout=120, env=env)
+    from orchestrator import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with mock.patch.dict(os.environ, env_extra or {}), contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        code = cli.main(["submit", *args])
+    return subprocess.CompletedProcess(["orchestrator", "submit", *args], code, out.getvalue(), err.getvalue())
 
 
 def test_slurm_dry_run_prints_a_shellchecked_script_for_4_nodes_of_8_gpus(tmp_path):
