@@ -30,7 +30,7 @@ def extensions_dir() -> Path:
 
     torch's default is one folder per Python version and accelerator, shared by every environment on the
     machine: two virtual environments rebuilt each other's op at every other start (32-40 s of a run's engine
-    phase here). A folder per environment, torch and DeepSpeed builds each op once per environment.
+    phase here). With one folder per environment, torch version and DeepSpeed version, each op is built once.
     """
     if os.environ.get("TORCH_EXTENSIONS_DIR"):
         return Path(os.environ["TORCH_EXTENSIONS_DIR"])
@@ -51,12 +51,12 @@ def build_missing_ops(names: list[str]) -> None:
     """In the driver, before any worker starts: build the ops this environment has never built (about 35 s for
     the shared-memory op on 2 cores), so the first run's workers only load them. Built inside a worker, the
     build counted against the job's start-up and collective timeouts. Checks files only: no torch import."""
-    ops = {SHARED_MEMORY_OP: "deepspeed_shm_comm", CPU_ADAM_OP: "cpu_adam"}
-    missing = [name for name in names if not (extensions_dir() / ops[name] / f"{ops[name]}.so").exists()]
+    ops, root = {SHARED_MEMORY_OP: "deepspeed_shm_comm", CPU_ADAM_OP: "cpu_adam"}, extensions_dir()
+    missing = [name for name in names if not (root / ops[name] / f"{ops[name]}.so").exists()]
     if not missing:
         return
     print(f"building DeepSpeed's {', '.join(ops[name] for name in missing)} op for this Python environment "
-          f"(once; about a minute on 2 cores) in {extensions_dir()}", flush=True)
+          f"(once; about a minute on 2 cores) in {root}", flush=True)
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     build_ops(missing)
 
