@@ -1,33 +1,63 @@
-"""Shared fixtures: isolation for every test, one composed-and-shrunk config, one Ray cluster.
+"""Shared fixtures: isolation for every test, one composed-and-shrunk config, one Ray cluster, and what
+pytest-xdist's two processes share.
 
 Every test runs in its own temporary folder with W&B offline and a per-session data cache
-(so the corpus is tokenized once per test session, not once per test). Tests that need Ray
+(so the corpus is tokenized once per test run, not once per test). Tests that need Ray
 share one embedded cluster for the session: starting it costs seconds on these machines.
+
+The suite runs in two pytest-xdist processes (pyproject.toml: `-n auto --dist loadgroup`): most end-to-end
+time is start-up spent waiting (Ray's processes, heartbeats, timeouts), so two tests at a time fill the two
+cores. Each module is one unit of work (its module fixtures are built once); the Slurm modules share one unit
+(one Slurm cluster per machine); the distributed tier is one unit (one Ray cluster). Session products that
+several units read (the reference runs, the learning-rate grid, the data cache) are built once per test run
+by `tests.helpers.once_per_run`, whichever process needs them first.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import TINY
+from tests.helpers import TINY, once_per_run
 
 TIERS = {"unit": "unit", "distributed": "distributed", "e2e": "e2e"}
 """tests/<folder>/ -> the marker every test in it carries (pyproject.toml declares them)."""
 
+SHARED_UNITS = {"test_slurm": "slurm", "test_slurm_harness": "slurm"}
+"""Modules that must run in the same xdist process as each other (they share a session fixture that is a live
+service: Slurm's daemons listen on fixed ports)."""
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """Two processes, whatever the machine: every test is sized for this project's 2-core, 24 GiB machines
+    (each run starts a Ray cluster and two workers), and more at once would overcommit them."""
+    return min(2, os.cpu_count() or 1)
+
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        tier = TIERS.get(Path(str(item.fspath)).parent.name)
+        path = Path(str(item.fspath))
+        tier = TIERS.get(path.parent.name)
         if tier:
             item.add_marker(getattr(pytest.mark, tier))
+        if tier == "distributed":
+            item.add_marker(pytest.mark.xdist_group("distributed"))
+        elif tier == "e2e":
+            item.add_marker(pytest.mark.xdist_group(SHARED_UNITS.get(path.stem, path.stem)))
+    # Longest units first, so the two processes finish together: the slow modules, then the distributed
+    # tier, then the rest (xdist hands out units in this order; see --no-loadscope-reorder).
+    items.sort(key=lambda item: (0 if item.get_closest_marker("slow") and item.get_closest_marker("e2e") else
+                                 1 if item.get_closest_marker("distributed") else
+                                 2 if item.get_closest_marker("e2e") else 3))
 
 
 @pytest.fixture(scope="session")
 def data_cache(tmp_path_factory) -> str:
-    return str(tmp_path_factory.mktemp("orchestrator-cache"))
+    """One data cache for the run (the pipeline locks each prepared dataset, so processes share it safely)."""
+    return str(once_per_run(tmp_path_factory, "orchestrator-cache", lambda folder: folder))
 
 
 @pytest.fixture(autouse=True)

@@ -1,16 +1,22 @@
 """What the tests share: the shrunk job, running the CLI, reading a run directory, waiting for a step,
-finding a job's processes, and the table of bad inputs both the config layer and the CLI refuse.
+finding a job's processes, building a session product once per test run, and the table of bad inputs both
+the config layer and the CLI refuse.
 Test modules import from here (and from tests/conftest.py's fixtures), never from one another."""
 
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
+import pytest
 
 from orchestrator.rundir import RunDir
 
@@ -93,6 +99,30 @@ def survivors(processes: list[psutil.Process], within: float) -> list[psutil.Pro
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.2)
+
+
+def once_per_run(tmp_path_factory, name: str, produce: Callable[[Path], Any]) -> Any:
+    """`produce(folder)` once per test run, also when xdist splits the session over processes: the first
+    process to ask builds it under a file lock, the others wait and read what it returned (a failure too)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return produce(tmp_path_factory.mktemp(name))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent  # this run's folder, above each process's own basetemp
+    record = shared / f"{name}.pickle"
+    with FileLock(str(record) + ".lock"):
+        if not record.exists():
+            folder = shared / name
+            folder.mkdir(exist_ok=True)
+            try:
+                record.write_bytes(pickle.dumps(("ok", produce(folder))))
+            except BaseException as failure:
+                record.write_bytes(pickle.dumps(("failed", f"{type(failure).__name__}: {failure}")))
+                raise
+        outcome, value = pickle.loads(record.read_bytes())
+    if outcome == "failed":
+        pytest.fail(f"{name}, built by another xdist process, failed: {value}")
+    return value
 
 
 # (overrides, what the one error line must name, the hint it must give): refused by the config layer

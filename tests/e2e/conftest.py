@@ -11,14 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import LR_GRID, REFERENCE_JOB, SECRETS, TINY, orchestrator
+from tests.helpers import LR_GRID, REFERENCE_JOB, SECRETS, TINY, once_per_run, orchestrator
 
 
 @pytest.fixture(scope="session")
 def lr_grid(tmp_path_factory) -> Path:
     """`orchestrator train -m` over four learning rates with ASHA, one worker per trial (two trials at a
-    time on a 2-CPU machine): the sweep folder. Run once per session: a sweep costs a minute or two here."""
-    sweep_dir = tmp_path_factory.mktemp("lr-grid") / "grid"
+    time on a 2-CPU machine): the sweep folder. Run once per test run: a sweep costs a minute or two here."""
+    return once_per_run(tmp_path_factory, "lr-grid", _lr_grid)
+
+
+def _lr_grid(folder: Path) -> Path:
+    sweep_dir = folder / "grid"
     command = [sys.executable, "-m", "orchestrator", "train", "-m", *TINY, "cluster.num_workers=1",
                "data.max_bytes=20000", f"optim.lr={','.join(LR_GRID)}", "optim.warmup_steps=2", "train.max_steps=10",
                "train.eval_every=2", "train.log_every=1", "sweep.scheduler=asha", "sweep.asha.grace_steps=2",
@@ -45,16 +49,20 @@ class Reference(Run):
 
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory, data_cache) -> Reference:
-    """The session's uninterrupted REFERENCE_JOB run (ZeRO-2, 30 steps), run once as users run it, with two
+    """The test run's uninterrupted REFERENCE_JOB run (ZeRO-2, 30 steps), run once as users run it, with two
     preconditions other tests check on it: secrets in its environment, and a stale DeepSpeed build lock that
     would block every start if left. Tests that resume from it copy it first; compress writes beside it."""
+    return once_per_run(tmp_path_factory, "reference", lambda folder: _reference(folder, data_cache))
+
+
+def _reference(folder: Path, data_cache: str) -> Reference:
     from orchestrator.train.engine import extensions_dir
 
     lock = extensions_dir() / "deepspeed_shm_comm" / "lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     lock.touch()
     sessions_before = set(Path("/tmp/ray").glob("session_2*"))
-    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    run_dir = folder / "run"
     env = {**os.environ, "ORCHESTRATOR_CACHE": data_cache, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
            **SECRETS}
     result = orchestrator("train", *REFERENCE_JOB, f"run_dir={run_dir}", env=env, timeout=600)
@@ -66,7 +74,11 @@ def reference(tmp_path_factory, data_cache) -> Reference:
 @pytest.fixture(scope="session")
 def reference_zero3(tmp_path_factory, data_cache) -> Run:
     """REFERENCE_JOB at ZeRO-3, with W&B off: elastic resume's ZeRO-3 reference and the CLI's ZeRO-3 check."""
-    run_dir = tmp_path_factory.mktemp("reference-zero3") / "run"
+    return once_per_run(tmp_path_factory, "reference-zero3", lambda folder: _reference_zero3(folder, data_cache))
+
+
+def _reference_zero3(folder: Path, data_cache: str) -> Run:
+    run_dir = folder / "run"
     env = {**os.environ, "ORCHESTRATOR_CACHE": data_cache}
     result = orchestrator("train", *REFERENCE_JOB, "zero=3", "logger.mode=disabled", f"run_dir={run_dir}", env=env,
                           timeout=600)

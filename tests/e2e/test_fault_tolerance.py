@@ -267,22 +267,26 @@ def test_a_lock_file_left_by_a_killed_deepspeed_op_build_does_not_block_the_next
 
 
 def test_a_worker_killed_by_rays_memory_monitor_names_oom(spawn, tmp_path):
-    """Ray's memory monitor, set to act 2.5 GB above what the machine uses now (the job needs about 1.5);
-    once the job trains, this test takes 2 GB more and the monitor kills processes of the job."""
+    """Ray's memory monitor, set to act 5 GB above what the machine uses now (the job needs about 1.5, the rest
+    leaves room for the other xdist process's runs); once the job trains, this test takes memory half a GB at a
+    time until the monitor kills processes of the job."""
     import numpy as np
 
     memory = psutil.virtual_memory()
-    threshold = (memory.total - memory.available + 2.5e9) / memory.total
+    threshold = (memory.total - memory.available + 5e9) / memory.total
     env = {**os.environ, "RAY_memory_usage_threshold": f"{threshold:.4f}", "RAY_memory_monitor_refresh_ms": "100"}
     run_dir = tmp_path / "oom"
     process = spawn(command(run_dir, "train.max_steps=100000", "train.max_failures=0", "logger.mode=disabled"), env=env,
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_step(run_dir, 3, process)
-    balloon = np.ones(int(2e9), dtype=np.uint8)  # every page touched: really used
+    balloon = []  # every page touched: really used
+    while process.poll() is None and psutil.virtual_memory().available > 2e9:
+        balloon.append(np.ones(int(5e8), dtype=np.uint8))
+        time.sleep(0.2)
     try:
         _, stderr = process.communicate(timeout=120)
     finally:
-        del balloon
+        balloon.clear()
     assert process.returncode == 1, stderr[-3000:]
     [line] = [line for line in stderr.splitlines() if line.startswith("error: ")]
     assert "out of memory (OOM)" in line and "running low on memory" in line
