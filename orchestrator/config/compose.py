@@ -175,7 +175,20 @@ def validated(cfg: Config) -> Config:
     problems = validate(cfg)
     if problems:
         raise ConfigError(problems)
-    return cfg
+    return _with_the_models_tokenizer(cfg)
+
+
+def _with_the_models_tokenizer(cfg: Config) -> Config:
+    """A pretrained model folder that brings a tokenizer reads its data through it (unless data.tokenizer_path
+    names another): its token ids are the only ones its embeddings know."""
+    import dataclasses
+
+    from orchestrator.config.model_folder import has_tokenizer
+
+    folder = cfg.model.pretrained_path
+    if folder is None or cfg.data.tokenizer_path is not None or not has_tokenizer(Path(folder).expanduser()):
+        return cfg
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer_path=folder))
 
 
 def to_yaml(cfg) -> str:

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from orchestrator.config import model_folder
 from orchestrator.config.schema import Backend, ClusterConfig, Config, Offload, Precision, TokenizeOn
 from orchestrator.machine import visible_gpus
 from orchestrator.rundir import RunDir
@@ -137,8 +138,13 @@ def validate(cfg: Config) -> list[str]:
     _check_backend(p, c)
 
     if m.pretrained_path is not None:
-        p.check((Path(m.pretrained_path).expanduser() / "config.json").is_file(), "model.pretrained_path",
-                m.pretrained_path, "must be a local Hugging Face model folder holding config.json")
+        folder = Path(m.pretrained_path).expanduser()
+        if not (folder / "config.json").is_file():
+            p.append(f"model.pretrained_path={m.pretrained_path}: must be a local Hugging Face model folder holding "
+                     "config.json")
+        else:
+            problem = model_folder.causal_lm_problem(folder)
+            p.check(problem is None, "model.pretrained_path", m.pretrained_path, str(problem))
     else:
         for key in ("num_layers", "hidden_size", "num_heads"):
             value = getattr(m, key)

@@ -123,12 +123,19 @@ def cache_key(data: DataConfig, seq_len: int, seed: int) -> str:
         "version": _FORMAT_VERSION,
         "sources": [fingerprint_of(source) for source in sources(data)],
         "streaming": data.streaming,
-        "tokenizer": str(Path(data.tokenizer_path).resolve()) if data.tokenizer_path else data.vocab_size,
+        "tokenizer": _tokenizer_fingerprint(Path(data.tokenizer_path).expanduser()) if data.tokenizer_path
+        else data.vocab_size,
         "seq_len": seq_len,
         "val_fraction": data.val_fraction,
         "seed": seed,
     }
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _tokenizer_fingerprint(folder: Path) -> list:
+    """The tokenizer folder's files (name, size, mtime): an edited or replaced tokenizer rebuilds the entry."""
+    return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(folder.iterdir())
+            if f.is_file() and f.name.startswith(("tokenizer", "vocab", "merges", "special_tokens"))]
 
 
 def prepare(data: DataConfig, seq_len: int, seed: int) -> PreparedData:

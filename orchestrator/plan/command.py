@@ -20,7 +20,7 @@ def run(cfg: Config, calibrate_from: str | None) -> int:
     plan = make_plan(cfg)
     ds = deepspeed_config(resolved_config(cfg, plan), plan)
     calibration = _calibration(plan, calibrate_from) if calibrate_from is not None else None
-    scale = _scale(cfg, plan, calibration, calibrate_from) if plan.params is not None else None
+    scale = _scale(cfg, plan, calibration, calibrate_from)
     if cfg.plan.format is PlanFormat.json:
         scale_dict = scale.to_dict() if scale else None
         if scale_dict and calibration:

@@ -8,7 +8,7 @@ The LR schedule is ours (train/schedule.py) because DeepSpeed's has no warmup+co
 from __future__ import annotations
 
 from orchestrator.config.schema import Config, Offload, Precision
-from orchestrator.plan.plan import Plan
+from orchestrator.plan.plan import Plan, with_model_shapes
 
 
 def _offload(device: Offload, nvme_path: str | None) -> dict:
@@ -19,7 +19,7 @@ def _offload(device: Offload, nvme_path: str | None) -> dict:
 
 def zero_section(cfg: Config) -> dict:
     """The zero_optimization block, with bucket sizes scaled to the model (see ZeroConfig)."""
-    z, h = cfg.zero, cfg.model.hidden_size
+    z, h = cfg.zero, with_model_shapes(cfg).model.hidden_size
     zero: dict = {"stage": z.stage}
     if z.stage >= 1:
         zero["reduce_bucket_size"] = z.reduce_bucket_size or h * h

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
+from orchestrator.config import model_folder
 from orchestrator.config.schema import ActivationCheckpointing, Arch, Backend, Config, ModelConfig, Offload, Precision
 from orchestrator.errors import ConfigError
 from orchestrator.machine import host_memory_bytes, visible_gpus
@@ -38,12 +40,12 @@ class Plan:
     offload_optimizer: str
     offload_param: str
     activation_checkpointing: str
-    params: int | None
-    """Parameter count from the model's shapes (None for a pretrained_path model)."""
-    flops_per_token: int | None
+    params: int
+    """Parameter count: from the model's shapes, or a pretrained folder's safetensors headers (exact)."""
+    flops_per_token: int
     """Training FLOPs per token: 6N + 12 x layers x hidden x seq_len (Kaplan/Chinchilla)."""
-    memory: dict | None = None
-    """Per-rank bytes (memory.Memory.to_dict()); None when the shapes are unknown."""
+    memory: dict
+    """Per-rank bytes (memory.Memory.to_dict())."""
     fits: bool | None = None
     fit_problems: list[str] = field(default_factory=list)
     auto_reasons: list[str] = field(default_factory=list)
@@ -53,7 +55,7 @@ class Plan:
         return asdict(self)
 
     def describe(self) -> str:
-        params = f"{self.params / 1e6:.2f}M params" if self.params else "params from checkpoint"
+        params = f"{self.params / 1e6:.2f}M params ({self.params:,})"
         return (
             f"world_size={self.world_size}  global_batch={self.global_batch} "
             f"(micro {self.micro_batch_size} x accum {self.grad_accum} x {self.world_size} workers)  "
@@ -68,8 +70,6 @@ class Plan:
         return f" (offload {', '.join(parts)})" if parts else ""
 
     def memory_table(self) -> str:
-        if self.memory is None:
-            return "memory: unknown (the model comes from a checkpoint)"
         m = self.memory
         where = "GPU" if self.uses_gpus else "CPU worker"
         lines = [
@@ -188,28 +188,38 @@ def make_plan(cfg: Config) -> Plan:
     if precision is Precision.auto:
         precision = Precision.bf16 if gpus else Precision.fp32
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
-    if cfg.zero.auto and cfg.model.pretrained_path is None:
-        return _choose(cfg)
-    return _plan_for(cfg, [])
+    cfg = with_model_shapes(cfg)
+    exact_params = None
+    if cfg.model.pretrained_path is not None:
+        exact_params = model_folder.parameter_count(Path(cfg.model.pretrained_path).expanduser())
+    if cfg.zero.auto:
+        return _choose(cfg, exact_params)
+    return _plan_for(cfg, [], exact_params)
 
 
-def _plan_for(cfg: Config, reasons: list[str]) -> Plan:
+def with_model_shapes(cfg: Config) -> Config:
+    """cfg with a pretrained folder's shapes (its config.json) in place of model.*'s: what the formulas of the
+    plan, the DeepSpeed config and the at-scale figures read. A built-in shape's cfg comes back as it is."""
+    if cfg.model.pretrained_path is None:
+        return cfg
+    folder = Path(cfg.model.pretrained_path).expanduser()
+    return dataclasses.replace(cfg, model=model_folder.model_config(folder, cfg.model))
+
+
+def _plan_for(cfg: Config, reasons: list[str], exact_params: int | None = None) -> Plan:
     t, z = cfg.train, cfg.zero
     world, ranks_per_node = world_and_ranks_per_node(cfg)
     gpus = uses_gpus(cfg)
     global_batch = t.micro_batch_size * t.grad_accum * world
     tokens_per_step = global_batch * t.seq_len
-    params = flops = memory = fits = None
-    problems: list[str] = []
-    if cfg.model.pretrained_path is None:
-        vocab = cfg.model.vocab_size or cfg.data.vocab_size
-        params = count_params(cfg.model, vocab, t.seq_len)
-        flops = 6 * params + 12 * cfg.model.num_layers * cfg.model.hidden_size * t.seq_len
-        largest = max(layer_params(cfg.model), vocab * cfg.model.hidden_size)
-        mem = estimate(cfg, params, world, z.stage, t.precision, z.offload_optimizer, z.offload_param,
-                       t.activation_checkpointing, t.micro_batch_size, largest)
-        memory = mem.to_dict()
-        fits, problems = _fit_problems(cfg, mem, gpus, ranks_per_node)
+    vocab = cfg.model.vocab_size or cfg.data.vocab_size
+    params = exact_params or count_params(cfg.model, vocab, t.seq_len)
+    flops = 6 * params + 12 * cfg.model.num_layers * cfg.model.hidden_size * t.seq_len
+    largest = max(layer_params(cfg.model), vocab * cfg.model.hidden_size)
+    mem = estimate(cfg, params, world, z.stage, t.precision, z.offload_optimizer, z.offload_param,
+                   t.activation_checkpointing, t.micro_batch_size, largest)
+    memory = mem.to_dict()
+    fits, problems = _fit_problems(cfg, mem, gpus, ranks_per_node)
     return Plan(
         world_size=world,
         ranks_per_node=ranks_per_node,
@@ -244,7 +254,7 @@ _LADDER = [
 ]
 
 
-def _choose(cfg: Config) -> Plan:
+def _choose(cfg: Config, exact_params: int | None) -> Plan:
     """zero=auto: the least-communication configuration that fits, and why."""
     reasons: list[str] = []
     t = cfg.train
@@ -263,7 +273,7 @@ def _choose(cfg: Config) -> Plan:
                     train=dataclasses.replace(t, micro_batch_size=micro, grad_accum=accum,
                                               activation_checkpointing=mode),
                 )
-                plan = _plan_for(candidate, [])
+                plan = _plan_for(candidate, [], exact_params)
                 label = (f"zero={stage}{'_offload' if off_opt is not Offload.none else ''} "
                          f"activation_checkpointing={mode.value} micro_batch_size={micro} grad_accum={accum}")
                 if plan.fits is not False:

@@ -29,7 +29,7 @@ from orchestrator.config.schema import Config, Offload, Precision
 from orchestrator.plan import mfu
 from orchestrator.plan.hardware import Hardware, hardware_for
 from orchestrator.plan.memory import GB, model_states
-from orchestrator.plan.plan import Plan
+from orchestrator.plan.plan import Plan, with_model_shapes
 
 HOUR = 3600.0
 INTERVAL_TOLERANCE = 2.0
@@ -240,9 +240,9 @@ def estimate(cfg: Config, plan: Plan, hardware: Hardware | None = None, mfu_valu
     world, params = plan.world_size, plan.params
     nodes = math.ceil(world / plan.ranks_per_node)
     peak = hardware.peak_flops(plan.precision)
+    layers = with_model_shapes(cfg).model.num_layers
     recompute = mfu.hfu_factor(mfu.checkpointed_layers(plan.activation_checkpointing,
-                                                       cfg.train.activation_checkpointing_every,
-                                                       cfg.model.num_layers), cfg.model.num_layers)
+                                                       cfg.train.activation_checkpointing_every, layers), layers)
     flops_per_step = float(plan.flops_per_token * plan.tokens_per_step)
     compute_s = flops_per_step * recompute / (world * peak * utilization)
 

@@ -96,10 +96,9 @@ def train(cfg: Config, hooks: Sequence[HookFactory] = (), callbacks: Sequence = 
     if job.resume_from is not None:
         resume.prepare(job.resume_from, plan.world_size)
     print(f"plan: {plan.describe()}", flush=True)
-    if plan.memory:
-        m = plan.memory
-        print(f"memory per rank: model states {m['model_states'] / 1e9:.3f} GB, activations "
-              f"{m['activations'] / 1e9:.3f} GB, total {m['device'] / 1e9:.2f} GB", flush=True)
+    m = plan.memory
+    print(f"memory per rank: model states {m['model_states'] / 1e9:.3f} GB, activations "
+          f"{m['activations'] / 1e9:.3f} GB, total {m['device'] / 1e9:.2f} GB", flush=True)
 
     inside_ray = _in_ray_process()
     joined = cfg.cluster.name is not Backend.local and not inside_ray

@@ -202,7 +202,7 @@ def _finish(w: Worker, last_step: int, last_loss: float, metrics: dict[str, floa
             "world_size": w.world,
             "device": w.device_type,
             **per_rank,
-            "predicted_model_state_bytes_per_rank": (plan.memory or {}).get("model_states"),
+            "predicted_model_state_bytes_per_rank": plan.memory["model_states"],
             "predicted_memory_bytes_per_rank": plan.memory,
             "params": w.n_params,
             **w.meter.summary(),

@@ -114,7 +114,7 @@ def setup(payload: WorkerPayload, progress) -> Worker:
     w = Worker(cfg=cfg, payload=payload, run=run, rank=rank, world=world, device_type=device_type, task=task,
                hooks=hooks, data=data, val_blocks=val_blocks, batches=batches, engine=engine,
                writer=CheckpointWriter(engine, run.checkpoints, rank, world, t.keep_checkpoints, progress),
-               meter=_meter(cfg, payload.plan, model, n_params, peak_flops, world), progress=progress, start=start,
+               meter=_meter(cfg, payload.plan, model, peak_flops, world), progress=progress, start=start,
                n_params=n_params, peak_flops_source=source)
     if rank == 0:
         w.tracker = _open_run(w, skipped)
@@ -151,7 +151,7 @@ def _restore(engine, batches, start, rank: int, world: int, grad_accum: int) -> 
         batches.restore(batches.position_after(start.step * grad_accum))
 
 
-def _meter(cfg, plan, model, n_params: int, peak_flops: float, world: int):
+def _meter(cfg, plan, model, peak_flops: float, world: int):
     from orchestrator.plan import mfu
     from orchestrator.train.throughput import Throughput
 
@@ -159,8 +159,7 @@ def _meter(cfg, plan, model, n_params: int, peak_flops: float, world: int):
     layers = model.config.num_hidden_layers
     hfu_factor = mfu.hfu_factor(mfu.checkpointed_layers(t.activation_checkpointing.value,
                                                         t.activation_checkpointing_every, layers), layers)
-    flops_per_token = plan.flops_per_token or 6 * n_params  # a pretrained model: 6N, its shapes unknown
-    return Throughput(plan.tokens_per_step, flops_per_token, peak_flops, world, hfu_factor)
+    return Throughput(plan.tokens_per_step, plan.flops_per_token, peak_flops, world, hfu_factor)
 
 
 def _open_run(w: Worker, skipped: list) -> Any:
