@@ -37,6 +37,7 @@ def pytest_xdist_auto_num_workers(config) -> int:
     return min(2, os.cpu_count() or 1)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(items):
     for item in items:
         path = Path(str(item.fspath))
