@@ -53,6 +53,16 @@ class TokenizeOn(str, Enum):
     ray = "ray"
 
 
+class TaskName(str, Enum):
+    clm = "clm"
+    sft = "sft"
+
+
+class Truncation(str, Enum):
+    truncate = "truncate"
+    drop = "drop"
+
+
 class DataFormat(str, Enum):
     auto = "auto"
     text = "text"
@@ -248,6 +258,17 @@ class DataConfig:
     tokenize_on: TokenizeOn = TokenizeOn.local
     """local: data.num_proc processes on the driver's machine. ray: tasks on every node of the Ray cluster the
     driver joined (cluster=ray, slurm or k8s), for corpora one machine would take too long to tokenize."""
+    val_path: str | None = None
+    """task=sft: a validation file of samples. null = data.val_fraction of the samples, held out by train.seed."""
+    chat_template: str | None = None
+    """task=sft: the chat template samples are rendered with. null = the tokenizer's own; a built-in name
+    (chatml) or a Jinja file's path for a base model that has none. Saved with the trained model."""
+    packing: bool = True
+    """task=sft: pack samples into train.seq_len rows (positions restart at each sample, attention never
+    crosses one); false = one sample a row, padded to the batch's longest."""
+    truncation: Truncation = Truncation.truncate
+    """task=sft: a sample longer than train.seq_len is cut to it (truncate) or left out (drop); the count is
+    printed."""
 
 
 @dataclass
@@ -506,7 +527,15 @@ class CompressConfig:
 
 
 @dataclass
+class TaskConfig:
+    name: TaskName = TaskName.clm
+    """What the run learns (orchestrator/tasks/): clm, causal language modelling (pretraining, continued
+    pretraining); sft, supervised fine-tuning on chat or prompt/completion samples, loss on the replies."""
+
+
+@dataclass
 class Config:
+    task: TaskConfig = field(default_factory=TaskConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -94,20 +94,19 @@ class PreparedData:
         weights = [source.weight for source in sources(self.config)]  # not in the entry: weights change no tokens
         return ShardedBatches(self.train_sources(), weights, batch_size, rank, world_size, seed)
 
-
-def describe_mixture(prepared: PreparedData, total_tokens: int) -> list[str]:
-    """Per source: its share of the run's training tokens, and how many passes over its blocks that is."""
-    meta = prepared.meta
-    if meta["streaming"]:
-        return [f"  streamed: ~{total_tokens:,} tokens of this run, read as it goes"]
-    lines = []
-    for source, weight in zip(meta["sources"], (s.weight for s in sources(prepared.config)), strict=True):
-        share = weight * total_tokens
-        epochs = share / (source["train_blocks"] * meta["seq_len"])
-        lines.append(f"  {source['name']}: weight {weight:.2f}, {source['train_blocks']:,} train blocks "
-                     f"({source['train_blocks'] * meta['seq_len']:,} tokens), ~{share:,.0f} tokens of this run = "
-                     f"{epochs:.2f} epochs")
-    return lines
+    def describe(self, total_tokens: int) -> list[str]:
+        """Per source: its share of the run's training tokens, and how many passes over its blocks that is."""
+        meta = self.meta
+        if meta["streaming"]:
+            return [f"  streamed: ~{total_tokens:,} tokens of this run, read as it goes"]
+        lines = []
+        for source, weight in zip(meta["sources"], (s.weight for s in sources(self.config)), strict=True):
+            share = weight * total_tokens
+            epochs = share / (source["train_blocks"] * meta["seq_len"])
+            lines.append(f"  {source['name']}: weight {weight:.2f}, {source['train_blocks']:,} train blocks "
+                         f"({source['train_blocks'] * meta['seq_len']:,} tokens), ~{share:,.0f} tokens of this run = "
+                         f"{epochs:.2f} epochs")
+        return lines
 
 
 def cache_key(data: DataConfig, seq_len: int, seed: int) -> str:
@@ -123,7 +122,7 @@ def cache_key(data: DataConfig, seq_len: int, seed: int) -> str:
         "version": _FORMAT_VERSION,
         "sources": [fingerprint_of(source) for source in sources(data)],
         "streaming": data.streaming,
-        "tokenizer": _tokenizer_fingerprint(Path(data.tokenizer_path).expanduser()) if data.tokenizer_path
+        "tokenizer": tokenizer_fingerprint(Path(data.tokenizer_path).expanduser()) if data.tokenizer_path
         else data.vocab_size,
         "seq_len": seq_len,
         "val_fraction": data.val_fraction,
@@ -132,7 +131,7 @@ def cache_key(data: DataConfig, seq_len: int, seed: int) -> str:
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _tokenizer_fingerprint(folder: Path) -> list:
+def tokenizer_fingerprint(folder: Path) -> list:
     """The tokenizer folder's files (name, size, mtime): an edited or replaced tokenizer rebuilds the entry."""
     return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(folder.iterdir())
             if f.is_file() and f.name.startswith(("tokenizer", "vocab", "merges", "special_tokens"))]

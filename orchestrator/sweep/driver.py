@@ -61,9 +61,9 @@ def sweep(overrides: list[str], config_file: str | None = None, resume_dir: str 
             SweepDir(sweep_dir).request.write_text(json.dumps({"overrides": overrides, "config_file": config_file}))
         print(f"sweep {base.sweep.name}: {trials} trials, {concurrency} at a time ({_trial_need(base)}); "
               f"{sweep_dir}", flush=True)
-        from orchestrator.data.pipeline import prepare
+        from orchestrator import tasks
 
-        prepare(base.data, base.train.seq_len, base.train.seed)  # once, before trials race to build the cache
+        tasks.for_config(base).prepare_data(base)  # once, before trials race to build the cache
         started = time.monotonic()
         outcomes = _tune(base, params, plain, config_file, sweep_dir, trials, concurrency)
     finally:

@@ -1,16 +1,21 @@
 """Training tasks, one module each, behind train/task.py's protocol. `for_config` picks the one a run uses.
 
 clm.py   causal language modelling: pretraining and continued pretraining on packed token blocks
+sft.py   supervised fine-tuning of a pretrained causal LM on chat or prompt/completion samples
 """
 
 from __future__ import annotations
 
-from orchestrator.config.schema import Config
+from orchestrator.config.schema import Config, TaskName
 from orchestrator.train.task import Task
 
 
 def for_config(cfg: Config) -> Task:
-    """The task the config asks for; today every run trains a causal LM."""
+    """The task `task.name` names."""
+    if cfg.task.name is TaskName.sft:
+        from orchestrator.tasks.sft import SupervisedFineTuning
+
+        return SupervisedFineTuning()
     from orchestrator.tasks.clm import CausalLM
 
     return CausalLM()

@@ -15,12 +15,20 @@ from orchestrator.config.schema import Config
 class CausalLM:
     name = "clm"
 
+    def prepare_data(self, cfg: Config):
+        from orchestrator.data.pipeline import prepare
+
+        return prepare(cfg.data, cfg.train.seq_len, cfg.train.seed)
+
     def build_model(self, cfg: Config, meta: dict):
         from orchestrator.models.registry import build_model
 
         return build_model(cfg.model, meta["vocab_size"], cfg.train.seq_len, meta["eos_token_id"])
 
-    def loss(self, engine, batch):
+    def loss_normalizer(self, batches: list, grad_accum: int, world: int):
+        return None  # every block holds seq_len tokens: each micro-batch's mean is the step's mean
+
+    def loss(self, engine, batch, normalizer):
         return engine(input_ids=batch, labels=batch).loss, batch.numel()
 
     def evaluate(self, engine, batches: Iterable) -> dict[str, float]:

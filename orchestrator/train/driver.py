@@ -71,7 +71,7 @@ def train(cfg: Config, hooks: Sequence[HookFactory] = (), callbacks: Sequence = 
     `callbacks`: Ray Train run callbacks (a sweep's trial: Tune's report callback).
     `startup`: the command's start-up timeline (the CLI's starts at process start); None = from this call.
     """
-    from orchestrator.data.pipeline import describe_mixture, prepare
+    from orchestrator import tasks
 
     startup = startup or Startup(time.time())
     # Ray Train's modules take seconds to import; meanwhile this thread plans, prepares data and starts Ray.
@@ -105,7 +105,7 @@ def train(cfg: Config, hooks: Sequence[HookFactory] = (), callbacks: Sequence = 
     if joined:  # join first: no cluster, no data work, no run dir
         _join(cfg, plan.world_size)
         startup.mark("cluster")
-    prepared = prepare(cfg.data, cfg.train.seq_len, cfg.train.seed)
+    prepared = tasks.for_config(cfg).prepare_data(cfg)
     meta = prepared.meta
     if cfg.model.vocab_size is not None and meta["vocab_size"] > cfg.model.vocab_size:
         raise ConfigError([f"model.vocab_size={cfg.model.vocab_size}: smaller than the tokenizer's "
@@ -113,7 +113,7 @@ def train(cfg: Config, hooks: Sequence[HookFactory] = (), callbacks: Sequence = 
     train_blocks = "streamed" if meta["streaming"] else f"{meta['train_blocks']} train"
     print(f"data: {train_blocks} / {meta['val_blocks']} val blocks of {meta['seq_len']} tokens "
           f"({meta['dtype']}), vocab {meta['vocab_size']} ({prepared.root})",
-          *describe_mixture(prepared, plan.total_tokens), sep="\n", flush=True)
+          *prepared.describe(plan.total_tokens), sep="\n", flush=True)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     run.config.write_text(redact_text(to_yaml(cfg)))

@@ -74,9 +74,12 @@ def train_loop(payload: WorkerPayload, progress) -> None:
     for step in range(first_step, t.max_steps + 1):
         lr = engine.get_lr()[0]  # the rate this step uses (the scheduler moves on in engine.step)
         step_loss, step_count = torch.zeros((), device=engine.device), 0
-        for micro in range(t.grad_accum):
+        progress.mark(step, "step")
+        batches = [_to_device(w.batches.next(), engine.device, w.device_type) for _ in range(t.grad_accum)]
+        normalizer = w.task.loss_normalizer(batches, t.grad_accum, w.world)
+        for micro, batch in enumerate(batches):
             progress.mark(step, "step")
-            loss, count = w.task.loss(engine, _to_device(w.batches.next(), engine.device, w.device_type))
+            loss, count = w.task.loss(engine, batch, normalizer)
             engine.backward(loss)
             step_loss += loss.detach() * count
             step_count += count

@@ -13,13 +13,23 @@ from typing import Any, Protocol
 class Task(Protocol):
     name: str
 
+    def prepare_data(self, cfg):
+        """The run's data, prepared once by the driver before Ray starts and opened by every rank: an object with
+        `root`, `meta` (vocab_size, eos_token_id, seq_len, train_blocks, val_blocks, streaming), `tokenizer_dir`,
+        `blocks("val")`, `batches(micro, rank, world, seed)` and `describe(total_tokens)` lines."""
+
     def build_model(self, cfg, meta: dict):
         """The model to train, from the config (random weights, seeded) or a local pretrained folder; `meta` is
         the prepared data's (vocabulary size, special tokens)."""
 
-    def loss(self, engine, batch) -> tuple[Any, Any]:
-        """(loss on this micro-batch, the number of tokens or examples it is averaged over); the loss stays on the
-        device (the loop syncs it only on logging steps)."""
+    def loss_normalizer(self, batches: list, grad_accum: int, world: int) -> Any:
+        """Called by every rank once per step with the step's micro-batches, before their losses: what `loss`
+        needs to make the step's loss the mean over the global batch (may be a collective), or None where each
+        micro-batch's own mean already is (every micro-batch counts as many tokens)."""
+
+    def loss(self, engine, batch, normalizer) -> tuple[Any, Any]:
+        """(the loss to backward on this micro-batch, its weight in the step's reported loss); the loss stays on
+        the device (the loop syncs it only on logging steps)."""
 
     def evaluate(self, engine, batches: Iterable) -> dict[str, float]:
         """Named validation metrics over this rank's batches, reduced across ranks (every rank calls it, and every

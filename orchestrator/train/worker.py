@@ -66,7 +66,6 @@ def setup(payload: WorkerPayload, progress) -> Worker:
 
     from orchestrator import tasks
     from orchestrator.config.compose import from_dict
-    from orchestrator.data.pipeline import prepare
     from orchestrator.models.registry import apply_activation_checkpointing
     from orchestrator.train import engine as ds
     from orchestrator.train.checkpoint_writer import CheckpointWriter
@@ -85,14 +84,14 @@ def setup(payload: WorkerPayload, progress) -> Worker:
     torch.manual_seed(t.seed)  # same seed on every rank: identical initial weights
 
     # --- data: the driver already prepared the cache; this only loads it ---
-    data = prepare(cfg.data, t.seq_len, t.seed)
+    task = tasks.for_config(cfg)
+    data = task.prepare_data(cfg)
     val_blocks = data.blocks("val")
     batches = data.batches(t.micro_batch_size, rank, world, t.seed)
     startup.mark("data")
     progress.mark(0, "setup")
 
     # --- model, hooks and engine ---
-    task = tasks.for_config(cfg)
     hooks = Hooks([make(cfg) for make in payload.hooks])
     model = task.build_model(cfg, data.meta)
     n_params = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions them

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from orchestrator.config.compose import compose
-from orchestrator.data.pipeline import describe_mixture, prepare
+from orchestrator.data.pipeline import prepare
 
 TEXT = "\n".join(f"def function_{i}(x):\n    return x * {i} + {i * i}\n" for i in range(400))
 
@@ -106,7 +106,7 @@ def test_a_mixture_keeps_each_sources_blocks_and_normalizes_the_weights(tmp_path
                    f"data.sources=[{{path: '{a}', weight: 3, text_field: body}}, {{path: '{b}', weight: 1}}]"])
     prepared = prepare(cfg.data, 32, seed=0)
     first, second = prepared.meta["sources"]
-    assert [line.split(": weight ")[1][:4] for line in describe_mixture(prepared, 1000)] == ["0.75", "0.25"]
+    assert [line.split(": weight ")[1][:4] for line in prepared.describe(1000)] == ["0.75", "0.25"]
     parts = prepared.train_sources()
     assert [len(part) for part in parts] == [first["train_blocks"], second["train_blocks"]]
     assert int(parts[0].index.max()) < first["train_blocks"] + first["val_blocks"] <= int(parts[1].index.min())

@@ -1,0 +1,83 @@
+"""Supervised fine-tuning: a pretrained causal LM learns the replies of chat or prompt/completion samples
+(data/sft.py renders, masks and packs them), the loss on reply tokens only.
+
+A step's loss is the mean over every loss token of the global batch, whatever its split into micro-batches and
+ranks (transformers #34191): the step's micro-batches are counted first, the counts summed over ranks, and each
+micro-batch's summed token losses divided by that total (scaled back by what DeepSpeed divides by: the
+accumulation steps and the world size). Micro 8 x accumulation 1 and micro 1 x accumulation 8, on one worker or
+two, give the same loss and gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from orchestrator.config.schema import Config
+from orchestrator.tasks.clm import perplexity
+
+INPUT_IDS, LABELS, POSITIONS, ATTENDED = range(4)
+IGNORE = -100
+
+
+class SupervisedFineTuning:
+    name = "sft"
+
+    def __init__(self) -> None:
+        self.end_of_turn: int | None = None
+
+    def prepare_data(self, cfg: Config):
+        from orchestrator.data.sft import prepare
+
+        return prepare(cfg)
+
+    def build_model(self, cfg: Config, meta: dict):
+        from orchestrator.models.registry import build_model
+
+        model = build_model(cfg.model, meta["vocab_size"], cfg.train.seq_len, meta["eos_token_id"])
+        if meta["vocab_size"] > model.get_input_embeddings().num_embeddings:  # the template's tokens were added
+            model.resize_token_embeddings(meta["vocab_size"])
+        self.end_of_turn = meta["eos_token_id"]
+        model.generation_config.eos_token_id = self.end_of_turn  # generation stops where a reply ends
+        return model
+
+    def loss_normalizer(self, batches: list, grad_accum: int, world: int):
+        """Loss tokens of the global batch, over what DeepSpeed divides the gradients by (a collective)."""
+        import torch
+        import torch.distributed as dist
+
+        tokens = sum((batch[:, LABELS] != IGNORE).sum() for batch in batches).to(torch.float64)
+        dist.all_reduce(tokens)
+        return (tokens / (grad_accum * world)).clamp(min=1.0 / (grad_accum * world))
+
+    def loss(self, engine, batch, normalizer):
+        batch = _trimmed(batch)
+        out = engine(input_ids=batch[:, INPUT_IDS], labels=batch[:, LABELS], position_ids=batch[:, POSITIONS],
+                     num_items_in_batch=normalizer, use_cache=False)
+        return out.loss, 1
+
+    def evaluate(self, engine, batches: Iterable) -> dict[str, float]:
+        """Validation loss over every reply token of the validation rows (all ranks'), and its perplexity."""
+        import torch
+        import torch.distributed as dist
+
+        total = torch.zeros(2, dtype=torch.float64, device=engine.device)  # summed token losses, tokens
+        with torch.no_grad():
+            for batch in batches:
+                batch = _trimmed(batch.to(engine.device))
+                out = engine(input_ids=batch[:, INPUT_IDS], labels=batch[:, LABELS],
+                             position_ids=batch[:, POSITIONS], num_items_in_batch=1, use_cache=False)
+                total += torch.stack([out.loss.detach().to(torch.float64),
+                                      (batch[:, LABELS] != IGNORE).sum().to(torch.float64)])
+        dist.all_reduce(total)
+        val_loss = (total[0] / total[1].clamp(min=1)).item()
+        return {"val_loss": val_loss, "val_ppl": perplexity(val_loss)}
+
+    def export(self, module, state: dict, folder: Path) -> None:
+        module.save_pretrained(str(folder), state_dict=state)
+
+
+def _trimmed(batch):
+    """The batch cut after its longest row's last real token: unpacked rows pad only to the batch's longest."""
+    longest = int(batch[:, ATTENDED].any(dim=0).nonzero().max()) + 1
+    return batch[..., :longest]
