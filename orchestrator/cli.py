@@ -78,6 +78,13 @@ def _parser() -> argparse.ArgumentParser:
         if name == "logs":
             sub.add_argument("--follow", action="store_true", help="keep printing until the job ends")
     _compare_parser(commands)
+    summary = "talk to a trained model with the chat template it was fine-tuned with (greedy by default)"
+    sub = commands.add_parser("chat", help=summary, description=summary)
+    sub.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (its model/) or a model folder")
+    sub.add_argument("--prompt", help="one message: print the reply and exit (default: read messages from stdin, "
+                     "an empty line ends)")
+    sub.add_argument("--max-new-tokens", type=int, default=128, help="longest reply in tokens (default: 128)")
+    sub.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default: 0, greedy)")
     summary = ("keep a local Ray cluster running between commands (up), show it (status), end it (down): "
                "cluster=local commands join it instead of starting their own, seconds sooner")
     sub = commands.add_parser("cluster", help=summary, description=summary)
@@ -145,6 +152,10 @@ def _run(args: argparse.Namespace) -> int:
         from orchestrator import cluster_commands
 
         return cluster_commands.cluster(args.action, args.num_cpus)
+    if args.command == "chat":
+        from orchestrator import chat_command
+
+        return chat_command.run(args.run_dir, args.prompt, args.max_new_tokens, args.temperature)
     if args.command == "compare":
         from orchestrator.compare.command import Request, run
 

@@ -143,7 +143,7 @@ def _rows(file: str):
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as error:
-            raise ConfigError([f"{file}: not valid JSON at line {error.lineno}: {error.msg}"]) from None
+            raise ConfigError([f"{file} line {error.lineno}: not valid JSON ({error.msg})"]) from None
         yield from ((f"{file} item {i + 1}", row) for i, row in enumerate(rows))
         return
     for number, line in enumerate(text.splitlines(), 1):
@@ -152,8 +152,8 @@ def _rows(file: str):
         try:
             row = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ConfigError([f"{file}: line {number} is not valid JSON ({error.msg}); a sample is one JSON "
-                               "object a line"]) from None
+            raise ConfigError([f"{file} line {number}: not valid JSON ({error.msg}); a sample is one JSON object "
+                               "a line"]) from None
         yield f"{file} line {number}", row
 
 

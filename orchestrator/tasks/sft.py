@@ -25,6 +25,8 @@ class SupervisedFineTuning:
 
     def __init__(self) -> None:
         self.end_of_turn: int | None = None
+        self.counted = None
+        """Over the steps trained since start: [reply tokens in the loss, sample tokens, row tokens], global."""
 
     def prepare_data(self, cfg: Config):
         from orchestrator.data.sft import prepare
@@ -42,13 +44,23 @@ class SupervisedFineTuning:
         return model
 
     def loss_normalizer(self, batches: list, grad_accum: int, world: int):
-        """Loss tokens of the global batch, over what DeepSpeed divides the gradients by (a collective)."""
+        """Loss tokens of the global batch, over what DeepSpeed divides the gradients by (one all-reduce, which
+        also counts the step's sample and row tokens for `metrics`)."""
         import torch
         import torch.distributed as dist
 
-        tokens = sum((batch[:, LABELS] != IGNORE).sum() for batch in batches).to(torch.float64)
-        dist.all_reduce(tokens)
-        return (tokens / (grad_accum * world)).clamp(min=1.0 / (grad_accum * world))
+        counts = torch.stack([torch.stack([(batch[:, LABELS] != IGNORE).sum(), batch[:, ATTENDED].sum(),
+                                           torch.tensor(batch[:, ATTENDED].numel(), device=batch.device)])
+                              for batch in batches]).sum(dim=0).to(torch.float64)
+        dist.all_reduce(counts)
+        self.counted = counts if self.counted is None else self.counted + counts
+        return (counts[0] / (grad_accum * world)).clamp(min=1.0 / (grad_accum * world))
+
+    def metrics(self) -> dict[str, float]:
+        if self.counted is None:
+            return {}
+        loss_tokens, sample_tokens, row_tokens = self.counted.tolist()
+        return {"loss_tokens": int(loss_tokens), "packing_efficiency": sample_tokens / row_tokens}
 
     def loss(self, engine, batch, normalizer):
         batch = _trimmed(batch)

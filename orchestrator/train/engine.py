@@ -92,6 +92,26 @@ def import_libraries() -> None:
     import transformers  # noqa: F401
 
 
+def sharded_loading(ds_config: dict, pretrained: bool):
+    """At ZeRO-3, a pretrained model is partitioned as it loads, so no rank ever holds all of it: transformers'
+    `from_pretrained` loads under DeepSpeed's zero.Init while this object lives (keep it until the engine is
+    built). None otherwise: a model built from its config is initialised whole and seeded the same on every
+    rank, then partitioned by deepspeed.initialize."""
+    if not pretrained or ds_config.get("zero_optimization", {}).get("stage") != 3:
+        return None
+    import deepspeed
+    from transformers.integrations import HfDeepSpeedConfig
+
+    build_ops(ops_for(ds_config))
+    deepspeed.init_distributed(verbose=False)  # zero.Init partitions over the ranks Ray Train connected
+    return HfDeepSpeedConfig(ds_config)
+
+
+def parameter_count(model) -> int:
+    """Parameters of the whole model, also when ZeRO-3 has partitioned them (each then records its full size)."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+
+
 def parameter_groups(model, weight_decay: float) -> list[dict]:
     """AdamW parameter groups as nanoGPT and Hugging Face's Trainer make them: weight decay on the
     matrices of linear layers only; none on biases, norm weights and embeddings (decaying them

@@ -109,7 +109,8 @@ def train_loop(payload: WorkerPayload, progress) -> None:
             evaluates = evaluates or finish_early
 
         last_step = step
-        record = {"loss": last_loss, "lr": lr, **w.meter.measure(step), **w.hooks.step_metrics()} if logs else {}
+        record = ({"loss": last_loss, "lr": lr, **w.meter.measure(step), **w.task.metrics(), **w.hooks.step_metrics()}
+                  if logs else {})
         w.meter.pause()  # evaluation and checkpoints are not training time
         if evaluates:
             metrics = w.evaluate(step)
@@ -209,6 +210,7 @@ def _finish(w: Worker, last_step: int, last_loss: float, metrics: dict[str, floa
             "predicted_memory_bytes_per_rank": plan.memory,
             "params": w.n_params,
             **w.meter.summary(),
+            **w.task.metrics(),
             **checkpoint_cost(w.writer.sealed),
             "flops_per_token": w.meter.flops_per_token,
             "peak_flops_per_device": w.meter.peak_flops,

@@ -31,6 +31,10 @@ class Task(Protocol):
         """(the loss to backward on this micro-batch, its weight in the step's reported loss); the loss stays on
         the device (the loop syncs it only on logging steps)."""
 
+    def metrics(self) -> dict[str, float]:
+        """The task's running figures since the run (or its resume) started, logged on every logging step and
+        written to summary.json; no collective."""
+
     def evaluate(self, engine, batches: Iterable) -> dict[str, float]:
         """Named validation metrics over this rank's batches, reduced across ranks (every rank calls it, and every
         rank gets the same numbers). The first is the one a sweep or `compare` sorts by unless told otherwise."""

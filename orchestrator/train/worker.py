@@ -93,8 +93,9 @@ def setup(payload: WorkerPayload, progress) -> Worker:
 
     # --- model, hooks and engine ---
     hooks = Hooks([make(cfg) for make in payload.hooks])
+    sharded = ds.sharded_loading(payload.deepspeed, cfg.model.pretrained_path is not None)
     model = task.build_model(cfg, data.meta)
-    n_params = sum(p.numel() for p in model.parameters())  # before ZeRO-3 partitions them
+    n_params = ds.parameter_count(model)
     apply_activation_checkpointing(model, t.activation_checkpointing, t.activation_checkpointing_every)
     hooks.before_engine(model)
     startup.mark("model")
@@ -102,6 +103,7 @@ def setup(payload: WorkerPayload, progress) -> Worker:
     run = RunDir(Path(payload.run_dir))
     start, skipped = _resume_point(rank, run, payload.resume_from)
     engine = _engine(cfg, payload.deepspeed, model, start, world)
+    del sharded  # the engine holds the partitioned model now
     startup.mark("engine")
     progress.mark(0, "setup")
     if start is not None:

@@ -1,0 +1,102 @@
+"""Supervised fine-tuning end to end: the session's reference model (a model the tool trained, with its own
+tokenizer and no chat template) fine-tuned on chat samples on two workers at ZeRO-2 and ZeRO-3, loaded back
+with transformers, and asked with `orchestrator chat`; bad samples and folders refused in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import metrics, orchestrator, summary
+
+pytestmark = pytest.mark.slow
+
+REPLY = "The sky is blue."
+QUESTIONS = ["What colour is the sky?", "Tell me the sky's colour.", "Which colour has the sky today?",
+             "Look up: what colour is it?", "Sky colour, please.", "Is the sky red or blue?",
+             "Name the colour above us.", "What do you see above?"]
+
+
+@pytest.fixture(scope="module")
+def chats(tmp_path_factory) -> Path:
+    """64 samples, half as messages (some with a system turn), half as prompt/completion, one reply to learn."""
+    path = tmp_path_factory.mktemp("chats") / "chat.jsonl"
+    rows = []
+    for i in range(64):
+        question = f"{QUESTIONS[i % len(QUESTIONS)]} ({i})"
+        if i % 2:
+            rows.append({"prompt": question, "completion": REPLY})
+        else:
+            system = [{"role": "system", "content": "Answer briefly."}] if i % 4 == 0 else []
+            rows.append({"messages": [*system, {"role": "user", "content": question},
+                                      {"role": "assistant", "content": REPLY}]})
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def sft(model: Path, data: Path, run_dir: Path, *extra: str):
+    return orchestrator("train", "task=sft", f"model.pretrained_path={model}", "data=local", f"data.path={data}",
+                        "data.chat_template=chatml", "train.seq_len=64", "train.micro_batch_size=4",
+                        "train.max_steps=30", "optim.lr=3e-3", "optim.warmup_steps=2", "train.eval_every=10",
+                        "train.log_every=5", "train.eval_batches=2", "logger.mode=disabled", f"run_dir={run_dir}",
+                        *extra)
+
+
+@pytest.mark.parametrize("zero", ["2", "3"])
+def test_a_model_the_tool_trained_learns_to_answer_and_stop_then_chats(reference, chats, tmp_path, zero):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from orchestrator.data.chat import CHATML
+
+    run_dir = tmp_path / "sft"
+    result = sft(reference.run_dir / "model", chats, run_dir, f"zero={zero}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "chat template: added <|im_end|>, <|im_start|>" in result.stdout
+    done = summary(run_dir)
+    assert 0 < done["loss_tokens"] < done["tokens"] and 0 < done["packing_efficiency"] <= 1
+    val = [row["val_loss"] for row in metrics(run_dir) if "val_loss" in row]
+    assert val[-1] < val[0] / 4
+    model = AutoModelForCausalLM.from_pretrained(str(run_dir / "model"))
+    tokenizer = AutoTokenizer.from_pretrained(str(run_dir / "model"))
+    assert tokenizer.chat_template == CHATML and model.get_input_embeddings().num_embeddings == len(tokenizer)
+    answered = orchestrator("chat", str(run_dir), "--prompt", "What colour is the sky above the sea?")
+    assert answered.returncode == 0, answered.stderr[-3000:]
+    assert answered.stdout.strip() == REPLY  # the reply, then the end-of-turn token it learned: it stops
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    ({"text": "no chat here"}, "neither `messages` nor `prompt` and `completion`; its fields are text"),
+    ({"messages": [{"role": "robot", "content": "beep"}, {"role": "assistant", "content": "hi"}]},
+     "unknown role 'robot'; roles are system, user, assistant"),
+    (None, "not valid JSON (Expecting property name enclosed in double quotes)"),
+], ids=["no-known-fields", "unknown-role", "broken-line"])
+def test_a_bad_sample_is_refused_in_one_line_naming_its_file_and_line(reference, tmp_path, row, message):
+    data = tmp_path / "bad.jsonl"
+    good = json.dumps({"prompt": "hi", "completion": "hello"})
+    data.write_text(good + "\n" + (json.dumps(row) if row is not None else '{"prompt": "hi", ') + "\n")
+    result = sft(reference.run_dir / "model", data, tmp_path / "r")
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert f"{data} line 2" in line and message in line, line
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_model_without_a_chat_template_needs_one_named(reference, chats, tmp_path):
+    result = orchestrator("train", "task=sft", f"model.pretrained_path={reference.run_dir / 'model'}", "data=local",
+                          f"data.path={chats}", f"run_dir={tmp_path / 'r'}")
+    assert result.returncode == 2
+    assert "error: data.chat_template: the tokenizer has no chat template; name one (chatml)" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_encoder_only_model_is_refused_before_anything_starts(chats, tmp_path):
+    from transformers import BertConfig, BertForMaskedLM
+
+    BertForMaskedLM(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64)).save_pretrained(str(tmp_path / "bert"))
+    result = sft(tmp_path / "bert", chats, tmp_path / "r")
+    assert result.returncode == 2
+    assert f"error: model.pretrained_path={tmp_path / 'bert'}: is a BertForMaskedLM, not a causal LM" in result.stderr
+    assert not (tmp_path / "r").exists()
