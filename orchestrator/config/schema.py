@@ -334,7 +334,10 @@ class LoggerConfig:
 class TrainConfig:
     seed: int = 0
     max_steps: int = 200
-    """Optimizer steps."""
+    """Optimizer steps (with train.epochs: set from it)."""
+    epochs: float | None = None
+    """Passes over the training rows instead of max_steps (fine-tuning): max_steps = ceil(epochs x train rows /
+    global batch), printed before training. null = train.max_steps as given."""
     micro_batch_size: int = 8
     """Sequences per worker per forward pass."""
     grad_accum: int = 1

@@ -216,6 +216,9 @@ def validate(cfg: Config) -> list[str]:
     p.check(z.offload_param is Offload.none or z.stage == 3, "zero.offload_param", z.offload_param,
             "needs zero.stage=3")
 
+    p.check(t.epochs is None or t.epochs > 0, "train.epochs", t.epochs, "must be > 0, or null for train.max_steps")
+    p.check(t.epochs is None or not d.streaming, "train.epochs", t.epochs,
+            "cannot count passes over a stream (data.streaming=true); set train.max_steps")
     for key in ("max_steps", "micro_batch_size", "grad_accum", "log_every", "eval_batches",
                 "activation_checkpointing_every"):
         value = getattr(t, key)

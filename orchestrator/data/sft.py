@@ -133,10 +133,13 @@ def read_samples(path: str) -> list[tuple[str, list[dict]]]:
 
 def _rows(file: str):
     if file.endswith(".parquet"):
-        from datasets import Dataset
+        import pyarrow.parquet as pq
 
-        for i, row in enumerate(Dataset.from_parquet(file)):
-            yield f"{file} row {i + 1}", row
+        try:
+            rows = pq.read_table(file).to_pylist()
+        except Exception as error:  # pyarrow's errors share no base class worth naming
+            raise ConfigError([f"{file}: not a readable Parquet file ({str(error).splitlines()[0]})"]) from None
+        yield from ((f"{file} row {i + 1}", row) for i, row in enumerate(rows))
         return
     text = Path(file).read_text(errors="replace")
     if file.endswith(".json") and text.lstrip().startswith("["):

@@ -86,6 +86,8 @@ def train(cfg: Config, hooks: Sequence[HookFactory] = (), callbacks: Sequence = 
         problems += local.preflight(cfg.cluster)
     if problems:
         raise ConfigError(problems)
+    if cfg.train.epochs is not None:
+        cfg = _steps_for_epochs(cfg)
     job = resolve(dataclasses.replace(cfg, run_dir=str(run_dir)), lambda resolved: resume.find(resolved, run_dir))
     cfg, plan, run = job.config, job.plan, RunDir(run_dir)
     for note in job.notes:
@@ -130,6 +132,21 @@ def train(cfg: Config, hooks: Sequence[HookFactory] = (), callbacks: Sequence = 
         raise Preempted(f"stopped at step {last['step']} with a complete checkpoint; "
                         "rerun the same command to resume")
     return run_dir
+
+
+def _steps_for_epochs(cfg: Config) -> Config:
+    """train.epochs as optimizer steps: the data is prepared first (it is cached) to count its training rows."""
+    import math
+
+    from orchestrator import tasks
+    from orchestrator.plan.plan import make_plan
+
+    rows = tasks.for_config(cfg).prepare_data(cfg).meta["train_blocks"]
+    global_batch = make_plan(cfg).global_batch
+    steps = max(1, math.ceil(cfg.train.epochs * rows / global_batch))
+    print(f"train.epochs={cfg.train.epochs:g}: {rows:,} training rows / global batch {global_batch} -> "
+          f"train.max_steps={steps}", flush=True)
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=steps))
 
 
 def _cpu_workers(cfg: Config) -> bool:

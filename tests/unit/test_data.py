@@ -151,3 +151,14 @@ def test_a_stream_skips_its_validation_documents(tmp_path):
     loader.next()
     documents = [row for row in loader._pending] + [(loader._document, None)]
     assert all(index % 2 == 1 for index, _ in documents if index < loader._read_from)
+
+
+def test_train_epochs_become_the_steps_that_pass_over_the_training_rows(tmp_path, capsys):
+    from orchestrator.train.driver import _steps_for_epochs
+
+    path = _write(tmp_path, "jsonl")
+    cfg = compose(["data=local", f"data.path={path}", "data.text_field=body", "data.vocab_size=300",
+                   "train.seq_len=32", "train.micro_batch_size=4", "cluster.num_workers=2", "train.epochs=2.5"])
+    rows = prepare(cfg.data, 32, seed=0).meta["train_blocks"]
+    assert _steps_for_epochs(cfg).train.max_steps == -(-rows * 5 // (2 * 8))
+    assert f"train.epochs=2.5: {rows:,} training rows / global batch 8 -> train.max_steps=" in capsys.readouterr().out
