@@ -184,7 +184,7 @@ def _finish(w: Worker, last_step: int, last_loss: float, metrics: dict[str, floa
     status = "completed" if last_step == t.max_steps else EARLY_STOP
     w.progress.mark(last_step, "finish")
     state = ds.full_state_dict(w.engine)
-    per_rank = gather_per_rank(w.device_type, w.measured or {})
+    per_rank = gather_per_rank(w.device_type, w.measured or {}, w.load_memory_bytes)
     if w.rank == 0:
         plan, model_dir = w.payload.plan, w.run.model
         every_rank_val = [b for r in range(w.world)

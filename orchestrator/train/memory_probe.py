@@ -74,3 +74,40 @@ def model_state_bytes(engine) -> dict[str, int]:
         "grads_and_buffers": grads_and_buffers,
         "total": params + optimizer + grads_and_buffers,
     }
+
+
+class LoadMemory:
+    """The peak memory a model's load added on this rank (`bytes` after the `with`): on CUDA what torch
+    allocated at most above what it held before; on CPU the peak resident set above the one before (Linux:
+    the process's high-water mark is reset first, through /proc/self/clear_refs). How `zero.Init` is judged:
+    a partitioned load must not peak at the whole model."""
+
+    def __init__(self, device_type: str) -> None:
+        self.device_type, self.bytes = device_type, None
+
+    def __enter__(self) -> LoadMemory:
+        if self.device_type == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+            self._before = torch.cuda.memory_allocated()
+        else:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset VmHWM to the current resident set
+            self._before = _status_bytes("VmRSS")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device_type == "cuda":
+            import torch
+
+            self.bytes = torch.cuda.max_memory_allocated() - self._before
+        else:
+            self.bytes = _status_bytes("VmHWM") - self._before
+
+
+def _status_bytes(field: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024  # kB
+    raise RuntimeError(f"/proc/self/status has no {field}")

@@ -28,15 +28,17 @@ def checkpoint_cost(sealed: list[tuple[float, int]]) -> dict:
     return {"checkpoint_write_s": statistics.median(s for s, _ in sealed), "checkpoint_bytes": sealed[-1][1]}
 
 
-def gather_per_rank(device_type: str, measured_model_states: dict) -> dict:
-    """A collective (every rank calls it): each rank's peak memory, measured model states and Ray node."""
+def gather_per_rank(device_type: str, measured_model_states: dict, load_memory_bytes: int) -> dict:
+    """A collective (every rank calls it): each rank's peak memory, measured model states, the memory its
+    model's load peaked at, and its Ray node."""
     import ray
     import torch.distributed as dist
 
     world = dist.get_world_size()
-    peak, measured_all, nodes = [None] * world, [None] * world, [None] * world
+    peak, measured_all, loads, nodes = [None] * world, [None] * world, [None] * world, [None] * world
     dist.all_gather_object(peak, peak_memory_bytes(device_type))
     dist.all_gather_object(measured_all, measured_model_states)
+    dist.all_gather_object(loads, load_memory_bytes)
     dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
     return {"node_id_per_rank": nodes, "peak_memory_bytes_per_rank": peak,
-            "measured_model_state_bytes_per_rank": measured_all}
+            "measured_model_state_bytes_per_rank": measured_all, "load_memory_bytes_per_rank": loads}

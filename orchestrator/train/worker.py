@@ -37,6 +37,8 @@ class Worker:
     start: Any
     n_params: int
     peak_flops_source: str
+    load_memory_bytes: int
+    """The peak memory building (or loading) the model added on this rank (train/memory_probe.py)."""
     tracker: Any = None
     measured: dict | None = None
     """Model-state bytes this rank held at the probe step (train/memory_probe.py)."""
@@ -70,6 +72,7 @@ def setup(payload: WorkerPayload, progress) -> Worker:
     from orchestrator.train import engine as ds
     from orchestrator.train.checkpoint_writer import CheckpointWriter
     from orchestrator.train.hooks import Hooks
+    from orchestrator.train.memory_probe import LoadMemory
 
     startup = payload.startup
     ds.import_libraries()
@@ -94,7 +97,8 @@ def setup(payload: WorkerPayload, progress) -> Worker:
     # --- model, hooks and engine ---
     hooks = Hooks([make(cfg) for make in payload.hooks])
     sharded = ds.sharded_loading(payload.deepspeed, cfg.model.pretrained_path is not None)
-    model = task.build_model(cfg, data.meta)
+    with LoadMemory(device_type) as load:
+        model = task.build_model(cfg, data.meta)
     n_params = ds.parameter_count(model)
     apply_activation_checkpointing(model, t.activation_checkpointing, t.activation_checkpointing_every)
     hooks.before_engine(model)
@@ -116,7 +120,7 @@ def setup(payload: WorkerPayload, progress) -> Worker:
                hooks=hooks, data=data, val_blocks=val_blocks, batches=batches, engine=engine,
                writer=CheckpointWriter(engine, run.checkpoints, rank, world, t.keep_checkpoints, progress),
                meter=_meter(cfg, payload.plan, model, peak_flops, world), progress=progress, start=start,
-               n_params=n_params, peak_flops_source=source)
+               n_params=n_params, peak_flops_source=source, load_memory_bytes=load.bytes)
     if rank == 0:
         w.tracker = _open_run(w, skipped)
     return w
