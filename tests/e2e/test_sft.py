@@ -5,11 +5,13 @@ with transformers, and asked with `orchestrator chat`; bad samples and folders r
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import metrics, orchestrator, summary
+from tests.helpers import command, events, metrics, orchestrator, summary, train_workers, wait_for_step
 
 pytestmark = pytest.mark.slow
 
@@ -36,24 +38,32 @@ def chats(tmp_path_factory) -> Path:
     return path
 
 
+def sft_args(model: Path, data: Path, run_dir: Path, *extra: str) -> list[str]:
+    return ["train", "task=sft", f"model.pretrained_path={model}", "data=local", f"data.path={data}",
+            "data.chat_template=chatml", "train.seq_len=64", "train.micro_batch_size=4", "train.max_steps=30",
+            "optim.lr=3e-3", "optim.warmup_steps=2", "train.eval_every=10", "train.log_every=1",
+            "train.ckpt_every=10", "train.eval_batches=2", "logger.mode=disabled", f"run_dir={run_dir}", *extra]
+
+
 def sft(model: Path, data: Path, run_dir: Path, *extra: str):
-    return orchestrator("train", "task=sft", f"model.pretrained_path={model}", "data=local", f"data.path={data}",
-                        "data.chat_template=chatml", "train.seq_len=64", "train.micro_batch_size=4",
-                        "train.max_steps=30", "optim.lr=3e-3", "optim.warmup_steps=2", "train.eval_every=10",
-                        "train.log_every=5", "train.eval_batches=2", "logger.mode=disabled", f"run_dir={run_dir}",
-                        *extra)
+    return orchestrator(*sft_args(model, data, run_dir, *extra))
 
 
-@pytest.mark.parametrize("zero", ["2", "3"])
-def test_a_model_the_tool_trained_learns_to_answer_and_stop_then_chats(reference, chats, tmp_path, zero):
+@pytest.fixture(scope="module")
+def finetuned(reference, chats, tmp_path_factory) -> Path:
+    """The reference model fine-tuned at ZeRO-2 on two workers, uninterrupted: its run directory."""
+    run_dir = tmp_path_factory.mktemp("sft-zero2") / "run"
+    result = sft(reference.run_dir / "model", chats, run_dir, "zero=2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "chat template: added <|im_end|>, <|im_start|>" in result.stdout
+    return run_dir
+
+
+def assert_learned_to_answer_and_stop(run_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from orchestrator.data.chat import CHATML
 
-    run_dir = tmp_path / "sft"
-    result = sft(reference.run_dir / "model", chats, run_dir, f"zero={zero}")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "chat template: added <|im_end|>, <|im_start|>" in result.stdout
     done = summary(run_dir)
     assert 0 < done["loss_tokens"] < done["tokens"] and 0 < done["packing_efficiency"] <= 1
     val = [row["val_loss"] for row in metrics(run_dir) if "val_loss" in row]
@@ -64,6 +74,36 @@ def test_a_model_the_tool_trained_learns_to_answer_and_stop_then_chats(reference
     answered = orchestrator("chat", str(run_dir), "--prompt", "What colour is the sky above the sea?")
     assert answered.returncode == 0, answered.stderr[-3000:]
     assert answered.stdout.strip() == REPLY  # the reply, then the end-of-turn token it learned: it stops
+
+
+def test_a_model_the_tool_trained_learns_to_answer_and_stop_at_zero2(finetuned):
+    assert_learned_to_answer_and_stop(finetuned)
+
+
+def test_at_zero3_it_loads_partitioned_and_learns_the_same(reference, chats, tmp_path):
+    run_dir = tmp_path / "sft"
+    result = sft(reference.run_dir / "model", chats, run_dir, "zero=3")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert_learned_to_answer_and_stop(run_dir)
+
+
+def test_a_sigkilled_worker_resumes_the_fine_tuning_exactly(finetuned, reference, chats, spawn, tmp_path):
+    """Killed after step 12 (checkpoint of step 10): the restart continues at the next unseen packed row, every
+    step is logged once, and every loss equals the uninterrupted run's."""
+    run_dir = tmp_path / "killed"
+    process = spawn(command(*sft_args(reference.run_dir / "model", chats, run_dir, "zero=2", "train.max_failures=1")),
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for_step(run_dir, 12, process)
+    victims = train_workers(process)
+    assert len(victims) == 2
+    victims[1].send_signal(signal.SIGKILL)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output[-3000:]
+    assert events(run_dir) == ["start", "resume", "finished"]
+    rows, uninterrupted = metrics(run_dir), metrics(finetuned)
+    assert [row["step"] for row in rows] == list(range(1, 31))
+    for row, expected in zip(rows, uninterrupted, strict=True):
+        assert row["loss"] == pytest.approx(expected["loss"], abs=1e-6), row["step"]
 
 
 @pytest.mark.parametrize(("row", "message"), [
