@@ -86,6 +86,30 @@ def train_workers(driver: subprocess.Popen) -> list[psutil.Process]:
     return found
 
 
+def sigkill_a_worker_and_finish(run_dir: Path, process: subprocess.Popen, step: int, rank: int = 1,
+                                limit: float = 300) -> str:
+    """Once the run (started with train.max_failures >= 1) reaches `step`, SIGKILL one rank's worker; the job
+    must restart once and finish: its output."""
+    import signal
+
+    wait_for_step(run_dir, step, process, limit)
+    victims = train_workers(process)
+    assert len(victims) == 2
+    victims[rank].send_signal(signal.SIGKILL)
+    output, _ = process.communicate(timeout=900)
+    assert process.returncode == 0, output[-3000:]
+    assert events(run_dir) == ["start", "resume", "finished"]  # exactly one restart
+    return output
+
+
+def assert_same_losses(run_dir: Path, reference: Path, steps: int) -> None:
+    """Every step logged once, each loss within 1e-6 of the uninterrupted reference run's."""
+    rows, expected = metrics(run_dir), metrics(reference)
+    assert [row["step"] for row in rows] == list(range(1, steps + 1))
+    for row, ref in zip(rows, expected, strict=True):
+        assert row["loss"] == pytest.approx(ref["loss"], abs=1e-6), row["step"]
+
+
 def job_processes(driver: subprocess.Popen) -> list[psutil.Process]:
     """Everything the driver started: the embedded Ray cluster, its workers, the reaper."""
     return psutil.Process(driver.pid).children(recursive=True)

@@ -55,7 +55,9 @@ def sources(data: DataConfig) -> list[Source]:
 
 
 @dataclass(frozen=True)
-class PreparedData:
+class CacheEntry:
+    """A prepared entry of the data cache: its folder, the config it was built from, its tokenizer, meta.json."""
+
     root: Path
     config: DataConfig
 
@@ -67,6 +69,10 @@ class PreparedData:
     def meta(self) -> dict:
         """meta.json, read once: an entry is sealed whole (a rename) and never changes after."""
         return json.loads((self.root / "meta.json").read_text())
+
+
+class PreparedData(CacheEntry):
+    """Pretraining's entry: the token shard of every source, cut into blocks."""
 
     def blocks(self, name: str) -> TokenBlocks:
         """The `train` or `val` split, every source's blocks, memory-mapped."""

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +27,7 @@ import numpy as np
 from orchestrator.config.schema import Config, DataConfig, Truncation
 from orchestrator.config.validate import data_files
 from orchestrator.data import chat
+from orchestrator.data.pipeline import CacheEntry, tokenizer_fingerprint
 from orchestrator.errors import ConfigError
 
 _FORMAT_VERSION = 1
@@ -36,20 +35,8 @@ IGNORE = -100
 CHANNELS = ("input_ids", "labels", "position_ids", "attended")
 
 
-@dataclass(frozen=True)
-class PackedChats:
+class PackedChats(CacheEntry):
     """A prepared SFT entry: the same reading interface as the pretraining pipeline's PreparedData."""
-
-    root: Path
-    config: DataConfig
-
-    @property
-    def tokenizer_dir(self) -> Path:
-        return self.root / "tokenizer"
-
-    @cached_property
-    def meta(self) -> dict:
-        return json.loads((self.root / "meta.json").read_text())
 
     def blocks(self, name: str):
         """The `train` or `val` rows, memory-mapped: `[i]` reads [len, 4, seq_len] int64."""
@@ -101,8 +88,6 @@ def _tokenizer(data: DataConfig):
 
 
 def _key(data: DataConfig, template: str, seq_len: int, seed: int) -> str:
-    from orchestrator.data.pipeline import tokenizer_fingerprint
-
     files = [f for path in (data.path, data.val_path) if path for f in data_files(path)]
     fingerprint = {
         "version": _FORMAT_VERSION,

@@ -5,14 +5,13 @@ is SIGKILLed mid-run."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import TINY, events, metrics, train_workers, wait_for_step
+from tests.helpers import TINY, assert_same_losses, sigkill_a_worker_and_finish
 
 pytestmark = pytest.mark.slow
 
@@ -63,21 +62,12 @@ def _killed_once_matches(command: list[str], run_dir: Path, reference: Path, at_
     process = subprocess.Popen([*command, f"run_dir={run_dir}", "train.max_failures=1"], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for_step(run_dir, at_step, process)
-        victims = train_workers(process)
-        assert len(victims) == 2
-        victims[0].send_signal(signal.SIGKILL)
-        output, _ = process.communicate(timeout=600)
+        sigkill_a_worker_and_finish(run_dir, process, at_step, rank=0)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(timeout=30)
-    assert process.returncode == 0, output[-3000:]
-    assert events(run_dir) == ["start", "resume", "finished"]
-    rows, expected = metrics(run_dir), metrics(reference)
-    assert [row["step"] for row in rows] == list(range(1, steps + 1))  # every step logged once
-    for row, ref in zip(rows, expected, strict=True):
-        assert row["loss"] == pytest.approx(ref["loss"], abs=1e-6), row["step"]
+    assert_same_losses(run_dir, reference, steps)
     position = json.loads((run_dir / "summary.json").read_text())["data_position"]
     assert position == json.loads((reference / "summary.json").read_text())["data_position"]
 

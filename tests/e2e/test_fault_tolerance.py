@@ -23,10 +23,12 @@ from tests.helpers import (
     REFERENCE_JOB,
     REFERENCE_STEPS,
     SECRETS,
+    assert_same_losses,
     events,
     job_processes,
     metrics,
     orchestrator,
+    sigkill_a_worker_and_finish,
     summary,
     survivors,
     train_workers,
@@ -57,23 +59,14 @@ def weights(run_dir: Path) -> dict:
 
 
 def assert_same_trajectory(run_dir: Path, reference: Path) -> None:
-    rows, ref = metrics(run_dir), metrics(reference)
-    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))  # every step exactly once
-    for row, expected in zip(rows, ref, strict=True):
-        assert row["loss"] == pytest.approx(expected["loss"], abs=1e-6), row["step"]
+    assert_same_losses(run_dir, reference, STEPS)
 
 
 def test_sigkill_of_a_worker_restarts_once_and_resumes_exactly(spawn, reference, tmp_path):
     run_dir = tmp_path / "killed"
     process = spawn(command(run_dir, "train.max_failures=1"), stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT, text=True)
-    wait_for_step(run_dir, 15, process)
-    victims = train_workers(process)
-    assert len(victims) == 2
-    victims[1].send_signal(signal.SIGKILL)
-    output, _ = process.communicate(timeout=600)
-    assert process.returncode == 0, output[-3000:]
-    assert events(run_dir) == ["start", "resume", "finished"]  # exactly one restart
+    sigkill_a_worker_and_finish(run_dir, process, 15)
     assert_same_trajectory(run_dir, reference.run_dir)
     # Each attempt writes its own offline-run-<time>-<id> folder; all must carry the same run id
     # (a killed attempt may not have flushed its run record, so the folder name is the witness).

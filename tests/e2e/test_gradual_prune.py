@@ -7,13 +7,12 @@ mid-schedule and restarted by Ray Train from the step-4/8 checkpoint.
 
 from __future__ import annotations
 
-import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import TINY, events, metrics, train_workers, wait_for_step
+from tests.helpers import TINY, assert_same_losses, metrics, sigkill_a_worker_and_finish
 from tests.helpers import command as cli
 
 pytestmark = pytest.mark.slow
@@ -68,17 +67,9 @@ def test_sigkill_mid_schedule_resumes_with_the_same_losses_and_masks(reference, 
     run_dir = tmp_path / "killed"
     process = subprocess.Popen(command(run_dir, "train.max_failures=1"), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
-    wait_for_step(run_dir, 7, process, limit=600)
-    victims = train_workers(process)
-    assert len(victims) == 2
-    victims[1].send_signal(signal.SIGKILL)
-    output, _ = process.communicate(timeout=900)
-    assert process.returncode == 0, output[-3000:]
-    assert events(run_dir) == ["start", "resume", "finished"]
-    rows, ref = metrics(run_dir), metrics(reference)
-    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
-    for row, expected in zip(rows, ref, strict=True):
-        assert row["loss"] == pytest.approx(expected["loss"], abs=1e-6), row["step"]
+    sigkill_a_worker_and_finish(run_dir, process, 7, limit=600)
+    assert_same_losses(run_dir, reference, STEPS)
+    for row, expected in zip(metrics(run_dir), metrics(reference), strict=True):
         assert row["sparsity"] == expected["sparsity"], row["step"]
     ours, theirs = prunable_weights(run_dir), prunable_weights(reference)
     for name, tensor in ours.items():

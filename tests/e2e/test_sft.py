@@ -5,13 +5,12 @@ with transformers, and asked with `orchestrator chat`; bad samples and folders r
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import command, events, metrics, orchestrator, summary, train_workers, wait_for_step
+from tests.helpers import assert_same_losses, command, metrics, orchestrator, sigkill_a_worker_and_finish, summary
 
 pytestmark = pytest.mark.slow
 
@@ -93,17 +92,8 @@ def test_a_sigkilled_worker_resumes_the_fine_tuning_exactly(finetuned, reference
     run_dir = tmp_path / "killed"
     process = spawn(command(*sft_args(reference.run_dir / "model", chats, run_dir, "zero=2", "train.max_failures=1")),
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for_step(run_dir, 12, process)
-    victims = train_workers(process)
-    assert len(victims) == 2
-    victims[1].send_signal(signal.SIGKILL)
-    output, _ = process.communicate(timeout=600)
-    assert process.returncode == 0, output[-3000:]
-    assert events(run_dir) == ["start", "resume", "finished"]
-    rows, uninterrupted = metrics(run_dir), metrics(finetuned)
-    assert [row["step"] for row in rows] == list(range(1, 31))
-    for row, expected in zip(rows, uninterrupted, strict=True):
-        assert row["loss"] == pytest.approx(expected["loss"], abs=1e-6), row["step"]
+    sigkill_a_worker_and_finish(run_dir, process, 12)
+    assert_same_losses(run_dir, finetuned, 30)
 
 
 @pytest.mark.parametrize(("row", "message"), [
