@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import TINY, once_per_run
+from tests.helpers import MACHINE, TINY, once_per_run
 
 TIERS = {"unit": "unit", "distributed": "distributed", "e2e": "e2e"}
 """tests/<folder>/ -> the marker every test in it carries (pyproject.toml declares them)."""
@@ -53,6 +54,15 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: (0 if item.get_closest_marker("slow") and item.get_closest_marker("e2e") else
                                  1 if item.get_closest_marker("distributed") else
                                  2 if item.get_closest_marker("e2e") else 3))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Setup, call and teardown of a distributed or end-to-end test under the machine's shared lock, or alone
+    (tests.helpers.MachineShare); unit tests are light and take no lock."""
+    heavy = item.get_closest_marker("distributed") or item.get_closest_marker("e2e")
+    with (MACHINE.alone() if item.get_closest_marker("alone") else MACHINE.shared()) if heavy else nullcontext():
+        yield
 
 
 @pytest.fixture(scope="session")

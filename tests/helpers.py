@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -125,25 +126,86 @@ def survivors(processes: list[psutil.Process], within: float) -> list[psutil.Pro
         time.sleep(0.2)
 
 
-def once_per_run(tmp_path_factory, name: str, produce: Callable[[Path], Any]) -> Any:
+class MachineShare:
+    """How the two xdist processes share the machine. Every distributed and end-to-end test holds a shared
+    lock while it runs; a test marked `alone` (a timing or memory bound) holds it exclusively, so nothing heavy
+    runs beside it, and so does the making of a session product whose timings such a test reads. A turnstile
+    lock, held while waiting for the exclusive one, keeps new shared holders from starving it. Without xdist
+    every method does nothing."""
+
+    def __init__(self) -> None:
+        self.mode: str | None = None
+        run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+        self._files = None
+        if run and "PYTEST_XDIST_WORKER" in os.environ:
+            self._files = [open(f"/tmp/orchestrator-tests-{run}.{name}", "a+")  # noqa: SIM115 (held all session)
+                           for name in ("turnstile", "machine")]
+
+    def _lock(self, which: int, how: int) -> None:
+        import fcntl
+
+        if self._files:
+            fcntl.flock(self._files[which], how)
+
+    @contextmanager
+    def shared(self):
+        import fcntl
+
+        self._lock(0, fcntl.LOCK_EX)
+        self._lock(1, fcntl.LOCK_SH)
+        self._lock(0, fcntl.LOCK_UN)
+        self.mode = "shared"
+        try:
+            yield
+        finally:
+            self._lock(1, fcntl.LOCK_UN)
+            self.mode = None
+
+    @contextmanager
+    def alone(self):
+        """Exclusive; from inside `shared`, the shared lock is given up first and taken again after."""
+        import fcntl
+
+        if self.mode == "alone":
+            yield
+            return
+        before = self.mode
+        self._lock(1, fcntl.LOCK_UN)
+        self._lock(0, fcntl.LOCK_EX)
+        self._lock(1, fcntl.LOCK_EX)
+        self.mode = "alone"
+        try:
+            yield
+        finally:
+            self._lock(1, fcntl.LOCK_SH if before == "shared" else fcntl.LOCK_UN)
+            self._lock(0, fcntl.LOCK_UN)
+            self.mode = before
+
+
+MACHINE = MachineShare()
+
+
+def once_per_run(tmp_path_factory, name: str, produce: Callable[[Path], Any], alone: bool = False) -> Any:
     """`produce(folder)` once per test run, also when xdist splits the session over processes: the first
-    process to ask builds it under a file lock, the others wait and read what it returned (a failure too)."""
+    process to ask builds it under a file lock, the others wait and read what it returned (a failure too).
+    `alone`: built with nothing heavy beside it (tests read its timings)."""
     if "PYTEST_XDIST_WORKER" not in os.environ:
         return produce(tmp_path_factory.mktemp(name))
     from filelock import FileLock
 
     shared = tmp_path_factory.getbasetemp().parent  # this run's folder, above each process's own basetemp
     record = shared / f"{name}.pickle"
-    with FileLock(str(record) + ".lock"):
-        if not record.exists():
-            folder = shared / name
-            folder.mkdir(exist_ok=True)
-            try:
-                record.write_bytes(pickle.dumps(("ok", produce(folder))))
-            except BaseException as failure:
-                record.write_bytes(pickle.dumps(("failed", f"{type(failure).__name__}: {failure}")))
-                raise
-        outcome, value = pickle.loads(record.read_bytes())
+    if not record.exists():
+        with MACHINE.alone() if alone else nullcontext(), FileLock(str(record) + ".lock"):
+            if not record.exists():
+                folder = shared / name
+                folder.mkdir(exist_ok=True)
+                try:
+                    record.write_bytes(pickle.dumps(("ok", produce(folder))))
+                except BaseException as failure:
+                    record.write_bytes(pickle.dumps(("failed", f"{type(failure).__name__}: {failure}")))
+                    raise
+    outcome, value = pickle.loads(record.read_bytes())
     if outcome == "failed":
         pytest.fail(f"{name}, built by another xdist process, failed: {value}")
     return value

@@ -51,8 +51,9 @@ class Reference(Run):
 def reference(tmp_path_factory, data_cache) -> Reference:
     """The test run's uninterrupted REFERENCE_JOB run (ZeRO-2, 30 steps), run once as users run it, with two
     preconditions other tests check on it: secrets in its environment, and a stale DeepSpeed build lock that
-    would block every start if left. Tests that resume from it copy it first; compress writes beside it."""
-    return once_per_run(tmp_path_factory, "reference", lambda folder: _reference(folder, data_cache))
+    would block every start if left. Tests that resume from it copy it first; compress writes beside it. Made
+    alone: a plan calibrated from it predicts the step time of a run made alone."""
+    return once_per_run(tmp_path_factory, "reference", lambda folder: _reference(folder, data_cache), alone=True)
 
 
 def _reference(folder: Path, data_cache: str) -> Reference:

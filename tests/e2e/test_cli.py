@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -152,15 +153,23 @@ def test_model_smaller_than_tokenizer_is_refused_before_launch(tmp_path):
 
 
 def test_a_worker_failure_exits_1_with_the_root_cause_in_one_line(tmp_path):
-    from transformers import GPT2Config
+    """A model folder whose weights file was cut short after its header (a copy that did not finish): the plan
+    reads the header, every worker fails to load the weights."""
+    import struct
 
-    broken = tmp_path / "weightless"
-    GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=512).save_pretrained(broken)  # config, no weights
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    broken = tmp_path / "truncated"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=512)).save_pretrained(broken)
+    weights = broken / "model.safetensors"
+    with open(weights, "rb") as f:
+        (header,) = struct.unpack("<Q", f.read(8))
+    os.truncate(weights, 8 + header + 16)
     result = orchestrator("train", *TINY, f"model.pretrained_path={broken}", "train.max_steps=2",
                           f"run_dir={tmp_path / 'r'}")
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: training failed: rank ") and "OSError" in last, last
+    assert last.startswith("error: training failed: rank ") and "SafetensorError" in last, last
     # The run directory says so too: `compare` shows it failed (not running), with the same line.
     event = json.loads((tmp_path / "r" / "events.jsonl").read_text().splitlines()[-1])
     assert (event["event"], event["error"]) == ("failed", last.removeprefix("error: training failed: "))
