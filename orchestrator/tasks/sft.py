@@ -24,7 +24,6 @@ class SupervisedFineTuning:
     name = "sft"
 
     def __init__(self) -> None:
-        self.end_of_turn: int | None = None
         self.counted = None
         """Over the steps trained since start: [reply tokens in the loss, sample tokens, row tokens], global."""
 
@@ -39,8 +38,7 @@ class SupervisedFineTuning:
         model = build_model(cfg.model, meta["vocab_size"], cfg.train.seq_len, meta["eos_token_id"])
         if meta["vocab_size"] > model.get_input_embeddings().num_embeddings:  # the template's tokens were added
             model.resize_token_embeddings(meta["vocab_size"])
-        self.end_of_turn = meta["eos_token_id"]
-        model.generation_config.eos_token_id = self.end_of_turn  # generation stops where a reply ends
+        model.generation_config.eos_token_id = meta["eos_token_id"]  # the end-of-turn token: a reply stops there
         return model
 
     def loss_normalizer(self, batches: list, grad_accum: int, world: int):

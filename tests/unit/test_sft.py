@@ -102,3 +102,20 @@ def test_the_loss_and_gradients_are_the_same_however_the_global_batch_is_split(t
         assert loss == pytest.approx(reference_loss, rel=1e-5)
         for grad, expected_grad in zip(grads, reference, strict=True):
             torch.testing.assert_close(grad, expected_grad, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("bad.parquet", b"PAR1 this is not parquet", "not a readable Parquet file"),
+    ("bad.json", b'[{"prompt": "a", "completion": "b"},\n {"prompt": ]', "line 2: not valid JSON"),
+    ("bad.jsonl", b'{"messages": [{"role": "user", "content": "hi"}]}\n', "line 1: no assistant message"),
+    ("bad.jsonl", b'{"messages": [{"role": "user", "content": 3}]}\n', "line 1: every message needs a `role`"),
+], ids=["parquet", "json-array", "no-reply", "content-not-text"])
+def test_unreadable_samples_are_refused_naming_the_file_and_where(tmp_path, name, content, message):
+    from orchestrator.errors import ConfigError
+
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as refused:
+        sft.read_samples(str(path))
+    [problem] = refused.value.problems
+    assert problem.startswith(str(path)) and message in problem, problem
