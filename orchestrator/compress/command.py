@@ -93,17 +93,21 @@ def _run(cfg: Config, run_dir: Path, model_dir: Path, out: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from orchestrator import tasks
     from orchestrator.compress import artifact, measure, surgery
-    from orchestrator.data.pipeline import prepare
 
     c, t = cfg.compress, cfg.train
     torch.manual_seed(t.seed)
-    data = prepare(cfg.data, t.seq_len, t.seed)
+    task = tasks.for_config(cfg)  # the run's own data and inputs: a fine-tuned run is scored on its replies
+    data = task.prepare_data(cfg)
     val_blocks = data.blocks("val")
     train_batches = data.batches(t.micro_batch_size, 0, 1, t.seed)
 
-    def calibration(n: int) -> list:
-        return [train_batches.next() for _ in range(n)]
+    def forward_inputs(batch) -> dict:
+        return {key: value for key, value in task.model_inputs(batch).items() if key != "labels"}
+
+    def calibration(n: int) -> list[dict]:
+        return [forward_inputs(train_batches.next()) for _ in range(n)]
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
     model.loss_type = "ForCausalLM"  # name it, or transformers warns at every evaluation
@@ -113,7 +117,7 @@ def _run(cfg: Config, run_dir: Path, model_dir: Path, out: Path) -> Path:
         print(f"{swapped} Conv1D layers now nn.Linear (same outputs), so torchao can quantize them", flush=True)
 
     def snapshot(compiled: bool) -> dict:
-        loss = measure.validation_loss(model, val_blocks, t.micro_batch_size, c.eval_batches)
+        loss = measure.validation_loss(model, val_blocks, t.micro_batch_size, c.eval_batches, task.model_inputs)
         overall, per_layer = measure.sparsity(surgery.prunable(model))
         row = {"val_loss": loss, "ppl": measure.perplexity(loss), "sparsity": overall,
                "sparsity_per_layer": per_layer,
@@ -138,15 +142,15 @@ def _run(cfg: Config, run_dir: Path, model_dir: Path, out: Path) -> Path:
         torch._dynamo.reset()
         after["latency_compiled"] = measure.latency_ms(model, t.seq_len, vocab, c.latency_runs, compiled=True)
 
-    probe = val_blocks[:2]
+    probe = forward_inputs(val_blocks[:2])
     with torch.no_grad():
-        logits = model(input_ids=probe).logits.float()
+        logits = model(**probe).logits.float()
     shutil.rmtree(out, ignore_errors=True)
     quantizer = next((s for s in c.passes if s.name in QUANTIZERS), None)
     artifact.save(model, out, quantizer)
     AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(str(out))
     with torch.no_grad():
-        reloaded = artifact.load(out)(input_ids=probe).logits.float()
+        reloaded = artifact.load(out)(**probe).logits.float()
     report = _report(cfg, run_dir, model_dir, out, before, after, rows, swapped,
                      (reloaded - logits).abs().max().item())
     (out / COMPRESS_REPORT).write_text(json.dumps(report, indent=2))
@@ -187,15 +191,14 @@ def _consolidate(cfg: Config, run_dir: Path, problems: list[str]) -> Path:
     import torch
     from transformers import AutoTokenizer
 
-    from orchestrator.data.pipeline import prepare
-    from orchestrator.models.registry import build_model
+    from orchestrator import tasks
     from orchestrator.train.engine import consolidated_state_dict, use_cpu_accelerator_unless_cuda
 
     use_cpu_accelerator_unless_cuda()
     print(f"run_dir has no model/: merging the ZeRO shards of {found.path}", flush=True)
-    data = prepare(cfg.data, cfg.train.seq_len, cfg.train.seed)
-    meta = data.meta
-    model = build_model(cfg.model, meta["vocab_size"], cfg.train.seq_len, meta["eos_token_id"])
+    task = tasks.for_config(cfg)
+    data = task.prepare_data(cfg)
+    model = task.build_model(cfg, data.meta)
     state = consolidated_state_dict(found.path, int(found.meta.get("zero_stage", cfg.zero.stage)))
     for key in [k for k in state if k.endswith(".weight_mask")]:  # gradual pruning: bake the masks in
         weight = key.removesuffix("_mask")

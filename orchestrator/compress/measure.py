@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -23,14 +24,16 @@ def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 50 else float("inf")
 
 
-def validation_loss(model: nn.Module, blocks: torch.Tensor, batch_size: int, max_batches: int) -> float:
-    """Mean next-token loss over the first `max_batches` validation batches (the same every time)."""
+def validation_loss(model: nn.Module, blocks: torch.Tensor, batch_size: int, max_batches: int,
+                    inputs: Callable[[torch.Tensor], dict]) -> float:
+    """Mean loss over the first `max_batches` validation batches (the same every time); `inputs` turns a batch
+    into the model's arguments (the run's task: every next token, or a fine-tuning's reply tokens)."""
     model.eval()
     losses = []
     with torch.no_grad():
         for i in range(min(max_batches, -(-len(blocks) // batch_size))):
             batch = blocks[i * batch_size : (i + 1) * batch_size]
-            losses.append(model(input_ids=batch, labels=batch).loss.float().item())
+            losses.append(model(**inputs(batch)).loss.float().item())
     return sum(losses) / len(losses)
 
 

@@ -30,10 +30,11 @@ def magnitude(linears: dict[str, nn.Linear], sparsity: float, global_ranking: bo
         prune.remove(module, name)  # bake the mask into the weight; no parametrization is left behind
 
 
-def wanda(model: nn.Module, linears: dict[str, nn.Linear], batches: Iterable[torch.Tensor], sparsity: float,
+def wanda(model: nn.Module, linears: dict[str, nn.Linear], batches: Iterable[dict], sparsity: float,
           two_of_four: bool = False) -> None:
     """Wanda (Sun et al. 2023) through torchao: zero the weights with the smallest |w| x ||input channel||,
-    the norms observed on calibration batches. `two_of_four`: 2 of every 4 consecutive input weights."""
+    the norms observed on calibration batches (the model's forward arguments). `two_of_four`: 2 of every 4
+    consecutive input weights."""
     import warnings
 
     from torchao.sparsity import WandaSparsifier
@@ -44,7 +45,7 @@ def wanda(model: nn.Module, linears: dict[str, nn.Linear], batches: Iterable[tor
     sparsifier.prepare(model, [{"tensor_fqn": f"{name}.weight"} for name in linears])
     with torch.no_grad():
         for batch in batches:
-            model(input_ids=batch)
+            model(**batch)
     sparsifier.step()
     sparsifier.squash_mask()
 

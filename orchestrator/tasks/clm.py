@@ -25,11 +25,14 @@ class CausalLM:
 
         return build_model(cfg.model, meta["vocab_size"], cfg.train.seq_len, meta["eos_token_id"])
 
+    def model_inputs(self, batch) -> dict:
+        return {"input_ids": batch, "labels": batch}
+
     def loss_normalizer(self, batches: list, grad_accum: int, world: int):
         return None  # every block holds seq_len tokens: each micro-batch's mean is the step's mean
 
     def loss(self, engine, batch, normalizer):
-        return engine(input_ids=batch, labels=batch).loss, batch.numel()
+        return engine(**self.model_inputs(batch)).loss, batch.numel()
 
     def metrics(self) -> dict[str, float]:
         return {}  # every token is in the loss, every block full: tokens/s says it all
@@ -42,7 +45,7 @@ class CausalLM:
         with torch.no_grad():
             for batch in batches:
                 batch = batch.to(engine.device)
-                total += torch.tensor([engine(input_ids=batch, labels=batch).loss.item(), 1.0],
+                total += torch.tensor([engine(**self.model_inputs(batch)).loss.item(), 1.0],
                                       dtype=torch.float64, device=engine.device)
         dist.all_reduce(total)
         val_loss = (total[0] / total[1]).item()

@@ -60,11 +60,15 @@ class SupervisedFineTuning:
         loss_tokens, sample_tokens, row_tokens = self.counted.tolist()
         return {"loss_tokens": int(loss_tokens), "packing_efficiency": sample_tokens / row_tokens}
 
+    def model_inputs(self, batch) -> dict:
+        """The batch cut after its longest row's last real token (unpacked rows pad only to the batch's longest)."""
+        longest = int(batch[:, ATTENDED].any(dim=0).nonzero().max()) + 1
+        batch = batch[..., :longest]
+        return {"input_ids": batch[:, INPUT_IDS], "labels": batch[:, LABELS], "position_ids": batch[:, POSITIONS],
+                "use_cache": False}
+
     def loss(self, engine, batch, normalizer):
-        batch = _trimmed(batch)
-        out = engine(input_ids=batch[:, INPUT_IDS], labels=batch[:, LABELS], position_ids=batch[:, POSITIONS],
-                     num_items_in_batch=normalizer, use_cache=False)
-        return out.loss, 1
+        return engine(**self.model_inputs(batch), num_items_in_batch=normalizer).loss, 1
 
     def evaluate(self, engine, batches: Iterable) -> dict[str, float]:
         """Validation loss over every reply token of the validation rows (all ranks'), and its perplexity."""
@@ -74,20 +78,13 @@ class SupervisedFineTuning:
         total = torch.zeros(2, dtype=torch.float64, device=engine.device)  # summed token losses, tokens
         with torch.no_grad():
             for batch in batches:
-                batch = _trimmed(batch.to(engine.device))
-                out = engine(input_ids=batch[:, INPUT_IDS], labels=batch[:, LABELS],
-                             position_ids=batch[:, POSITIONS], num_items_in_batch=1, use_cache=False)
+                inputs = self.model_inputs(batch.to(engine.device))
+                out = engine(**inputs, num_items_in_batch=1)  # the sum of the token losses
                 total += torch.stack([out.loss.detach().to(torch.float64),
-                                      (batch[:, LABELS] != IGNORE).sum().to(torch.float64)])
+                                      (inputs["labels"] != IGNORE).sum().to(torch.float64)])
         dist.all_reduce(total)
         val_loss = (total[0] / total[1].clamp(min=1)).item()
         return {"val_loss": val_loss, "val_ppl": perplexity(val_loss)}
 
     def export(self, module, state: dict, folder: Path) -> None:
         module.save_pretrained(str(folder), state_dict=state)
-
-
-def _trimmed(batch):
-    """The batch cut after its longest row's last real token: unpacked rows pad only to the batch's longest."""
-    longest = int(batch[:, ATTENDED].any(dim=0).nonzero().max()) + 1
-    return batch[..., :longest]

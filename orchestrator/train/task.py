@@ -22,6 +22,10 @@ class Task(Protocol):
         """The model to train, from the config (random weights, seeded) or a local pretrained folder; `meta` is
         the prepared data's (vocabulary size, special tokens)."""
 
+    def model_inputs(self, batch) -> dict:
+        """The model's forward arguments for a batch of this task's data (input_ids, labels; position_ids for
+        packed rows): what the loss, the evaluation and `compress` run the model on."""
+
     def loss_normalizer(self, batches: list, grad_accum: int, world: int) -> Any:
         """Called by every rank once per step with the step's micro-batches, before their losses: what `loss`
         needs to make the step's loss the mean over the global batch (may be a collective), or None where each

@@ -96,6 +96,18 @@ def test_a_sigkilled_worker_resumes_the_fine_tuning_exactly(finetuned, reference
     assert_same_losses(run_dir, finetuned, 30)
 
 
+def test_compress_scores_a_fine_tuned_run_on_its_replies(finetuned):
+    """Wanda on the fine-tuned run: calibrated on its packed rows (with their position ids), scored on the reply
+    tokens of its validation samples, as the run itself was."""
+    result = orchestrator("compress", f"run_dir={finetuned}", "compress=wanda50", "compress.compile=false",
+                          "compress.latency_runs=1", "compress.eval_batches=2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((finetuned / "compressed" / "wanda50" / "compress_report.json").read_text())
+    final = summary(finetuned)["final_val_loss"]  # every token's loss would be far above it: prompts are not learned
+    assert final / 2 <= report["val_loss_before"] <= final * 2
+    assert abs(report["sparsity"] - 0.5) <= 0.01
+
+
 @pytest.mark.parametrize(("row", "message"), [
     ({"text": "no chat here"}, "neither `messages` nor `prompt` and `completion`; its fields are text"),
     ({"messages": [{"role": "robot", "content": "beep"}, {"role": "assistant", "content": "hi"}]},
