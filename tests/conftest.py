@@ -61,6 +61,7 @@ def pytest_runtest_protocol(item, nextitem):
     """Setup, call and teardown of a distributed or end-to-end test under the machine's shared lock, or alone
     (tests.helpers.MachineShare); unit tests are light and take no lock."""
     heavy = item.get_closest_marker("distributed") or item.get_closest_marker("e2e")
+    MACHINE.attach(item.config._tmp_path_factory.getbasetemp().parent)  # this run's folder, shared by processes
     with (MACHINE.alone() if item.get_closest_marker("alone") else MACHINE.shared()) if heavy else nullcontext():
         yield
 

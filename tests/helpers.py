@@ -135,11 +135,13 @@ class MachineShare:
 
     def __init__(self) -> None:
         self.mode: str | None = None
-        run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-        self._files = None
-        if run and "PYTEST_XDIST_WORKER" in os.environ:
-            self._files = [open(f"/tmp/orchestrator-tests-{run}.{name}", "a+")  # noqa: SIM115 (held all session)
-                           for name in ("turnstile", "machine")]
+        self._files: list | None = None
+
+    def attach(self, shared_folder: Path) -> None:
+        """Open the two lock files in the folder every xdist process of this run shares (once)."""
+        if self._files is None and "PYTEST_XDIST_WORKER" in os.environ:
+            self._files = [open(shared_folder / f"machine-{name}.lock", "a+")  # noqa: SIM115 (held all session)
+                           for name in ("turnstile", "share")]
 
     def _lock(self, which: int, how: int) -> None:
         import fcntl
