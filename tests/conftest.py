@@ -5,10 +5,12 @@ Every test runs in its own temporary folder with W&B offline and a per-session d
 (so the corpus is tokenized once per test run, not once per test). Tests that need Ray
 share one embedded cluster for the session: starting it costs seconds on these machines.
 
-The suite runs in two pytest-xdist processes (pyproject.toml: `-n auto --dist loadgroup`): most end-to-end
+The suite runs in two pytest-xdist processes (pyproject.toml: `-n auto --dist loadfile`): most end-to-end
 time is start-up spent waiting (Ray's processes, heartbeats, timeouts), so two tests at a time fill the two
-cores. Each module is one unit of work (its module fixtures are built once); the Slurm modules share one unit
-(one Slurm cluster per machine); the distributed tier is one unit (one Ray cluster). Session products that
+cores. Each module is one unit of work (its module fixtures are built once; the Slurm tests are one module,
+so one process holds the Slurm cluster); each process starts its own Ray cluster for the distributed tests it
+runs. (Not `--dist loadgroup`: pytest-xdist 3.8 marks groups through Node._nodeid, which pytest 9.2 no
+longer reads, so the groups silently fall apart.) Session products that
 several units read (the reference runs, the learning-rate grid, the data cache) are built once per test run
 by `tests.helpers.once_per_run`, whichever process needs them first.
 """
@@ -27,28 +29,21 @@ from tests.helpers import MACHINE, TINY, once_per_run
 TIERS = {"unit": "unit", "distributed": "distributed", "e2e": "e2e"}
 """tests/<folder>/ -> the marker every test in it carries (pyproject.toml declares them)."""
 
-SHARED_UNITS = {"test_slurm": "slurm", "test_slurm_harness": "slurm"}
-"""Modules that must run in the same xdist process as each other (they share a session fixture that is a live
-service: Slurm's daemons listen on fixed ports)."""
-
-
 def pytest_xdist_auto_num_workers(config) -> int:
     """Two processes, whatever the machine: every test is sized for this project's 2-core, 24 GiB machines
     (each run starts a Ray cluster and two workers), and more at once would overcommit them."""
     return min(2, os.cpu_count() or 1)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
+def pytest_itemcollected(item):
+    """Each test's tier marker, set as it is collected: before any plugin's `pytest_collection_modifyitems`
+    (`-m` selects there, and pytest does not promise the order of those hooks)."""
+    tier = TIERS.get(Path(str(item.fspath)).parent.name)
+    if tier:
+        item.add_marker(getattr(pytest.mark, tier))
+
+
 def pytest_collection_modifyitems(items):
-    for item in items:
-        path = Path(str(item.fspath))
-        tier = TIERS.get(path.parent.name)
-        if tier:
-            item.add_marker(getattr(pytest.mark, tier))
-        if tier == "distributed":
-            item.add_marker(pytest.mark.xdist_group("distributed"))
-        elif tier == "e2e":
-            item.add_marker(pytest.mark.xdist_group(SHARED_UNITS.get(path.stem, path.stem)))
     # Longest units first, so the two processes finish together: the slow modules, then the distributed
     # tier, then the rest (xdist hands out units in this order; see --no-loadscope-reorder).
     items.sort(key=lambda item: (0 if item.get_closest_marker("slow") and item.get_closest_marker("e2e") else
