@@ -54,8 +54,8 @@ class PackedChats(CacheEntry):
         m = self.meta
         return [f"  {m['samples']['train']:,} train / {m['samples']['val']:,} val samples "
                 f"({m['truncated']} truncated, {m['dropped']} dropped at train.seq_len={m['seq_len']}), "
-                f"{'packed' if m['packing'] else 'one a row'}: {m['packing_efficiency']:.1%} of row tokens are "
-                f"samples', {m['loss_tokens']['train']:,} train tokens in the loss"]
+                f"{'packed' if m['packing'] else 'one a row'}: {m['packing_efficiency']:.1%} of the rows' tokens are "
+                f"samples, {m['loss_tokens']['train']:,} train tokens in the loss"]
 
 
 def prepare(cfg: Config) -> PackedChats:

@@ -43,12 +43,12 @@ class SupervisedFineTuning:
 
     def loss_normalizer(self, batches: list, grad_accum: int, world: int):
         """Loss tokens of the global batch, over what DeepSpeed divides the gradients by (one all-reduce, which
-        also counts the step's sample and row tokens for `metrics`)."""
+        also counts the step's sample tokens and the tokens it computes on, for `metrics`)."""
         import torch
         import torch.distributed as dist
 
         counts = torch.stack([torch.stack([(batch[:, LABELS] != IGNORE).sum(), batch[:, ATTENDED].sum(),
-                                           torch.tensor(batch[:, ATTENDED].numel(), device=batch.device)])
+                                           torch.tensor(len(batch) * _longest(batch), device=batch.device)])
                               for batch in batches]).sum(dim=0).to(torch.float64)
         dist.all_reduce(counts)
         self.counted = counts if self.counted is None else self.counted + counts
@@ -62,8 +62,7 @@ class SupervisedFineTuning:
 
     def model_inputs(self, batch) -> dict:
         """The batch cut after its longest row's last real token (unpacked rows pad only to the batch's longest)."""
-        longest = int(batch[:, ATTENDED].any(dim=0).nonzero().max()) + 1
-        batch = batch[..., :longest]
+        batch = batch[..., :_longest(batch)]
         return {"input_ids": batch[:, INPUT_IDS], "labels": batch[:, LABELS], "position_ids": batch[:, POSITIONS],
                 "use_cache": False}
 
@@ -88,3 +87,8 @@ class SupervisedFineTuning:
 
     def export(self, module, state: dict, folder: Path) -> None:
         module.save_pretrained(str(folder), state_dict=state)
+
+
+def _longest(batch) -> int:
+    """Tokens up to the batch's longest row's last real one: what a step computes on."""
+    return int(batch[:, ATTENDED].any(dim=0).nonzero().max()) + 1
