@@ -33,6 +33,8 @@ from orchestrator.errors import ConfigError
 _FORMAT_VERSION = 1
 IGNORE = -100
 CHANNELS = ("input_ids", "labels", "position_ids", "attended")
+INPUT_IDS, LABELS, POSITIONS, ATTENDED = range(len(CHANNELS))
+"""A row's channels, in this order (tasks/sft.py reads them by these names)."""
 
 
 class PackedChats(CacheEntry):
@@ -197,8 +199,8 @@ def _build(data: DataConfig, tokenizer, seq_len: int, seed: int, out: PackedChat
         rows = _rows_of(encoded, seq_len, data.packing, tokenizer.pad_token_id)
         np.save(tmp / f"rows-{name}.npy", rows)
         meta_rows[name], samples[name] = len(rows), len(encoded)
-        loss_tokens[name] = int((rows[:, 1] != IGNORE).sum())
-        real[name] = int(rows[:, 3].sum())
+        loss_tokens[name] = int((rows[:, LABELS] != IGNORE).sum())
+        real[name] = int(rows[:, ATTENDED].sum())
     tokenizer.save_pretrained(str(tmp / "tokenizer"))
     meta = {
         "vocab_size": len(tokenizer),
@@ -249,10 +251,10 @@ def _rows_of(samples: list[tuple[list[int], list[int]]], seq_len: int, packing: 
     else:
         rows = [(ids, labels, [len(ids)]) for ids, labels in samples]
     out = np.zeros((len(rows), len(CHANNELS), seq_len), dtype=np.int32)
-    out[:, 0], out[:, 1] = pad, IGNORE
+    out[:, INPUT_IDS], out[:, LABELS] = pad, IGNORE
     for i, (ids, labels, lengths) in enumerate(rows):
         n = len(ids)
-        out[i, 0, :n], out[i, 1, :n], out[i, 3, :n] = ids, labels, 1
-        out[i, 2, :n] = np.concatenate([np.arange(length) for length in lengths])
-        out[i, 2, n:] = np.arange(seq_len - n)  # padding: one more sequence of its own, never in the loss
+        out[i, INPUT_IDS, :n], out[i, LABELS, :n], out[i, ATTENDED, :n] = ids, labels, 1
+        out[i, POSITIONS, :n] = np.concatenate([np.arange(length) for length in lengths])
+        out[i, POSITIONS, n:] = np.arange(seq_len - n)  # padding: one more sequence of its own, never in the loss
     return out

@@ -14,10 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from orchestrator.config.schema import Config
+from orchestrator.data.sft import ATTENDED, IGNORE, INPUT_IDS, LABELS, POSITIONS
 from orchestrator.tasks.clm import perplexity
-
-INPUT_IDS, LABELS, POSITIONS, ATTENDED = range(4)
-IGNORE = -100
 
 
 class SupervisedFineTuning:

@@ -92,9 +92,12 @@ class LoadMemory:
             torch.cuda.reset_peak_memory_stats()
             self._before = torch.cuda.memory_allocated()
         else:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # reset VmHWM to the current resident set
-            self._before = _status_bytes("VmRSS")
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")  # reset VmHWM to the current resident set
+                self._before = _status_bytes("VmRSS")
+            except OSError:  # not Linux (a laptop's macOS): no figure, the run goes on
+                self._before = None
         return self
 
     def __exit__(self, *exc) -> None:
@@ -102,7 +105,7 @@ class LoadMemory:
             import torch
 
             self.bytes = torch.cuda.max_memory_allocated() - self._before
-        else:
+        elif self._before is not None:
             self.bytes = _status_bytes("VmHWM") - self._before
 
 

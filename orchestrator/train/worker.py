@@ -37,8 +37,9 @@ class Worker:
     start: Any
     n_params: int
     peak_flops_source: str
-    load_memory_bytes: int
-    """The peak memory building (or loading) the model added on this rank (train/memory_probe.py)."""
+    load_memory_bytes: int | None
+    """The peak memory building (or loading) the model added on this rank (train/memory_probe.py); None where
+    the platform cannot tell."""
     tracker: Any = None
     measured: dict | None = None
     """Model-state bytes this rank held at the probe step (train/memory_probe.py)."""
