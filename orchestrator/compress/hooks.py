@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from orchestrator.compress.masks import GradualPruning
 from orchestrator.config.schema import Config, PassName
 from orchestrator.rundir import COMPRESS_REPORT
 from orchestrator.train.hooks import Gather, LoopHooks
@@ -16,6 +15,8 @@ from orchestrator.train.hooks import Gather, LoopHooks
 
 class TrainingHooks(LoopHooks):
     def __init__(self, cfg: Config):
+        # Imported here: the driver builds this class's name into every run, and torch is a worker's import.
+        from orchestrator.compress.masks import GradualPruning
         from orchestrator.compress.qat import QuantizationAwareTraining
 
         self.name = cfg.compress.name

@@ -11,9 +11,12 @@ with the corpus (only its per-epoch sample order does: 8 bytes a block).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # the driver prepares shards without torch; only a worker reads them as tensors
+    import torch
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -40,5 +43,7 @@ class TokenBlocks:
 
     def __getitem__(self, key) -> torch.Tensor:
         """The blocks at `key` (a slice, or integer positions), read from the file: [len, seq_len] int64."""
+        import torch
+
         rows = self.index[key] if isinstance(key, slice) else self.index[np.asarray(key, dtype=np.int64)]
         return torch.from_numpy(self.tokens[np.asarray(rows)].astype(np.int64))

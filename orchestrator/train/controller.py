@@ -34,13 +34,29 @@ class ProcessGroup(BackendConfig):
 
     @property
     def train_func_context(self):
-        from ray.train.torch.config import TorchConfigContextManager  # sets each worker's CUDA device
-
-        return TorchConfigContextManager
+        return CudaDevice
 
     @property
     def framework(self):
         return TrainingFramework.TORCH
+
+
+class CudaDevice:
+    """Around the training function on each worker: its GPU is the default CUDA device (what Ray's
+    TorchConfigContextManager does, without importing torch where the trainer is built: the driver)."""
+
+    def __enter__(self):
+        import torch
+
+        if torch.cuda.is_available():
+            from ray.train.torch import get_device
+
+            device = get_device()
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+
+    def __exit__(self, kind, value, traceback):
+        return False
 
 
 class ProcessGroupBackend(Backend):

@@ -166,7 +166,7 @@ def test_a_worker_failure_exits_1_with_the_root_cause_in_one_line(tmp_path):
         (header,) = struct.unpack("<Q", f.read(8))
     os.truncate(weights, 8 + header + 16)
     result = orchestrator("train", *TINY, f"model.pretrained_path={broken}", "train.max_steps=2",
-                          f"run_dir={tmp_path / 'r'}")
+                          "train.max_failures=0", f"run_dir={tmp_path / 'r'}")  # restarts: test_fault_tolerance
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: training failed: rank ") and "SafetensorError" in last, last

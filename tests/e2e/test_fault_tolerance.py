@@ -217,7 +217,8 @@ def test_a_stuck_rank_fails_the_job_within_the_timeout_naming_it_and_leaves_no_p
 def test_two_runs_side_by_side_each_use_their_own_cluster_and_a_sigkilled_driver_leaves_no_process(spawn, tmp_path):
     """Two embedded Ray clusters at once: each job's Ray helpers find their own cluster. SIGKILL one driver mid-run:
     its reaper ends everything it started within 2 s, and the other run finishes untouched, without a traceback."""
-    killed, finishing = (spawn(command(tmp_path / name, f"train.max_steps={steps}", "logger.mode=disabled"),
+    killed, finishing = (spawn(command(tmp_path / name, f"train.max_steps={steps}", "logger.mode=disabled",
+                                       "cluster.num_workers=1"),  # the clusters are the point
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                          for name, steps in (("killed", 2000), ("finishing", 12)))
     wait_for_step(tmp_path / "killed", 3, killed)
@@ -272,7 +273,8 @@ def test_a_worker_killed_by_rays_memory_monitor_names_oom(spawn, tmp_path):
     threshold = (memory.total - memory.available + 2.5e9) / memory.total
     env = {**os.environ, "RAY_memory_usage_threshold": f"{threshold:.4f}", "RAY_memory_monitor_refresh_ms": "100"}
     run_dir = tmp_path / "oom"
-    process = spawn(command(run_dir, "train.max_steps=100000", "train.max_failures=0", "logger.mode=disabled"), env=env,
+    process = spawn(command(run_dir, "train.max_steps=100000", "train.max_failures=0", "logger.mode=disabled",
+                            "cluster.num_workers=1"), env=env,  # one worker is enough to kill
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_step(run_dir, 3, process)
     balloon = []  # every page touched: really used

@@ -152,8 +152,8 @@ def test_hydra_multirun_is_a_grid_with_one_run_and_one_wandb_run_per_member(lr_g
 
 def test_trials_that_fail_are_recorded_with_their_root_cause_and_the_sweep_exits_1(tmp_path):
     """A value that only fails at run time (a vocabulary smaller than the tokenizer's): every trial fails."""
-    result = orchestrator("sweep", *TINY, "data.max_bytes=20000", "model.vocab_size=10,20",
-                          f"sweep.dir={tmp_path / 's'}")
+    result = orchestrator("sweep", *TINY, "data.max_bytes=20000", "model.vocab_size=10,20", "train.max_failures=0",
+                          f"sweep.dir={tmp_path / 's'}")  # no restart of a trial that cannot succeed
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
     record = json.loads((tmp_path / "s" / "sweep.json").read_text())
     assert [t["status"] for t in record["trials"]] == ["failed", "failed"]

@@ -1,5 +1,6 @@
 """The lean trainer overrides private Ray Train methods: an upgrade that renames them must fail here.
-And what the Train controller unpickles from us imports no torch (seconds of every start-up)."""
+And neither the driver nor what the Train controller unpickles from us imports torch (a second or more of
+every start-up, and its memory: only the workers train)."""
 
 from __future__ import annotations
 
@@ -61,6 +62,23 @@ def test_the_train_controller_unpickles_our_trainer_without_importing_torch():
     done = subprocess.run([sys.executable, "-c", script], input=sent, capture_output=True, timeout=60)
     assert done.stdout.decode().split() == ["ProcessGroupBackend", "ProcessGroupBackend", "False"], \
         done.stderr.decode()[-2000:]
+
+
+def test_the_driver_builds_its_trainer_and_hooks_without_importing_torch():
+    script = ("import sys\n"
+              "from ray.train import ScalingConfig\n"
+              "from orchestrator.data import pipeline, shards\n"
+              "from orchestrator.train import driver\n"
+              "from orchestrator.train.ray_trainer import LeanTorchTrainer\n"
+              "from orchestrator.train_command import standard_hooks\n"
+              "standard_hooks()\n"
+              "for lean in (True, False):\n"
+              "    trainer = LeanTorchTrainer(lambda: None, lean_cluster=lean, board=None,\n"
+              "                               scaling_config=ScalingConfig(num_workers=2))\n"
+              "    trainer.train_run_context.backend_config.train_func_context\n"
+              "print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["False"], done.stderr[-2000:]
 
 
 def test_every_trainer_reports_its_controller_states():
