@@ -2,8 +2,8 @@
 pytest-xdist's two processes share.
 
 Every test runs in its own temporary folder with W&B offline and a per-session data cache
-(so the corpus is tokenized once per test run, not once per test). Tests that need Ray
-share one embedded cluster for the session: starting it costs seconds on these machines.
+(so the corpus is tokenized once per test run, not once per test). The distributed tests a process runs
+share one embedded Ray cluster (tests/distributed/conftest.py): starting it costs seconds on these machines.
 
 The suite runs in two pytest-xdist processes (pyproject.toml: `-n auto --dist loadfile`): most end-to-end
 time is start-up spent waiting (Ray's processes, heartbeats, timeouts), so two tests at a time fill the two
@@ -83,22 +83,6 @@ def compose_tiny():
     from orchestrator.config.compose import compose
 
     return lambda *overrides: compose([*TINY, *overrides])
-
-
-@pytest.fixture(scope="session")
-def ray_cluster():
-    """One embedded Ray cluster (2 CPUs, loopback) shared by every distributed test."""
-    import ray
-
-    from orchestrator.config.schema import ClusterConfig
-    from orchestrator.launch import local
-
-    # Workers' output stays in Ray's log files: a long-lived driver forwarding it can hang in
-    # ray.shutdown() (the log subscriber's poll never returns); failures still surface as exceptions.
-    started = local.start(ClusterConfig(num_workers=2, cpus_per_worker=1), log_to_driver=False)
-    yield ray
-    if started:
-        local.stop(timeout_s=15)  # Ray's shutdown sometimes hangs at the end of a long session
 
 
 @pytest.fixture
