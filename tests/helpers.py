@@ -32,9 +32,9 @@ TINY = [
 ]
 """The tiny model on the default corpus, shrunk so a distributed test takes seconds of training."""
 
-LR_GRID = ["1e-2", "3e-3", "1e-3", "1e-4"]
-"""The session's learning-rate grid (tests/e2e/conftest.py `lr_grid`), best first, so ASHA has later, worse
-trials to stop."""
+LR_GRID = ["1e-2", "3e-3", "1e-4"]
+"""The session's learning-rate grid (tests/e2e/conftest.py `lr_grid`), best first, so ASHA has a later, worse
+trial to stop."""
 
 
 def orchestrator(*args: str, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -16,7 +16,7 @@ from tests.helpers import LR_GRID, REFERENCE_JOB, SECRETS, TINY, once_per_run, o
 
 @pytest.fixture(scope="session")
 def lr_grid(tmp_path_factory) -> Path:
-    """`orchestrator train -m` over four learning rates with ASHA, one worker per trial (two trials at a
+    """`orchestrator train -m` over three learning rates with ASHA, one worker per trial (two trials at a
     time on a 2-CPU machine): the sweep folder. Run once per test run: a sweep costs a minute or two here."""
     return once_per_run(tmp_path_factory, "lr-grid", _lr_grid)
 

@@ -116,13 +116,15 @@ def test_a_warm_cluster_is_joined_by_later_commands_until_it_is_stopped(tmp_path
 
     import psutil
 
-    monkeypatch.setenv("ORCHESTRATOR_CACHE", str(tmp_path / "cache"))  # its own record (and data cache)
+    data_cache = os.environ["ORCHESTRATOR_CACHE"]  # the session's tokenized corpus (tests/conftest.py)
+    monkeypatch.setenv("ORCHESTRATOR_CACHE", str(tmp_path / "cache"))  # its own cluster record
     up = orchestrator("cluster", "up", timeout=120)
     assert up.returncode == 0 and "started local Ray cluster at 127.0.0.1:" in up.stdout, up.stderr
     record = json.loads((tmp_path / "cache" / "local-cluster.json").read_text())
     try:
         assert oct(os.stat(tmp_path / "cache" / "local-cluster.json").st_mode & 0o777) == "0o600"  # holds the token
-        result = orchestrator("train", *TINY, "train.max_steps=3", "logger.mode=disabled", f"run_dir={tmp_path / 'x'}")
+        result = orchestrator("train", *TINY, "train.max_steps=3", "logger.mode=disabled", "cluster.num_workers=1",
+                              f"data.cache_dir={data_cache}", f"run_dir={tmp_path / 'x'}")
         assert result.returncode == 0, result.stderr[-3000:]
         assert f"joined the warm local Ray cluster at {record['address']}" in result.stdout
         assert psutil.pid_exists(record["pid"])  # the run left the cluster running

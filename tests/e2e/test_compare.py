@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser import chromium, open_page
-from tests.helpers import orchestrator
+from tests.helpers import LR_GRID, orchestrator
 
 
 def test_the_table_of_a_sweep(lr_grid):
@@ -71,8 +71,8 @@ def test_png_lands_in_the_sweep_and_html_opens_in_chromium_without_requests_or_e
     (tmp_path / "report.png").write_bytes(page.screenshot)
     assert page.requests == [report.resolve().as_uri()]  # the page itself, nothing else
     assert page.errors == []
-    assert page.value["rows"] == 4
-    assert page.value["curves"] == 8  # train and val loss of 4 runs
+    assert page.value["rows"] == len(LR_GRID)
+    assert page.value["curves"] == 2 * len(LR_GRID)  # train and val loss of each run
     assert page.value["axes"] == ["log10 optim.lr", "best val_loss"] and page.value["drawn"] > 0
     assert page.screenshot[:4] == b"\x89PNG" and len(page.screenshot) > 50_000
 

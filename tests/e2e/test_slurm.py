@@ -129,7 +129,7 @@ def test_a_submitted_sweep_runs_its_trials_inside_the_allocation(slurm, tmp_path
     sweep_dir = tmp_path / "sweep"
     result = subprocess.run(
         [sys.executable, "-m", "orchestrator", "submit", "cluster=slurm", "cluster.nodes=1", "cluster.gpus_per_node=0",
-         "cluster.workers_per_node=2", "cluster.cpus_per_worker=1", "cluster.slurm.time=15",
+         "cluster.workers_per_node=1", "cluster.cpus_per_worker=2", "cluster.slurm.time=15",  # trials one at a time
          f"cluster.slurm.ray_port={_free_ports(3)}", *TINY, "data.max_bytes=20000", "optim.lr=1e-3,3e-3",
          "train.max_steps=10", "train.eval_every=5", f"sweep.dir={sweep_dir}"],
         env=slurm.env(), capture_output=True, text=True, timeout=120)

@@ -1,5 +1,6 @@
-"""`orchestrator sweep` end to end: Optuna TPE + ASHA over the tiny model, every trial a 2-worker
-DeepSpeed job on the embedded Ray cluster; killed and resumed; best.yaml retrains the best trial;
+"""`orchestrator sweep` end to end: Optuna TPE + ASHA over the tiny model, every trial a DeepSpeed job on one
+worker that takes both CPUs (so trials run one at a time; the Ray-cluster and Slurm tests sweep 2-worker
+trials) on the embedded Ray cluster; killed and resumed; best.yaml retrains the best trial;
 each trial's W&B run read back with W&B's own reader; `train -m` as a grid.
 """
 
@@ -21,7 +22,8 @@ pytestmark = pytest.mark.slow
 
 SWEEP = ["sweep", *TINY, "optim.lr=tag(log,interval(1e-4,3e-2))", "sweep.algorithm=optuna", "sweep.scheduler=asha",
          "sweep.asha.grace_steps=10", "sweep.num_trials=2", "train.max_steps=30", "train.eval_every=5",
-         "train.log_every=5", "train.ckpt_every=5", "data.max_bytes=20000"]
+         "train.log_every=5", "train.ckpt_every=5", "data.max_bytes=20000", "cluster.num_workers=1",
+         "cluster.cpus_per_worker=2"]
 
 
 def digests(sweep_dir: Path) -> dict[Path, str]:
@@ -129,7 +131,8 @@ def test_best_yaml_retrains_the_best_completed_trial_exactly(resumed_sweep, tmp_
 
 def test_a_trial_the_machine_cannot_hold_is_refused_at_once_writing_nothing(tmp_path):
     started = time.monotonic()
-    result = orchestrator(*SWEEP, "cluster.cpus_per_worker=2", f"sweep.dir={tmp_path / 's'}", timeout=60)
+    result = orchestrator(*SWEEP, "cluster.num_workers=2", "cluster.cpus_per_worker=2", f"sweep.dir={tmp_path / 's'}",
+                          timeout=60)
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert "one trial cannot be placed: cluster.num_workers=2 x cluster.cpus_per_worker=2 = 4 CPUs" in line
