@@ -56,8 +56,8 @@ def _submit(slurm: SlurmCluster, run_dir: Path, *overrides: str) -> str:
 def test_a_job_trains_in_its_allocation_and_a_preemption_notice_checkpoints_requeues_and_resumes(slurm, tmp_path):
     """One submitted job: the Ray cluster inside the allocation trains it on 2 workers; Slurm's preemption notice
     makes it checkpoint and requeue; the requeued job resumes and finishes, every step logged once."""
-    run_dir, steps = tmp_path / "run", 200
-    job = _submit(slurm, run_dir, f"train.max_steps={steps}", "train.eval_every=50", "train.ckpt_every=0")
+    run_dir, steps = tmp_path / "run", 120
+    job = _submit(slurm, run_dir, f"train.max_steps={steps}", "train.eval_every=30", "train.ckpt_every=0")
     deadline = time.monotonic() + 300
     while len(metrics(run_dir)) < 5:
         assert time.monotonic() < deadline and slurm.job_state(job) in ("PENDING", "RUNNING"), \
