@@ -15,7 +15,7 @@ from orchestrator.train.hooks import Gather, LoopHooks
 
 class TrainingHooks(LoopHooks):
     def __init__(self, cfg: Config):
-        # Imported here: the driver builds this class's name into every run, and torch is a worker's import.
+        # Imported here: the driver passes this class to every run, and only the workers, which build it, need torch.
         from orchestrator.compress.masks import GradualPruning
         from orchestrator.compress.qat import QuantizationAwareTraining
 

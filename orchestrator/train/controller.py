@@ -42,21 +42,17 @@ class ProcessGroup(BackendConfig):
 
 
 class CudaDevice:
-    """Around the training function on each worker: its GPU is the default CUDA device (what Ray's
-    TorchConfigContextManager does, without importing torch where the trainer is built: the driver)."""
+    """Around the training function on each worker: Ray's TorchConfigContextManager (the worker's GPU becomes
+    the default CUDA device), imported where it runs: its module imports torch, which the driver does not."""
 
     def __enter__(self):
-        import torch
+        from ray.train.torch.config import TorchConfigContextManager
 
-        if torch.cuda.is_available():
-            from ray.train.torch import get_device
-
-            device = get_device()
-            if device.type == "cuda":
-                torch.cuda.set_device(device)
+        self._ray = TorchConfigContextManager()
+        return self._ray.__enter__()
 
     def __exit__(self, kind, value, traceback):
-        return False
+        return self._ray.__exit__(kind, value, traceback)
 
 
 class ProcessGroupBackend(Backend):

@@ -265,8 +265,9 @@ def test_a_lock_file_left_by_a_killed_deepspeed_op_build_does_not_block_the_next
 
 @pytest.mark.alone  # its bound holds on a machine not shared with another run
 def test_a_worker_killed_by_rays_memory_monitor_names_oom(spawn, tmp_path):
-    """Ray's memory monitor, set to act 2.5 GB above what the machine uses now (the job needs about 1.5); once
-    the job trains, this test takes memory half a GB at a time until the monitor kills processes of the job."""
+    """Ray's memory monitor, set to act 2.5 GB above what the machine uses now (more than the one-worker job
+    needs); once the job trains, this test takes memory half a GB at a time until the monitor kills processes
+    of the job."""
     import numpy as np
 
     memory = psutil.virtual_memory()
