@@ -1,14 +1,14 @@
-"""The memory a pretrained model's load adds per rank, ZeRO-2 (every rank loads it whole) against ZeRO-3 (it is
-partitioned as it loads: zero.Init through transformers' DeepSpeed integration), side by side.
+"""The memory a pretrained model's load adds per rank, ZeRO-2 (every rank loads it whole) against ZeRO-3 (each
+rank reads only its partitions: models/partitioned_load.py), side by side.
 
-    python bench/sharded_load.py              # ~85M-parameter GPT-2 folder, 2 CPU workers, 1 step per stage
+    python bench/sharded_load.py              # a 63M-parameter GPT-2 folder, 2 CPU workers, 1 step per stage
     python bench/sharded_load.py --layers 12  # bigger
 
 Saves a GPT-2-shaped model with random weights (fp32 safetensors) and its tokenizer, then runs
 `orchestrator train model.pretrained_path=<folder> train.max_steps=1` at zero=2 and zero=3, interleaved, and
 reads each rank's `load_memory_bytes_per_rank` from summary.json (the peak resident set the load added above
-the one before it, train/memory_probe.py). Prints both and the ratio; exits 1 above the target of 0.6x.
-Writes bench/sharded-load-<device>.json.
+the one before it, with every weight read once so a lazily mapped checkpoint counts: train/memory_probe.py).
+Prints both and the ratio; exits 1 above the target of 0.6x. Writes bench/sharded-load-<device>.json.
 """
 
 from __future__ import annotations

@@ -64,14 +64,15 @@ def parameter_count(folder: Path) -> int | None:
     files = safetensors_files(folder)
     if not files:
         return None
-    return sum(math.prod(entry["shape"]) for path in files for name, entry in _header(path).items()
+    return sum(math.prod(entry["shape"]) for path in files for name, entry in tensor_header(path)[0].items()
                if name != "__metadata__")
 
 
-def _header(path: Path) -> dict:
+def tensor_header(path: Path) -> tuple[dict, int]:
+    """A safetensors file's header (each tensor's dtype, shape and byte range) and where its data starts."""
     with open(path, "rb") as f:
         (length,) = struct.unpack("<Q", f.read(8))
-        return json.loads(f.read(length))
+        return json.loads(f.read(length)), 8 + length
 
 
 def has_tokenizer(folder: Path) -> bool:

@@ -48,16 +48,36 @@ def hf_config(model: ModelConfig, vocab_size: int, seq_len: int, eos_token_id: i
     )
 
 
+def import_model_code(model: ModelConfig) -> None:
+    """Import the modeling code of the model's family (transformers' module and what it pulls in: 1,900 modules
+    and 150 MB for GPT-2 in transformers 5), so that it counts as the start-up's imports, not as the memory the
+    model's load adds (train/memory_probe.py)."""
+    from transformers import AutoConfig, GPT2Config, LlamaConfig
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    if model.pretrained_path:
+        config_class = type(AutoConfig.from_pretrained(model.pretrained_path))
+    else:
+        config_class = GPT2Config if model.arch is Arch.gpt2 else LlamaConfig
+    MODEL_MAPPING[config_class]  # resolving the class imports its module
+
+
 def build_model(model: ModelConfig, vocab_size: int, seq_len: int, eos_token_id: int):
-    """A transformers causal LM in fp32 (DeepSpeed casts for bf16/fp16)."""
+    """A transformers causal LM in fp32 (DeepSpeed casts for bf16/fp16). At ZeRO-3 (an HfDeepSpeedConfig alive,
+    train/engine.py) a pretrained one loads partitioned, each rank reading only its share of the weights."""
     from transformers import AutoModelForCausalLM
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    from orchestrator.models import partitioned_load
 
     attention = model.attn_implementation.value
-    if model.pretrained_path:
-        built = AutoModelForCausalLM.from_pretrained(model.pretrained_path, attn_implementation=attention)
-    else:
+    if not model.pretrained_path:
         built = AutoModelForCausalLM.from_config(hf_config(model, vocab_size, seq_len, eos_token_id),
                                                  attn_implementation=attention)
+    else:
+        built = partitioned_load.load(model.pretrained_path, attention) if is_deepspeed_zero3_enabled() else None
+        if built is None:  # not ZeRO-3, or a checkpoint whose keys transformers must convert as it loads
+            built = AutoModelForCausalLM.from_pretrained(model.pretrained_path, attn_implementation=attention)
     built.loss_type = "ForCausalLM"  # name it, or transformers warns on every rank
     return built
 

@@ -69,16 +69,17 @@ def setup(payload: WorkerPayload, progress) -> Worker:
 
     from orchestrator import tasks
     from orchestrator.config.compose import from_dict
-    from orchestrator.models.registry import apply_activation_checkpointing
+    from orchestrator.models.registry import apply_activation_checkpointing, import_model_code
     from orchestrator.train import engine as ds
     from orchestrator.train.checkpoint_writer import CheckpointWriter
     from orchestrator.train.hooks import Hooks
     from orchestrator.train.memory_probe import LoadMemory
 
     startup = payload.startup
-    ds.import_libraries()
-    startup.mark("imports")
     cfg = from_dict(payload.config)
+    ds.import_libraries()
+    import_model_code(cfg.model)
+    startup.mark("imports")
     t = cfg.train
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -100,6 +101,7 @@ def setup(payload: WorkerPayload, progress) -> Worker:
     sharded = ds.sharded_loading(payload.deepspeed, cfg.model.pretrained_path is not None)
     with LoadMemory(device_type) as load:
         model = task.build_model(cfg, data.meta)
+        load.page_in(model)
     n_params = ds.parameter_count(model)
     apply_activation_checkpointing(model, t.activation_checkpointing, t.activation_checkpointing_every)
     hooks.before_engine(model)
@@ -139,6 +141,7 @@ def _engine(cfg, ds_config: dict, model, start, world: int):
     engine = ds.initialize(model, ds_config,
                            lambda s: lr_factor(s, cfg.optim.warmup_steps, t.max_steps, cfg.optim.min_lr_ratio),
                            cfg.optim.weight_decay)
+    engine.train()  # from_pretrained hands a model over in eval mode: dropout would stay off until the first eval
     if t.compile:
         engine.compile()  # compiles lazily, during the first step
     return engine

@@ -79,10 +79,15 @@ def test_a_model_the_tool_trained_learns_to_answer_and_stop_at_zero2(finetuned):
     assert_learned_to_answer_and_stop(finetuned)
 
 
-def test_at_zero3_it_loads_partitioned_and_learns_the_same(reference, chats, tmp_path):
+def test_at_zero3_it_loads_partitioned_and_learns_the_same(finetuned, reference, chats, tmp_path):
+    """Each rank reads only its partition of the checkpoint, and the weights are the same: the first step's loss
+    equals the ZeRO-2 run's."""
     run_dir = tmp_path / "sft"
     result = sft(reference.run_dir / "model", chats, run_dir, "zero=3")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "model: loaded partitioned at ZeRO-3, rank 0 read" in result.stdout
+    first_loss = [next(row["loss"] for row in metrics(run) if "loss" in row) for run in (run_dir, finetuned)]
+    assert first_loss[0] == pytest.approx(first_loss[1], abs=1e-5)
     assert_learned_to_answer_and_stop(run_dir)
 
 

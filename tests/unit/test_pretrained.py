@@ -79,3 +79,19 @@ def test_a_folder_without_weights_is_refused(folders, tmp_path):
     with pytest.raises(ConfigError) as refused:
         compose([f"model.pretrained_path={tmp_path}"])
     assert "holds no weights" in refused.value.problems[0]
+
+
+def test_a_checkpoint_whose_keys_do_not_map_onto_the_model_is_left_to_transformers(folders, tmp_path):
+    """At ZeRO-3 a checkpoint is read partition by partition only when its tensors are the model's parameters one
+    for one; a renamed key (one transformers would convert as it loads) sends it through from_pretrained."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from orchestrator.models import partitioned_load
+
+    folder = shutil.copytree(folders["llama"][0], tmp_path / "renamed")
+    tensors = load_file(str(folder / "model.safetensors"))
+    tensors["model.norm.gamma"] = tensors.pop("model.norm.weight")
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    assert partitioned_load.load(str(folder), "sdpa") is None

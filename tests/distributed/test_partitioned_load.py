@@ -1,0 +1,91 @@
+"""A pretrained checkpoint loaded at ZeRO-3 in two real processes: every rank's partitions hold exactly its
+range of the checkpoint's tensors (cast where the checkpoint's dtype differs, the padding zeroed), tied
+weights stay tied, and the gathered model equals the checkpoint."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import socket
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _load_on_rank(rank: int, port: int, folder: str, results) -> None:
+    """One rank: load partitioned, then report every tensor whose partition or gathered value is wrong."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), DS_ACCELERATOR="cpu")
+    import deepspeed
+    import torch
+    from safetensors.torch import load_file
+    from transformers.integrations import HfDeepSpeedConfig
+
+    from orchestrator.models import partitioned_load
+
+    deepspeed.init_distributed(dist_backend="gloo", verbose=False)
+    live = HfDeepSpeedConfig({"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}})
+    model = partitioned_load.load(folder, "sdpa")
+    stored = load_file(f"{folder}/model.safetensors")
+    wrong = []
+    for name, param in model.named_parameters():
+        size = param.ds_tensor.numel()
+        expected = torch.zeros(size, dtype=param.dtype)
+        flat = stored[name].to(param.dtype).view(-1)[rank * size:(rank + 1) * size]
+        expected[:len(flat)] = flat
+        if size >= param.ds_numel or not torch.equal(param.ds_tensor, expected):
+            wrong.append(f"partition of {name}")
+    with deepspeed.zero.GatheredParameters(list(model.parameters())):
+        for name, param in model.named_parameters():
+            if not torch.equal(param.data, stored[name].to(param.dtype)):
+                wrong.append(f"gathered {name}")
+        tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    results.put((rank, wrong, tied, str(next(model.parameters()).dtype)))
+    del live
+
+
+def _saved(folder, config, model_class, dtype):
+    import torch
+
+    torch.manual_seed(0)
+    model_class(config).to(dtype).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """A GPT-2 with a tied head and an odd width (so the last partition of a norm is padded) saved in fp32, and
+    a Llama with its own head saved in bf16 (read through the casting path)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {
+        "gpt2-fp32": (_saved(root / "gpt2", GPT2Config(vocab_size=301, n_positions=64, n_embd=33, n_layer=2,
+                                                       n_head=3), GPT2LMHeadModel, torch.float32), True),
+        "llama-bf16": (_saved(root / "llama", LlamaConfig(vocab_size=301, hidden_size=64, intermediate_size=96,
+                                                          num_hidden_layers=2, num_attention_heads=4,
+                                                          num_key_value_heads=2, tie_word_embeddings=False),
+                              LlamaForCausalLM, torch.bfloat16), False),
+    }
+
+
+@pytest.mark.parametrize("name", ["gpt2-fp32", "llama-bf16"])
+def test_each_rank_reads_exactly_its_partition_of_the_checkpoint(folders, name):
+    folder, tied = folders[name]
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    port = _free_port()
+    ranks = [context.Process(target=_load_on_rank, args=(rank, port, str(folder), results)) for rank in range(2)]
+    for process in ranks:
+        process.start()
+    reports = sorted(results.get(timeout=120) for _ in ranks)
+    for process in ranks:
+        process.join(timeout=30)
+    assert [(rank, wrong, is_tied, dtype) for rank, wrong, is_tied, dtype in reports] == [
+        (0, [], tied, "torch.float32"), (1, [], tied, "torch.float32")]
