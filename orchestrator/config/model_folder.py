@@ -49,6 +49,35 @@ def causal_lm_problem(folder: Path) -> str | None:
     return None
 
 
+def classification_problem(folder: Path) -> str | None:
+    """Why this folder cannot be fine-tuned as a sequence classifier (its family has no such head in
+    transformers, or it holds no weights), else None. A bare encoder without a head is fine: the head is added."""
+    config = read_config(folder)
+    kind = config.get("model_type", "unknown")
+    if kind not in _sequence_classification_families():
+        names = ", ".join(config.get("architectures") or []) or kind
+        return f"is a {names}: transformers has no sequence-classification head for model_type {kind!r}"
+    if not safetensors_files(folder) and not any((folder / name).is_file() for name in TORCH_WEIGHTS):
+        return "holds no weights (model.safetensors, its shards, or pytorch_model.bin)"
+    return None
+
+
+def _sequence_classification_families() -> set[str]:
+    """The model_types transformers' AutoModelForSequenceClassification builds, read from its own table
+    (MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES in modeling_auto.py) as source text: importing the module
+    would import torch, and the config checks run before anything heavy."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("transformers")
+    source = Path(spec.submodule_search_locations[0]) / "models" / "auto" / "modeling_auto.py"
+    for node in ast.parse(source.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(target, "id", None) == "MODEL_FOR_SEQUENCE_CLASSIFICATION_"
+                                                "MAPPING_NAMES" for target in node.targets):
+            return {pair.elts[0].value for pair in node.value.args[0].elts}
+    raise RuntimeError(f"{source} no longer holds MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES")
+
+
 def safetensors_files(folder: Path) -> list[Path]:
     """The weight files: the index's shards, else model.safetensors."""
     index = folder / "model.safetensors.index.json"
@@ -80,8 +109,9 @@ def has_tokenizer(folder: Path) -> bool:
 
 
 def model_config(folder: Path, base: ModelConfig) -> ModelConfig:
-    """`base` with the folder's shapes: the plan's memory and FLOPs formulas read these. Families other than
-    GPT-2 are planned with Llama's layer shape (a gated MLP); the parameter count is exact either way."""
+    """`base` with the folder's shapes: the plan's memory and FLOPs formulas read these. Encoders are planned
+    with BERT's layer shape, other families than GPT-2 with Llama's (a gated MLP); the parameter count is exact
+    either way."""
     c = read_config(folder)
 
     def first(*keys: str, default=None):
@@ -91,7 +121,8 @@ def model_config(folder: Path, base: ModelConfig) -> ModelConfig:
     heads = first("num_attention_heads", "n_head")
     return ModelConfig(
         name=folder.name,
-        arch=Arch.gpt2 if c.get("model_type") == "gpt2" else Arch.llama,
+        arch=Arch.gpt2 if c.get("model_type") == "gpt2" else Arch.bert if c.get("model_type") in ENCODER_ONLY
+        else Arch.llama,
         num_layers=first("num_hidden_layers", "n_layer", "num_layers"),
         hidden_size=hidden,
         num_heads=heads,

@@ -28,6 +28,7 @@ class Offload(str, Enum):
 class Arch(str, Enum):
     gpt2 = "gpt2"
     llama = "llama"
+    bert = "bert"
 
 
 class ActivationCheckpointing(str, Enum):
@@ -56,6 +57,12 @@ class TokenizeOn(str, Enum):
 class TaskName(str, Enum):
     clm = "clm"
     sft = "sft"
+    classify = "classify"
+
+
+class ClassWeights(str, Enum):
+    none = "none"
+    auto = "auto"
 
 
 class Truncation(str, Enum):
@@ -194,7 +201,8 @@ class ClusterConfig:
 class ModelConfig:
     name: str = "tiny"
     arch: Arch = Arch.gpt2
-    """Model family; picks the transformers config class (GPT2Config, LlamaConfig)."""
+    """Model family; picks the transformers config class (GPT2Config, LlamaConfig; BertConfig, an encoder, for
+    task=classify)."""
     num_layers: int = 2
     hidden_size: int = 128
     num_heads: int = 4
@@ -259,7 +267,8 @@ class DataConfig:
     """local: data.num_proc processes on the driver's machine. ray: tasks on every node of the Ray cluster the
     driver joined (cluster=ray, slurm or k8s), for corpora one machine would take too long to tokenize."""
     val_path: str | None = None
-    """task=sft: a validation file of samples. null = data.val_fraction of the samples, held out by train.seed."""
+    """task=sft, classify: a validation file. null = data.val_fraction of the samples held out by train.seed
+    (stratified by label for classify)."""
     chat_template: str | None = None
     """task=sft: the chat template samples are rendered with. null = the tokenizer's own; a built-in name
     (chatml) or a Jinja file's path for a base model that has none. Saved with the trained model."""
@@ -269,6 +278,12 @@ class DataConfig:
     truncation: Truncation = Truncation.truncate
     """task=sft: a sample longer than train.seq_len is cut to it (truncate) or left out (drop); the count is
     printed."""
+    text_pair_field: str | None = None
+    """task=classify: a second text column for sentence-pair tasks (entailment, paraphrase). null = one text."""
+    label_field: str = "label"
+    """task=classify: the column holding each row's label (strings or integers)."""
+    test_path: str | None = None
+    """task=classify: a test file, evaluated once with the final model (summary.json's test_* figures)."""
 
 
 @dataclass
@@ -359,7 +374,9 @@ class TrainConfig:
     eval_every: int = 50
     """Steps between validation passes; the last step is always evaluated. 0 = only at the end."""
     eval_batches: int = 8
-    """Micro-batches per rank in one validation pass."""
+    """Micro-batches per rank in one validation pass (task=classify evaluates every validation row)."""
+    class_weights: ClassWeights = ClassWeights.none
+    """task=classify: auto weights the loss by inverse class frequency in the training rows (imbalanced data)."""
     ckpt_every: int = 100
     """Steps between checkpoints; the last step is always saved. 0 = only at the end."""
     keep_checkpoints: int = 3
@@ -533,7 +550,8 @@ class CompressConfig:
 class TaskConfig:
     name: TaskName = TaskName.clm
     """What the run learns (orchestrator/tasks/): clm, causal language modelling (pretraining, continued
-    pretraining); sft, supervised fine-tuning on chat or prompt/completion samples, loss on the replies."""
+    pretraining); sft, supervised fine-tuning on chat or prompt/completion samples, loss on the replies; classify,
+    sequence classification of labelled text (accuracy, macro-F1, confusion matrices)."""
 
 
 @dataclass

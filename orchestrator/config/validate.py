@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config import model_folder
-from orchestrator.config.schema import Backend, ClusterConfig, Config, Offload, Precision, TokenizeOn
+from orchestrator.config.schema import Arch, Backend, ClusterConfig, Config, Offload, Precision, TaskName, TokenizeOn
 from orchestrator.machine import visible_gpus
 from orchestrator.rundir import RunDir
 
@@ -143,8 +143,11 @@ def validate(cfg: Config) -> list[str]:
             p.append(f"model.pretrained_path={m.pretrained_path}: must be a local Hugging Face model folder holding "
                      "config.json")
         else:
-            problem = model_folder.causal_lm_problem(folder)
-            p.check(problem is None, "model.pretrained_path", m.pretrained_path, str(problem))
+            classify = cfg.task.name is TaskName.classify
+            problem = model_folder.classification_problem(folder) if classify else model_folder.causal_lm_problem(
+                folder)
+            p.check(problem is None, "model.pretrained_path", m.pretrained_path,
+                    f"{problem}{'' if classify else ' (task=classify fine-tunes encoders)'}")
     else:
         for key in ("num_layers", "hidden_size", "num_heads"):
             value = getattr(m, key)
@@ -189,6 +192,17 @@ def validate(cfg: Config) -> list[str]:
             "needs a Ray cluster the driver joins (cluster=ray, slurm or k8s); on one machine data.num_proc "
             "uses its cores")
     p.check(bool(d.text_field), "data.text_field", d.text_field, "must name a column")
+    if cfg.task.name is TaskName.classify:
+        p.check(d.path is not None, "data.path", d.path, "task=classify needs a labelled file (data=local data.path=...)")
+        p.check(not d.streaming and not d.sources, "data.streaming", d.streaming,
+                "task=classify reads its labelled files whole (no streaming, no mixture)")
+        p.check(bool(d.label_field), "data.label_field", d.label_field, "must name a column")
+        for key in ("val_path", "test_path"):
+            value = getattr(d, key)
+            p.check(value is None or bool(data_files(value)), f"data.{key}", value, "no such file")
+    else:
+        p.check(m.arch is not Arch.bert or m.pretrained_path is not None, "model.arch", "bert",
+                f"is an encoder: it classifies (task=classify), it cannot train as task={cfg.task.name.value}")
 
     p.check(o.lr > 0, "optim.lr", o.lr, "must be > 0")
     p.check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")

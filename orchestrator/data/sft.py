@@ -111,14 +111,15 @@ def read_samples(path: str) -> list[tuple[str, list[dict]]]:
     one line naming the file and line."""
     samples = []
     for file in data_files(path):
-        for where, row in _rows(file):
+        for where, row in read_rows(file):
             samples.append((where, conversation(row, where)))
     if not samples:
         raise ConfigError([f"data.path={path}: holds no samples"])
     return samples
 
 
-def _rows(file: str):
+def read_rows(file: str):
+    """(where, row) of every row of a JSONL, JSON or Parquet file; a malformed file refused naming its line."""
     if file.endswith(".parquet"):
         import pyarrow.parquet as pq
 

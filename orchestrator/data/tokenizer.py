@@ -1,4 +1,5 @@
-"""Tokenizers: loaded from a local folder, or a byte-level BPE trained here on the corpus.
+"""Tokenizers: loaded from a local folder, or trained here on the corpus: a byte-level BPE for causal LMs, a
+WordPiece for an encoder built from its config (task=classify).
 
 A byte-level BPE covers any input (no unknown tokens), trains in seconds on a few MB with the
 `tokenizers` library, and is saved in Hugging Face format so `AutoTokenizer.from_pretrained`
@@ -28,6 +29,25 @@ def train_bpe(texts: Iterable[str], vocab_size: int):
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS)
+
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int):
+    """Train a BERT-style WordPiece (lower-cased, [CLS] text [SEP] and [CLS] a [SEP] b [SEP] with token types)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(texts, trainer=trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special,
+                                                                      show_progress=False))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                       special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
 
 
 def load_tokenizer(path: str):

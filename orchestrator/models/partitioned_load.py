@@ -44,14 +44,12 @@ def load(folder: str, attention: str):
     from transformers.integrations import deepspeed_config
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-    import deepspeed.comm as dist
-
     stored = _stored_tensors(Path(folder))
     config = AutoConfig.from_pretrained(folder, attn_implementation=attention)
     config.dtype = torch.get_default_dtype()  # what from_pretrained records when given no dtype
     model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
     if stored is None or not _matches(_skeleton(model_class, config), stored):
-        if dist.get_rank() == 0:
+        if _rank() == 0:
             print(f"model: {folder}'s tensors are not {model_class.__name__}'s parameters one for one: loading "
                   "it through transformers, which reads the whole checkpoint on rank 0", flush=True)
         return None
@@ -65,11 +63,17 @@ def load(folder: str, attention: str):
                 read += _read_range(stored[name], buffer.view(-1), 0, buffer.numel())
     if (Path(folder) / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(folder)
-    if dist.get_rank() == 0:
+    if _rank() == 0:
         total = sum(path.stat().st_size for path in {entry.path for entry in stored.values()})
         print(f"model: loaded partitioned at ZeRO-3, rank 0 read {read / 1e6:,.0f} MB of the checkpoint's "
               f"{total / 1e6:,.0f} MB", flush=True)
     return model
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_initialized() else 0
 
 
 def _stored_tensors(folder: Path) -> dict[str, _Stored] | None:

@@ -108,9 +108,11 @@ def count_params(model: ModelConfig, vocab_size: int, seq_len: int) -> int:
     h, layers = model.hidden_size, model.num_layers
     vocab = model.vocab_size or vocab_size
     head = 0 if model.tie_word_embeddings else vocab * h
+    positions = model.max_position_embeddings or seq_len
     if model.arch is Arch.gpt2:
-        positions = model.max_position_embeddings or seq_len
         return vocab * h + positions * h + layers * layer_params(model) + 2 * h + head
+    if model.arch is Arch.bert:  # + 2 token types, the embeddings' LayerNorm and the pooler; no LM head
+        return (vocab + positions + 2) * h + 2 * h + layers * layer_params(model) + h * h + h
     return vocab * h + layers * layer_params(model) + h + head
 
 
@@ -118,7 +120,7 @@ def layer_params(model: ModelConfig) -> int:
     """Parameters of one transformer layer."""
     h = model.hidden_size
     inner = model.intermediate_size or 4 * h
-    if model.arch is Arch.gpt2:
+    if model.arch in (Arch.gpt2, Arch.bert):  # the same layer: biased projections, a plain MLP, two LayerNorms
         attention = 3 * h * h + 3 * h + h * h + h
         mlp = h * inner + inner + inner * h + h
         return attention + mlp + 2 * 2 * h

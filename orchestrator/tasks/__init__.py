@@ -2,6 +2,7 @@
 
 clm.py   causal language modelling: pretraining and continued pretraining on packed token blocks
 sft.py   supervised fine-tuning of a pretrained causal LM on chat or prompt/completion samples
+classify.py  sequence classification of labelled text with an encoder or decoder and a classification head
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ def for_config(cfg: Config) -> Task:
         from orchestrator.tasks.sft import SupervisedFineTuning
 
         return SupervisedFineTuning()
+    if cfg.task.name is TaskName.classify:
+        from orchestrator.tasks.classify import SequenceClassification
+
+        return SequenceClassification()
     from orchestrator.tasks.clm import CausalLM
 
     return CausalLM()

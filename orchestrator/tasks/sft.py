@@ -83,6 +83,14 @@ class SupervisedFineTuning:
         val_loss = (total[0] / total[1].clamp(min=1)).item()
         return {"val_loss": val_loss, "val_ppl": perplexity(val_loss)}
 
+    def validation_batches(self, blocks, batch_size: int, rank: int, world: int, limit: int):
+        from orchestrator.data.loader import eval_batches
+
+        return eval_batches(blocks, batch_size, rank, world, limit)
+
+    def final_report(self, engine, data, batch_size: int, rank: int, world: int) -> dict:
+        return {}
+
     def export(self, module, state: dict, folder: Path) -> None:
         module.save_pretrained(str(folder), state_dict=state)
 

@@ -183,6 +183,7 @@ def _finish(w: Worker, last_step: int, last_loss: float, metrics: dict[str, floa
     t = w.cfg.train
     status = "completed" if last_step == t.max_steps else EARLY_STOP
     w.progress.mark(last_step, "finish")
+    report = w.task.final_report(w.engine, w.data, t.micro_batch_size, w.rank, w.world)
     state = ds.full_state_dict(w.engine)
     per_rank = gather_per_rank(w.device_type, w.measured or {}, w.load_memory_bytes)
     if w.rank == 0:
@@ -211,6 +212,7 @@ def _finish(w: Worker, last_step: int, last_loss: float, metrics: dict[str, floa
             "params": w.n_params,
             **w.meter.summary(),
             **w.task.metrics(),
+            **report,
             **checkpoint_cost(w.writer.sealed),
             "flops_per_token": w.meter.flops_per_token,
             "peak_flops_per_device": w.meter.peak_flops,

@@ -1,6 +1,6 @@
 """The task seam: what a training run learns, behind one protocol the loop calls without asking which task
-it runs. Causal language modelling (tasks/clm.py) is the first; supervised fine-tuning, classification,
-distillation and preference tuning each come as one more module under tasks/.
+it runs. Causal language modelling (tasks/clm.py), supervised fine-tuning (tasks/sft.py) and sequence
+classification (tasks/classify.py) are here; distillation and preference tuning each come as one more module.
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ class Task(Protocol):
         """The model's forward arguments for a batch of this task's data (input_ids, labels; position_ids for
         packed rows): what the loss, the evaluation and `compress` run the model on."""
 
+    def validation_batches(self, blocks, batch_size: int, rank: int, world: int, limit: int) -> Iterable:
+        """This rank's validation batches over `blocks`, the same at every evaluation, as many on every rank (under
+        ZeRO-3 each forward pass is a collective); at most `limit` where the task samples the set."""
+
     def loss_normalizer(self, batches: list, grad_accum: int, world: int) -> Any:
         """Called by every rank once per step with the step's micro-batches, before their losses: what `loss`
         needs to make the step's loss the mean over the global batch (may be a collective), or None where each
@@ -42,6 +46,9 @@ class Task(Protocol):
     def evaluate(self, engine, batches: Iterable) -> dict[str, float]:
         """Named validation metrics over this rank's batches, reduced across ranks (every rank calls it, and every
         rank gets the same numbers). The first is the one a sweep or `compare` sorts by unless told otherwise."""
+
+    def final_report(self, engine, data, batch_size: int, rank: int, world: int) -> dict:
+        """Figures for summary.json only, after the last step (every rank calls it: it may evaluate a test set)."""
 
     def export(self, module, state: dict, folder: Path) -> None:
         """Rank 0: write the trained model (`state`, the full state dict) to `folder` in Hugging Face format."""

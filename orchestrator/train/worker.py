@@ -46,10 +46,9 @@ class Worker:
 
     def evaluate(self, step: int) -> dict[str, float]:
         """The task's validation metrics over every rank's fixed batches (a collective)."""
-        from orchestrator.data.loader import eval_batches
-
         t = self.cfg.train
-        batches = eval_batches(self.val_blocks, t.micro_batch_size, self.rank, self.world, t.eval_batches)
+        batches = self.task.validation_batches(self.val_blocks, t.micro_batch_size, self.rank, self.world,
+                                               t.eval_batches)
         self.engine.eval()
         metrics = self.task.evaluate(self.engine, _marked(batches, self.progress, step))
         self.engine.train()
