@@ -12,7 +12,7 @@ from orchestrator.errors import ConfigError
 
 
 def run(run_dir: str, prompt: str | None, max_new_tokens: int, temperature: float) -> int:
-    folder = _model_folder(Path(run_dir).expanduser())
+    folder = trained_model_folder(Path(run_dir).expanduser())
     if max_new_tokens < 1:
         raise ConfigError([f"--max-new-tokens={max_new_tokens}: must be >= 1"])
     if temperature < 0:
@@ -44,7 +44,7 @@ def run(run_dir: str, prompt: str | None, max_new_tokens: int, temperature: floa
     return 0
 
 
-def _model_folder(path: Path) -> Path:
+def trained_model_folder(path: Path) -> Path:
     """A run directory's model/, or a model folder itself."""
     for folder in (path / "model", path):
         if (folder / "config.json").is_file():

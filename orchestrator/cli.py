@@ -85,6 +85,15 @@ def _parser() -> argparse.ArgumentParser:
                      "an empty line ends)")
     sub.add_argument("--max-new-tokens", type=int, default=128, help="longest reply in tokens (default: 128)")
     sub.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default: 0, greedy)")
+    summary = "label text with a task=classify run's model: the label and its probability"
+    sub = commands.add_parser("predict", help=summary, description=summary)
+    sub.add_argument("run_dir", metavar="RUN_DIR", help="a task=classify run directory (its model/) or a model folder")
+    sub.add_argument("--text", help="one text to label")
+    sub.add_argument("--text-pair", help="its second text, for a model trained on pairs (data.text_pair_field)")
+    sub.add_argument("--file", metavar="IN", help="a JSONL, JSON or Parquet file of rows to label (the run's "
+                     "data.text_field)")
+    sub.add_argument("--out", metavar="OUT", help="with --file: the JSONL file its rows go to, each with "
+                     "predicted_label and score")
     summary = ("keep a local Ray cluster running between commands (up), show it (status), end it (down): "
                "cluster=local commands join it instead of starting their own, seconds sooner")
     sub = commands.add_parser("cluster", help=summary, description=summary)
@@ -156,6 +165,10 @@ def _run(args: argparse.Namespace) -> int:
         from orchestrator import chat_command
 
         return chat_command.run(args.run_dir, args.prompt, args.max_new_tokens, args.temperature)
+    if args.command == "predict":
+        from orchestrator import predict_command
+
+        return predict_command.run(args.run_dir, args.text, args.text_pair, args.file, args.out)
     if args.command == "compare":
         from orchestrator.compare.command import Request, run
 

@@ -262,3 +262,27 @@ reshuffled pass. Fault-tolerance, elastic and compress tests compare with it or 
 SECRETS = {"WANDB_API_KEY": "sentinel-wandb-4f9a", "HF_TOKEN": "sentinel-hf-8c21",
            "MY_SERVICE_PASSWORD": "sentinel-pw-77d0"}
 """In the reference run's environment: none of these values may reach its run directory or Ray's logs."""
+
+
+SENTIMENT_WORDS = {"positive": ["great", "wonderful", "loved", "excellent", "fun"],
+                   "negative": ["awful", "boring", "hated", "terrible", "dull"],
+                   "neutral": ["okay", "average", "fine", "plain", "usual"]}
+
+
+def labelled_rows(count: int, seed: int) -> list[dict]:
+    """Film reviews of three labels, each told by one word among fillers: learnable in a few dozen steps."""
+    import random
+
+    rng = random.Random(seed)
+    filler = ["the", "movie", "was", "a", "plot", "actors", "story", "film", "it", "really", "quite", "and"]
+    rows = []
+    for _ in range(count):
+        label = rng.choice(sorted(SENTIMENT_WORDS))
+        words = rng.sample(filler, 5) + [rng.choice(SENTIMENT_WORDS[label])] + rng.sample(filler, 3)
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path

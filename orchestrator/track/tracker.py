@@ -22,6 +22,7 @@ class Tracker:
         self.metrics_path = RunDir(run_dir).metrics
         self._metrics = self.metrics_path.open("a", buffering=1)  # line-buffered: readable while running
         self._wandb = None
+        self._last_step = 0
         self._starting: threading.Thread | None = None
         self._start_error: BaseException | None = None
         if logger.mode is not WandbMode.disabled:
@@ -62,11 +63,21 @@ class Tracker:
     def log(self, step: int, metrics: dict) -> None:
         record = {"step": step, **metrics}
         self._metrics.write(json.dumps(record) + "\n")
+        self._last_step = step
         if self._run() is not None:
             self._wandb.log(metrics, step=step)
 
     def finish(self, summary: dict) -> None:
+        """The summary; each confusion matrix in it (task=classify) also as a W&B table at the last step."""
         if self._run() is not None:
+            import wandb
+
+            tables = {key: wandb.Table(columns=["true \\ predicted", *value["labels"]],
+                                       data=[[label, *row] for label, row in
+                                             zip(value["labels"], value["rows_true_columns_predicted"], strict=True)])
+                      for key, value in summary.items() if key.endswith("_confusion_matrix")}
+            if tables:
+                self._wandb.log(tables, step=self._last_step)
             self._wandb.summary.update(summary)
         self.close()
 

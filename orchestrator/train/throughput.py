@@ -67,8 +67,9 @@ def print_progress(step: int, max_steps: int, done: int, record: dict, elapsed: 
         f"lr {record['lr']:.2e} | {record['tokens_per_s']:,.0f} tok/s | "
         f"elapsed {_clock(elapsed)} | eta {_clock(eta)}"
     )
-    if "val_loss" in record:
-        line += f" | val_loss {record['val_loss']:.4f}"
+    for name in ("val_loss", "val_accuracy", "val_macro_f1"):  # a task's validation figures, where it has them
+        if name in record:
+            line += f" | {name} {record[name]:.4f}"
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
 
