@@ -94,7 +94,7 @@ def _problems(request: Request) -> list[str]:
     if request.x not in X_AXES:
         problems.append(f"--x {request.x}: must be one of {', '.join(X_AXES)}")
     if not _METRIC.match(request.metric):
-        problems.append(f"--metric {request.metric}: a column of metrics.jsonl, e.g. val_loss, val_ppl or loss")
+        problems.append(f"--metric {request.metric}: a column of metrics.jsonl, e.g. val_loss, val_accuracy or loss")
     if request.png and not request.png.endswith(".png"):
         problems.append(f"--png {request.png}: the file must end in .png (or put --png, with no file, after "
                         "the run directories)")

@@ -29,10 +29,17 @@ class Comparison:
     metric: str
     mode: str
     differing_keys: list[str]  # searched keys first, then every other key whose values differ
+    other_val_metrics: list[str]  # beyond val loss and ppl: a classifier's val_accuracy, val_macro_f1
 
     @property
     def maximize(self) -> bool:
         return self.mode == "max"
+
+    @property
+    def curve(self) -> str:
+        """The metrics.jsonl column plotted beside the train loss: the metric the runs are sorted by (a
+        classifier's val_accuracy), or val_loss when that is the train loss itself."""
+        return "val_loss" if self.metric == "loss" else self.metric
 
 
 def compare(runs: list[Run], sweeps: list[Sweep], metric: str, mode: str) -> Comparison:
@@ -43,7 +50,16 @@ def compare(runs: list[Run], sweeps: list[Sweep], metric: str, mode: str) -> Com
         return (value is None, 0.0 if value is None else (-value if maximize else value))
 
     return Comparison(runs=sorted(runs, key=order), sweeps=sweeps, metric=metric, mode=mode,
-                      differing_keys=differing_keys(runs, [key for s in sweeps for key in s.searched]))
+                      differing_keys=differing_keys(runs, [key for s in sweeps for key in s.searched]),
+                      other_val_metrics=other_val_metrics(runs))
+
+
+def other_val_metrics(runs: list[Run]) -> list[str]:
+    """The validation metrics any run reports beyond val loss and perplexity (which have columns of their own),
+    in the order first seen: a classifier's val_accuracy and val_macro_f1. Each gets a column of final values;
+    language-model runs report none, so their table stays as it was."""
+    names = dict.fromkeys(name for run in runs for name in run.final_val_metrics)
+    return [name for name in names if name not in ("val_loss", "val_ppl")]
 
 
 def differing_keys(runs: list[Run], searched: list[str]) -> list[str]:
@@ -122,6 +138,7 @@ def row(run: Run, comparison: Comparison) -> dict:
         "best_val_step": run.best_val_step,
         "final_val_loss": _finite(run.final_val_loss),
         "final_val_ppl": _finite(run.final_val_ppl),
+        **{f"final_{name}": _finite(run.final_val_metrics.get(name)) for name in comparison.other_val_metrics},
         "metric": comparison.metric,
         "best_metric": _finite(best),
         "best_metric_step": best_step,
@@ -156,14 +173,16 @@ CSV_COLUMNS = ("name", "run_dir", "status", "steps", "final_train_loss", "best_v
 
 
 def to_csv(comparison: Comparison) -> str:
-    """One line per run: the table's numbers, then one column per differing config key."""
+    """One line per run: the table's numbers (the final value of each other validation metric among them),
+    then one column per differing config key."""
+    columns = [*CSV_COLUMNS, *(f"final_{name}" for name in comparison.other_val_metrics)]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([*CSV_COLUMNS, "peak_memory_bytes_per_rank", *comparison.differing_keys])
+    writer.writerow([*columns, "peak_memory_bytes_per_rank", *comparison.differing_keys])
     for run in comparison.runs:
         values = row(run, comparison)
         peak = values["peak_memory_bytes_per_rank"]
-        writer.writerow([_cell(values[c]) for c in CSV_COLUMNS] + [" ".join(map(str, peak)) if peak else ""]
+        writer.writerow([_cell(values[c]) for c in columns] + [" ".join(map(str, peak)) if peak else ""]
                         + [_cell(v) for v in values["config"].values()])
     return out.getvalue()
 

@@ -1,10 +1,10 @@
 """`--html`: one self-contained file, the comparison for people who cannot run the CLI.
 
-The table and its notes (as the terminal shows them), interactive train/val loss curves, and for
-each sweep a parallel-coordinates plot of the searched keys against the metric and Optuna's
-parameter importance. plotly.js and every number are embedded inline, so the file opens
-anywhere, offline, with no request leaving the page (a test opens it in headless Chromium to
-hold that).
+The table and its notes (as the terminal shows them), interactive curves of the train loss and of
+the --metric (val loss by default, as --png draws them), and for each sweep a parallel-coordinates
+plot of the searched keys against the metric and Optuna's parameter importance. plotly.js and
+every number are embedded inline, so the file opens anywhere, offline, with no request leaving
+the page (a test opens it in headless Chromium to hold that).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 
 from orchestrator.compare.comparison import Comparison
-from orchestrator.compare.curves import label
+from orchestrator.compare.curves import curve_title, label
 from orchestrator.compare.importance import importance
 from orchestrator.compare.runs import Sweep
 from orchestrator.compare.table import cells, headers, notes, value_text
@@ -38,7 +38,7 @@ def write_html(comparison: Comparison, path: Path, x: str = "step") -> None:
 def render(comparison: Comparison, x: str = "step") -> str:
     sections = [f"<h1>{len(comparison.runs)} runs by {html.escape(comparison.metric)} ({comparison.mode})</h1>",
                 _table(comparison), f"<pre>{html.escape(chr(10).join(notes(comparison)))}</pre>",
-                "<h2>Loss curves</h2>", _plot(_curves(comparison, x), "curves", include_js=True)]
+                "<h2>Curves</h2>", _plot(_curves(comparison, x), "curves", include_js=True)]
     for i, sweep in enumerate(comparison.sweeps):
         sections.append(f"<h2>Sweep {html.escape(sweep.name)}: {html.escape(str(sweep.sweep_dir))}</h2>")
         sections.append(_sweep_sections(sweep, comparison, i))
@@ -60,20 +60,23 @@ def _curves(comparison: Comparison, x: str):
     from plotly.colors import qualitative
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("train loss", "val loss"))
+    column = comparison.curve
+    headings = ("train loss", curve_title(column))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=headings)
     palette = qualitative.Plotly if len(comparison.runs) <= 10 else qualitative.Light24
     for i, run in enumerate(comparison.runs):
         colour, name = palette[i % len(palette)], label(run, comparison)
         logged = [row for row in run.history if isinstance(row.get("loss"), float) and x in row]
-        evaluated = [row for row in run.history if isinstance(row.get("val_loss"), float) and x in row]
+        evaluated = [row for row in run.history if isinstance(row.get(column), float) and x in row]
         # One legend entry per run toggles both of its curves.
         fig.add_trace(go.Scatter(x=[r[x] for r in logged], y=[r["loss"] for r in logged], name=name,
                                  legendgroup=run.name, line={"color": colour}, mode="lines"), row=1, col=1)
-        fig.add_trace(go.Scatter(x=[r[x] for r in evaluated], y=[r["val_loss"] for r in evaluated], name=name,
+        fig.add_trace(go.Scatter(x=[r[x] for r in evaluated], y=[r[column] for r in evaluated], name=name,
                                  legendgroup=run.name, showlegend=False, line={"color": colour},
                                  mode="lines+markers"), row=1, col=2)
     fig.update_xaxes(title_text=x)
-    fig.update_yaxes(title_text="loss")
+    for col, heading in enumerate(headings, start=1):
+        fig.update_yaxes(title_text=heading, row=1, col=col)
     fig.update_layout(height=480, legend={"orientation": "h", "y": -0.2}, margin={"t": 40})
     return fig
 

@@ -47,6 +47,7 @@ class Run:
     error: str | None = None  # a failed run's one-line root cause
     sweep: str | None = None  # the sweep directory a trial belongs to
     compression: list[dict] = field(default_factory=list)  # compress_report.json files it holds
+    final_val_metrics: dict[str, float] = field(default_factory=dict)  # val_loss, val_ppl... of the last evaluation
 
     def value(self, key: str) -> Any:
         """A config key's value; for a swept config group (zero=3), the option the trial picked."""
@@ -128,6 +129,9 @@ def load_run(run_dir: Path, sweep_entry: dict | None = None) -> Run:
     logged = [row for row in history if _number(row.get("loss"))]
     evaluated = [row for row in history if _number(row.get("val_loss"))]
     best = min(evaluated, key=lambda row: row["val_loss"], default=None)
+    last_evaluated = evaluated[-1] if evaluated else {}
+    final_val = (final_val_metrics(summary)  # a run not ended yet: its last evaluated row
+                 or {key: value for key, value in last_evaluated.items() if key.startswith("val_")})
     windows = [row["tokens_per_s"] for row in logged if _number(row.get("tokens_per_s"))]
     status, error = _status(run, summary, sweep_entry)
     return Run(
@@ -136,8 +140,8 @@ def load_run(run_dir: Path, sweep_entry: dict | None = None) -> Run:
         status=status,
         steps=summary.get("steps", history[-1]["step"] if history else 0),
         final_train_loss=summary.get("final_train_loss", logged[-1]["loss"] if logged else None),
-        final_val_loss=summary.get("final_val_loss", evaluated[-1]["val_loss"] if evaluated else None),
-        final_val_ppl=summary.get("final_val_ppl", evaluated[-1].get("val_ppl") if evaluated else None),
+        final_val_loss=final_val.get("val_loss"),
+        final_val_ppl=final_val.get("val_ppl"),
         best_val_loss=best["val_loss"] if best else None,
         best_val_step=best["step"] if best else None,
         tokens_per_s=statistics.median(windows) if windows else None,
@@ -148,7 +152,14 @@ def load_run(run_dir: Path, sweep_entry: dict | None = None) -> Run:
         overrides=dict((raw.get("sweep") or {}).get("trial_overrides") or {}),
         error=error,
         compression=run.compress_reports(),
+        final_val_metrics=final_val,
     )
+
+
+def final_val_metrics(summary: dict) -> dict[str, float]:
+    """summary.json's `final_val_*`: every validation metric of the run's last evaluation, by the name its
+    evaluations log (val_loss, val_ppl; a classifier's val_accuracy, val_macro_f1)."""
+    return {key.removeprefix("final_"): value for key, value in summary.items() if key.startswith("final_val_")}
 
 
 def load_sweep(sweep_dir: Path) -> Sweep:

@@ -20,12 +20,14 @@ HEADERS = ("run", "status", "steps", "train loss", "best val loss (step)", "val 
 
 
 def cells(run: Run, comparison: Comparison) -> list[str]:
-    """The row's text, column by column: HEADERS, then `best <metric>` when sorting by another metric,
-    then the differing keys."""
+    """The row's text, column by column: HEADERS, the final value of each other validation metric (a
+    classifier's accuracy and F1), `best <metric>` when sorting by another metric than val_loss, then the
+    differing keys."""
     values = [run.name, status_text(run), str(run.steps), num(run.final_train_loss),
               "-" if run.best_val_loss is None else f"{num(run.best_val_loss)} ({run.best_val_step})",
               num(run.final_val_ppl, 2), num(run.tokens_per_s, 0, thousands=True),
               memory(run.peak_memory_bytes_per_rank), duration(run.wall_s)]
+    values += [num(run.final_val_metrics.get(name)) for name in comparison.other_val_metrics]
     if comparison.metric != "val_loss":
         best, step = run.best(comparison.metric, comparison.maximize)
         values.append("-" if best is None else f"{num(best)} ({step})")
@@ -34,7 +36,8 @@ def cells(run: Run, comparison: Comparison) -> list[str]:
 
 def headers(comparison: Comparison) -> list[str]:
     extra = [f"best {comparison.metric} (step)"] if comparison.metric != "val_loss" else []
-    return [*HEADERS, *extra, *comparison.differing_keys]
+    return [*HEADERS, *(f"final {name}" for name in comparison.other_val_metrics), *extra,
+            *comparison.differing_keys]
 
 
 def notes(comparison: Comparison) -> list[str]:
@@ -73,9 +76,11 @@ def print_table(comparison: Comparison, out: TextIO | None = None) -> None:
 
     table = Table(title=f"{len(comparison.runs)} runs by {comparison.metric} ({comparison.mode})",
                   title_justify="left")
-    for i, header in enumerate(headers(comparison)):
-        table.add_column(header, justify="left" if i < 2 or i >= len(HEADERS) else "right",
-                         style="cyan" if i >= len(headers(comparison)) - len(comparison.differing_keys) else None)
+    columns = headers(comparison)
+    first_key = len(columns) - len(comparison.differing_keys)
+    for i, header in enumerate(columns):  # numbers to the right; names, status and config values to the left
+        table.add_column(header, justify="left" if i < 2 or i >= first_key else "right",
+                         style="cyan" if i >= first_key else None)
     for run in comparison.runs:
         table.add_row(*cells(run, comparison))
     out = out or sys.stdout

@@ -2,8 +2,9 @@
 (wandb-workspaces) and saved on the W&B server.
 
 The report holds one panel grid over the compared runs (a sweep's group, else the runs by id):
-train and val loss line plots, a parallel-coordinates panel of the differing config keys against
-the metric, W&B's parameter-importance panel, and a run comparer showing only the differences.
+line plots of the train loss and of the --metric (val loss by default), a
+parallel-coordinates panel of the differing config keys against the metric, W&B's
+parameter-importance panel, and a run comparer showing only the differences.
 It needs the runs on the server: runs tracked offline must be synced first (`wandb sync`), and
 that is checked before anything is sent.
 """
@@ -14,6 +15,7 @@ import os
 from pathlib import Path
 
 from orchestrator.compare.comparison import Comparison, wandb_pointer
+from orchestrator.compare.curves import curve_title
 from orchestrator.compare.runs import Run
 
 
@@ -59,7 +61,7 @@ def build(comparison: Comparison, entity: str | None, project: str, x: str = "St
     columns.append(wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(comparison.metric)))
     panels = [
         wr.LinePlot(title="train loss", x=x, y=["loss"]),
-        wr.LinePlot(title="val loss", x=x, y=["val_loss"]),
+        wr.LinePlot(title=curve_title(comparison.curve), x=x, y=[comparison.curve]),
         wr.ParallelCoordinatesPlot(title=f"config vs {comparison.metric}", columns=columns),
         wr.ParameterImportancePlot(with_respect_to=comparison.metric),
         wr.RunComparer(diff_only="split"),

@@ -28,8 +28,9 @@ from orchestrator.rundir import SweepDir
 from orchestrator.sweep import record, space
 from orchestrator.sweep.trial import run_trial
 
-"""The sweep's command line, kept in its folder so `--resume <sweep_dir>` needs nothing else."""
-METRICS = ("val_loss", "val_ppl", "loss")
+METRICS = ("val_loss", "val_ppl", "val_accuracy", "val_macro_f1", "loss")
+"""What sweep.metric may name: the metrics trials report, over every task (clm and sft: val_loss, val_ppl;
+classify: val_loss, val_accuracy, val_macro_f1; all of them the train loss, `loss`)."""
 TRIAL_DRIVER_MEMORY = 256 * 2**20
 
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator.compare.runs import final_val_metrics
 from orchestrator.config.overrides import as_override, as_overrides
 from orchestrator.errors import ConfigError, Preempted, TrainingError
 from orchestrator.rundir import RunDir, SweepDir
@@ -52,6 +53,12 @@ def run_trial(values: dict[str, Any], base_overrides: list[str], config_file: st
         return {"status": "failed", "error": str(error).splitlines()[0] if str(error) else type(error).__name__}
     if not ran_before:  # a resumed sweep re-entering an ended trial keeps the wall time it took
         RunDir(run_dir).trial_record.write_text(json.dumps({"id": trial_id, "wall_s": time.monotonic() - started}))
+    return last_result(run_dir)
+
+
+def last_result(run_dir: Path) -> dict:
+    """The ended run's last result for Tune, named as its evaluations report them: every validation metric of
+    its last evaluation (val_loss, val_accuracy, whatever its task logs) and its last train loss."""
     summary = RunDir(run_dir).summary()
-    return {"status": summary["status"], "step": summary["steps"], "val_loss": summary["final_val_loss"],
-            "val_ppl": summary["final_val_ppl"], "loss": summary["final_train_loss"]}
+    return {"status": summary["status"], "step": summary["steps"], "loss": summary["final_train_loss"],
+            **final_val_metrics(summary)}

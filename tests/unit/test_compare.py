@@ -7,6 +7,8 @@ tests/unit/data/compare holds their small files (no checkpoints, model or W&B fo
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import shutil
 from html.parser import HTMLParser
@@ -363,3 +365,99 @@ def test_compare_and_best_yaml_name_the_same_trial_when_best_seen_and_final_disa
     assert best_completed(records, maximize=False)["id"] == steady.name
     runs, sweeps = load([str(sweep_dir)])
     assert json.loads(to_json(compare(runs, sweeps, "val_loss", "min")))["sweeps"][0]["best_trial"] == steady.name
+
+
+CLASSIFIER_EVALUATIONS = {  # trial -> (val_loss, val_accuracy, val_macro_f1) at each evaluation
+    "8a831_00000": [(0.9, 0.50, 0.45), (0.6, 0.70, 0.66)],
+    "8a831_00001": [(0.8, 0.60, 0.58), (0.7, 0.90, 0.88)],  # the highest final accuracy, not the lowest loss
+    "8a831_00002": [(1.0, 0.40, 0.30), (0.5, 0.55, 0.50)],  # the lowest final loss, the lowest accuracy
+    "8a831_00003": [(0.7, 0.95, 0.94)],  # ASHA stopped it: the highest accuracy seen, but not a completed trial
+}
+
+
+@pytest.fixture
+def classifier_sweep(sweep_dir) -> Path:
+    """The captured sweep as a sequence-classification sweep leaves it: each evaluation logs val_loss,
+    val_accuracy and val_macro_f1 (no perplexity), and summary.json has the last one's as final_<name>."""
+    for trial, evaluations in CLASSIFIER_EVALUATIONS.items():
+        run_dir = sweep_dir / "trials" / trial
+        rows = []
+        for i, (loss, accuracy, f1) in enumerate(evaluations):
+            rows += [{"step": 2 * i + 1, "loss": 1.0 - i / 10, "tokens": 512 * (2 * i + 1)},
+                     {"step": 2 * i + 2, "loss": 0.95 - i / 10, "tokens": 512 * (2 * i + 2), "val_loss": loss,
+                      "val_accuracy": accuracy, "val_macro_f1": f1}]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        summary = {key: value for key, value in json.loads((run_dir / "summary.json").read_text()).items()
+                   if not key.startswith("final_val_")}
+        last = rows[-1]
+        summary.update(steps=last["step"], final_val_loss=last["val_loss"], final_val_accuracy=last["val_accuracy"],
+                       final_val_macro_f1=last["val_macro_f1"])
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+    return sweep_dir
+
+
+def test_a_classifier_sweep_sorted_by_accuracy_lists_the_most_accurate_first_with_its_columns(classifier_sweep, capsys):
+    code, out, _ = run_cli(capsys, str(classifier_sweep), "--metric", "val_accuracy", "--mode", "max")
+    assert code == 0
+    header = [cell.strip() for cell in next(line for line in out.splitlines() if line.startswith("┃")).split("┃")]
+    assert {"final val_accuracy", "final val_macro_f1", "best val_accuracy (step)"} <= set(header)
+    rows = {row[1].strip(): dict(zip(header, (cell.strip() for cell in row), strict=True))
+            for row in (line.split("│") for line in out.splitlines() if line.startswith("│"))}
+    assert list(rows) == ["8a831_00003", "8a831_00001", "8a831_00000", "8a831_00002"]  # best accuracy seen first
+    assert (rows["8a831_00001"]["final val_accuracy"], rows["8a831_00001"]["final val_macro_f1"],
+            rows["8a831_00001"]["best val_accuracy (step)"]) == ("0.9000", "0.8800", "0.9000 (4)")
+    assert "best trial 8a831_00001 (final val_accuracy 0.9000 at step 4)" in out  # completed, highest final
+    code, out, _ = run_cli(capsys, str(classifier_sweep), "--metric", "val_accuracy", "--format", "json")
+    assert code == 0
+    result = json.loads(out)  # --mode min, the default: the least accurate first
+    assert [row["name"] for row in result["runs"]][0] == "8a831_00002"
+    assert result["sweeps"][0]["best_trial"] == "8a831_00002"
+
+
+def test_accuracy_and_f1_columns_appear_only_where_a_run_reports_them(classifier_sweep, capsys):
+    language_model = str(DATA / "runs" / "a")
+    _, out, _ = run_cli(capsys, language_model)
+    assert "val_accuracy" not in out and "macro_f1" not in out
+    _, out, _ = run_cli(capsys, language_model, "--format", "csv")
+    assert out.splitlines()[0] == ("name,run_dir,status,steps,final_train_loss,best_val_loss,best_val_step,"
+                                   "final_val_ppl,tokens_per_s,wall_s,wandb,peak_memory_bytes_per_rank")
+    _, out, _ = run_cli(capsys, language_model, "--format", "json")
+    assert not any(key.startswith(("final_val_acc", "final_val_macro")) for key in json.loads(out)["runs"][0])
+
+    code, out, _ = run_cli(capsys, language_model, str(classifier_sweep / "trials" / "8a831_00001"), "--format", "csv")
+    assert code == 0
+    lines = list(csv.DictReader(io.StringIO(out)))
+    values = {line["name"]: (line["final_val_accuracy"], line["final_val_macro_f1"]) for line in lines}
+    assert values == {"a": ("", ""), "8a831_00001": ("0.9", "0.88")}
+    code, out, _ = run_cli(capsys, language_model, str(classifier_sweep / "trials" / "8a831_00001"), "--format", "json")
+    assert {row["name"]: row.get("final_val_accuracy") for row in json.loads(out)["runs"]} == {
+        "a": None, "8a831_00001": 0.9}
+
+
+def test_the_curves_beside_the_train_loss_are_the_metric_the_runs_are_sorted_by(classifier_sweep):
+    from orchestrator.compare.curves import figure
+
+    runs, sweeps = load([str(classifier_sweep)])
+    for metric, column in (("val_accuracy", "val_accuracy"), ("loss", "val_loss")):  # train loss is already left
+        comparison = compare(runs, sweeps, metric, "max")
+        _, metric_ax = figure(comparison).axes
+        assert metric_ax.get_title() == column.replace("_", " ")
+        assert [list(line.get_ydata()) for line in metric_ax.get_lines()] == [
+            [row[column] for row in run.history if column in row] for run in comparison.runs]
+
+
+def test_best_yaml_and_compare_name_the_most_accurate_completed_trial_with_mode_max(classifier_sweep):
+    from orchestrator.config.schema import MetricMode, SweepConfig
+    from orchestrator.sweep.record import trial_record, write
+
+    records = [trial_record(path, {}, "val_accuracy", maximize=True)
+               for path in sorted((classifier_sweep / "trials").iterdir())]
+    assert {r["id"]: r["best_metric"] for r in records}["8a831_00003"] == 0.95
+    written = write(classifier_sweep, SweepConfig(metric="val_accuracy", mode=MetricMode.max), records, 1.0, 1)
+    assert written["mode"] == "max"
+    best_yaml = (classifier_sweep / "best.yaml").read_text()
+    assert best_yaml.startswith("# best completed trial 8a831_00001: val_accuracy=0.9\n")
+    assert yaml.safe_load(best_yaml)["optim"]["lr"] == yaml.safe_load(
+        (classifier_sweep / "trials" / "8a831_00001" / "config.yaml").read_text())["optim"]["lr"]
+    runs, sweeps = load([str(classifier_sweep)])
+    assert json.loads(to_json(compare(runs, sweeps, "val_accuracy", "max")))["sweeps"][0]["best_trial"] == "8a831_00001"

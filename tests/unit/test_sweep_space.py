@@ -51,13 +51,21 @@ def test_float_values_reach_the_trial_exactly():
     (["sweep.scheduler=asha", "sweep.asha.grace_steps=500", "train.max_steps=100"],
      "sweep.asha.grace_steps=500: must be between 1 and train.max_steps=100"),
     (["sweep.scheduler=asha", "train.eval_every=0"], "train.eval_every=0: ASHA judges trials at evaluations"),
-    (["sweep.metric=accuracy"], "sweep.metric=accuracy: must be one of val_loss, val_ppl, loss"),
+    (["sweep.metric=accuracy"], "sweep.metric=accuracy: must be one of val_loss, val_ppl, val_accuracy, "
+                                "val_macro_f1, loss"),
 ])
 def test_sweep_settings_that_cannot_work_are_refused(compose_tiny, overrides, message):
     cfg = compose_tiny(*overrides)
     params, _ = space.parse({"optim.lr": "1e-3,3e-3"})
     problems = _check_settings(cfg, params)
     assert any(p.startswith(message) for p in problems), problems
+
+
+@pytest.mark.parametrize("metric", ["val_accuracy", "val_macro_f1"])
+def test_a_classifiers_metrics_are_valid_sweep_metrics_with_mode_max(compose_tiny, metric):
+    cfg = compose_tiny("sweep=lr_search", f"sweep.metric={metric}", "sweep.mode=max")
+    params, _ = space.parse(cfg.sweep.params)
+    assert _check_settings(cfg, params) == []
 
 
 def test_the_lr_search_preset_is_a_valid_optuna_asha_sweep(compose_tiny):
