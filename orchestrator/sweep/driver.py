@@ -28,9 +28,10 @@ from orchestrator.rundir import SweepDir
 from orchestrator.sweep import record, space
 from orchestrator.sweep.trial import run_trial
 
-METRICS = ("val_loss", "val_ppl", "val_accuracy", "val_macro_f1", "loss")
-"""What sweep.metric may name: the metrics trials report, over every task (clm and sft: val_loss, val_ppl;
-classify: val_loss, val_accuracy, val_macro_f1; all of them the train loss, `loss`)."""
+METRICS = {"clm": ("val_loss", "val_ppl", "loss"), "sft": ("val_loss", "val_ppl", "loss"),
+           "classify": ("val_loss", "val_accuracy", "val_macro_f1", "loss")}
+"""What sweep.metric may name, by task: the metrics its trials report (a name another task reports would leave
+the sweep without a best trial)."""
 TRIAL_DRIVER_MEMORY = 256 * 2**20
 
 
@@ -120,8 +121,10 @@ def _check_settings(cfg: Config, params: list[space.Param]) -> list[str]:
     if s.algorithm is not SearchAlgorithm.grid and (s.num_trials is None or s.num_trials < 1):
         problems.append(f"sweep.num_trials={'null' if s.num_trials is None else s.num_trials}: "
                         f"sweep.algorithm={s.algorithm.value} needs a number of trials >= 1")
-    if s.metric not in METRICS:
-        problems.append(f"sweep.metric={s.metric}: must be one of {', '.join(METRICS)}")
+    reported = METRICS[cfg.task.name.value]
+    if s.metric not in reported:
+        problems.append(f"sweep.metric={s.metric}: must be one of {', '.join(reported)} (what task="
+                        f"{cfg.task.name.value} reports)")
     if s.max_concurrent is not None and s.max_concurrent < 1:
         problems.append(f"sweep.max_concurrent={s.max_concurrent}: must be >= 1, or null")
     if s.scheduler is SweepScheduler.asha:

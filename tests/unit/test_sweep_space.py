@@ -51,8 +51,10 @@ def test_float_values_reach_the_trial_exactly():
     (["sweep.scheduler=asha", "sweep.asha.grace_steps=500", "train.max_steps=100"],
      "sweep.asha.grace_steps=500: must be between 1 and train.max_steps=100"),
     (["sweep.scheduler=asha", "train.eval_every=0"], "train.eval_every=0: ASHA judges trials at evaluations"),
-    (["sweep.metric=accuracy"], "sweep.metric=accuracy: must be one of val_loss, val_ppl, val_accuracy, "
-                                "val_macro_f1, loss"),
+    (["sweep.metric=accuracy"], "sweep.metric=accuracy: must be one of val_loss, val_ppl, loss (what task=clm "
+                                "reports)"),
+    (["sweep.metric=val_accuracy", "sweep.mode=max"], "sweep.metric=val_accuracy: must be one of val_loss, val_ppl, "
+                                                      "loss (what task=clm reports)"),
 ])
 def test_sweep_settings_that_cannot_work_are_refused(compose_tiny, overrides, message):
     cfg = compose_tiny(*overrides)
@@ -62,8 +64,11 @@ def test_sweep_settings_that_cannot_work_are_refused(compose_tiny, overrides, me
 
 
 @pytest.mark.parametrize("metric", ["val_accuracy", "val_macro_f1"])
-def test_a_classifiers_metrics_are_valid_sweep_metrics_with_mode_max(compose_tiny, metric):
-    cfg = compose_tiny("sweep=lr_search", f"sweep.metric={metric}", "sweep.mode=max")
+def test_a_classifiers_metrics_are_valid_sweep_metrics_with_mode_max(compose_tiny, metric, tmp_path):
+    data = tmp_path / "labelled.jsonl"
+    data.write_text('{"text": "good", "label": 1}\n{"text": "bad", "label": 0}\n')
+    cfg = compose_tiny("task=classify", "model.arch=bert", "data=local", f"data.path={data}", "sweep=lr_search",
+                       f"sweep.metric={metric}", "sweep.mode=max")
     params, _ = space.parse(cfg.sweep.params)
     assert _check_settings(cfg, params) == []
 
