@@ -193,7 +193,8 @@ def validate(cfg: Config) -> list[str]:
             "uses its cores")
     p.check(bool(d.text_field), "data.text_field", d.text_field, "must name a column")
     if cfg.task.name is TaskName.classify:
-        p.check(d.path is not None, "data.path", d.path, "task=classify needs a labelled file (data=local data.path=...)")
+        p.check(d.path is not None, "data.path", d.path,
+                "task=classify needs a labelled file (data=local data.path=...)")
         p.check(not d.streaming and not d.sources, "data.streaming", d.streaming,
                 "task=classify reads its labelled files whole (no streaming, no mixture)")
         p.check(bool(d.label_field), "data.label_field", d.label_field, "must name a column")
