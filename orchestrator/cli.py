@@ -108,9 +108,10 @@ def _compare_parser(commands) -> None:
     sub = commands.add_parser("compare", help=summary, description=summary)
     sub.add_argument("paths", nargs="+", metavar="PATH", help="run directories, sweep directories (every trial), "
                      "or globs of them")
-    sub.add_argument("--metric", default="val_loss", help="metrics.jsonl column the runs are sorted by, best first "
-                     "(default: val_loss)")
-    sub.add_argument("--mode", default="min", help="min or max: which end of --metric is best (default: min)")
+    sub.add_argument("--metric", help="metrics.jsonl column the runs are sorted by, best first (default: what the "
+                     "sweep ranked by, else val_loss)")
+    sub.add_argument("--mode", help="min or max: which end of --metric is best (default: the sweep's; else max "
+                     "for an accuracy or F1, min for the rest)")
     sub.add_argument("--format", default="table", help="table (default), json or csv, for scripts")
     sub.add_argument("--png", nargs="?", const="", metavar="FILE", help="write train and val loss curves; "
                      "without FILE: <sweep>/compare.png for a sweep, else ./compare.png")

@@ -8,6 +8,8 @@ imported: matplotlib for --png, plotly and Optuna for --html, wandb-workspaces f
 
 from __future__ import annotations
 
+import dataclasses
+
 import re
 import sys
 from dataclasses import dataclass
@@ -24,13 +26,13 @@ DEFAULT_PNG = "compare.png"
 _METRIC = re.compile(r"^[A-Za-z_][A-Za-z0-9_./-]*$")
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Request:
     """The command line, as typed options (the CLI's argparse fills it)."""
 
     paths: list[str]
-    metric: str = "val_loss"
-    mode: str = "min"
+    metric: str | None = None  # None: what the sweep compared ranked by, else val_loss
+    mode: str | None = None  # None: the sweep's, else max for an accuracy or F1, min for the rest
     format: str = "table"
     png: str | None = None  # "" = --png without a file: the default place
     x: str = "step"
@@ -43,6 +45,7 @@ def run(request: Request) -> int:
     if problems:
         raise ConfigError(problems)
     runs, sweeps = run_files.load(request.paths)
+    request = _with_defaults(request, sweeps)
     comparison = compare(runs, sweeps, request.metric, request.mode)
     logged = _logged_keys(runs)
     if logged and request.metric not in logged:  # runs that logged nothing yet (failed at start) are still shown
@@ -85,15 +88,25 @@ def run(request: Request) -> int:
     return 0
 
 
+def _with_defaults(request: Request, sweeps: list) -> Request:
+    """The metric and mode a sweep ranked its trials by, when comparing one sweep (or several that agree) and
+    none was given; else val_loss. Without --mode: max for an accuracy or F1, min for losses and perplexity."""
+    ranked_by = {(sweep.metric, sweep.mode) for sweep in sweeps}
+    metric, mode = next(iter(ranked_by)) if len(ranked_by) == 1 else ("val_loss", "min")
+    if request.metric is not None:
+        metric, mode = request.metric, "max" if request.metric.endswith(("accuracy", "_f1")) else "min"
+    return dataclasses.replace(request, metric=metric, mode=request.mode or mode)
+
+
 def _problems(request: Request) -> list[str]:
     problems = []
-    if request.mode not in MODES:
+    if request.mode is not None and request.mode not in MODES:
         problems.append(f"--mode {request.mode}: must be one of {', '.join(MODES)}")
     if request.format not in FORMATS:
         problems.append(f"--format {request.format}: must be one of {', '.join(FORMATS)}")
     if request.x not in X_AXES:
         problems.append(f"--x {request.x}: must be one of {', '.join(X_AXES)}")
-    if not _METRIC.match(request.metric):
+    if request.metric is not None and not _METRIC.match(request.metric):
         problems.append(f"--metric {request.metric}: a column of metrics.jsonl, e.g. val_loss, val_accuracy or loss")
     if request.png and not request.png.endswith(".png"):
         problems.append(f"--png {request.png}: the file must end in .png (or put --png, with no file, after "

@@ -409,9 +409,12 @@ def test_a_classifier_sweep_sorted_by_accuracy_lists_the_most_accurate_first_wit
     assert "best trial 8a831_00001 (final val_accuracy 0.9000 at step 4)" in out  # completed, highest final
     code, out, _ = run_cli(capsys, str(classifier_sweep), "--metric", "val_accuracy", "--format", "json")
     assert code == 0
-    result = json.loads(out)  # --mode min, the default: the least accurate first
-    assert [row["name"] for row in result["runs"]][0] == "8a831_00002"
-    assert result["sweeps"][0]["best_trial"] == "8a831_00002"
+    result = json.loads(out)  # no --mode: an accuracy is best at its highest
+    assert [row["name"] for row in result["runs"]][0] == "8a831_00003"
+    assert result["sweeps"][0]["best_trial"] == "8a831_00001"
+    code, out, _ = run_cli(capsys, str(classifier_sweep), "--metric", "val_accuracy", "--mode", "min", "--format",
+                           "json")
+    assert code == 0 and json.loads(out)["sweeps"][0]["best_trial"] == "8a831_00002"  # --mode min: the least accurate
 
 
 def test_accuracy_and_f1_columns_appear_only_where_a_run_reports_them(classifier_sweep, capsys):
