@@ -11,8 +11,9 @@ from orchestrator.config.schema import Config
 
 def standard_hooks() -> tuple:
     from orchestrator.compress.hooks import TrainingHooks
+    from orchestrator.models.adapters import Adapters
 
-    return (TrainingHooks,)
+    return (Adapters, TrainingHooks)
 
 
 def run(cfg: Config) -> Path:

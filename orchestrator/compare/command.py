@@ -9,10 +9,8 @@ imported: matplotlib for --png, plotly and Optuna for --html, wandb-workspaces f
 from __future__ import annotations
 
 import dataclasses
-
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.compare import runs as run_files

@@ -60,6 +60,13 @@ class TaskName(str, Enum):
     classify = "classify"
 
 
+class PeftMethod(str, Enum):
+    none = "none"
+    lora = "lora"
+    dora = "dora"
+    qlora = "qlora"
+
+
 class ClassWeights(str, Enum):
     none = "none"
     auto = "auto"
@@ -555,6 +562,28 @@ class TaskConfig:
 
 
 @dataclass
+class PeftConfig:
+    """Parameter-efficient fine-tuning with peft's adapters (models/adapters.py): the base model frozen, only the
+    adapters (and peft.modules_to_save) trained, checkpointed and exported."""
+
+    method: PeftMethod = PeftMethod.none
+    """none (full fine-tuning), lora, dora (LoRA with a learned magnitude), qlora (LoRA on a 4-bit base: CUDA)."""
+    r: int = 16
+    """The adapters' rank."""
+    alpha: float = 32.0
+    """LoRA's scaling numerator: the update is scaled by alpha / r."""
+    dropout: float = 0.05
+    """Dropout on the adapters' input."""
+    target_modules: list[str] | None = None
+    """Names (or name suffixes) of the linear layers that get adapters. null = every linear layer of the
+    transformer blocks, never the output head."""
+    modules_to_save: list[str] | None = None
+    """Modules trained in full beside the adapters (task=classify adds its classification head itself)."""
+    merge: bool = True
+    """Also export RUN/model with the adapters merged into plain weights (RUN/adapter is always written)."""
+
+
+@dataclass
 class Config:
     task: TaskConfig = field(default_factory=TaskConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -568,6 +597,7 @@ class Config:
     submit: SubmitConfig = field(default_factory=SubmitConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
     run_dir: str | None = None
 
     def command(self) -> str:

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config import model_folder
+from orchestrator.config import adapter_checks, model_folder
 from orchestrator.config.schema import Arch, Backend, ClusterConfig, Config, Offload, Precision, TaskName, TokenizeOn
 from orchestrator.machine import visible_gpus
 from orchestrator.rundir import RunDir
@@ -139,7 +139,9 @@ def validate(cfg: Config) -> list[str]:
 
     if m.pretrained_path is not None:
         folder = Path(m.pretrained_path).expanduser()
-        if not (folder / "config.json").is_file():
+        if adapter_checks.adapter_folder_problem(folder):
+            p.append(f"model.pretrained_path={m.pretrained_path}: {adapter_checks.adapter_folder_problem(folder)}")
+        elif not (folder / "config.json").is_file():
             p.append(f"model.pretrained_path={m.pretrained_path}: must be a local Hugging Face model folder holding "
                      "config.json")
         else:
@@ -258,6 +260,7 @@ def validate(cfg: Config) -> list[str]:
     p.check(t.max_failures >= 0, "train.max_failures", t.max_failures, "must be >= 0")
     p.check(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "must be >= 1")
     p.check(t.collective_timeout_s >= 1, "train.collective_timeout_s", t.collective_timeout_s, "must be >= 1 second")
+    p += adapter_checks.problems(cfg, visible_gpus() if c.gpus_per_worker is None else c.gpus_per_worker)
     if cfg.compress.passes:
         from orchestrator.config.compress_checks import ModelShape, pipeline_problems
 

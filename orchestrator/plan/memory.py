@@ -77,11 +77,12 @@ def precision_bytes(precision: Precision) -> int:
 
 
 def model_states(params: int, world: int, stage: int, precision: Precision, offload_optimizer: Offload,
-                 offload_param: Offload) -> dict[str, int]:
-    """Per-rank bytes of parameters, gradients and optimizer states (table in the module docstring)."""
+                 offload_param: Offload, trainable: int | None = None) -> dict[str, int]:
+    """Per-rank bytes of parameters, gradients and optimizer states (table in the module docstring). With a
+    frozen base (adapters), gradients and optimizer states exist for the `trainable` parameters only."""
     p, n = precision_bytes(precision), world
-    psi = params
-    param_bytes = p * psi if stage < 3 else math.ceil(p * psi / n)
+    param_bytes = p * params if stage < 3 else math.ceil(p * params / n)
+    psi = params if trainable is None else trainable
     grad_bytes = p * psi if stage == 0 else math.ceil(p * psi / n)
     if stage == 0:
         optim_bytes = (8 if precision is Precision.fp32 else 12) * psi
@@ -152,8 +153,8 @@ def buffer_bytes(cfg: Config, stage: int, precision: Precision, largest_layer_pa
 
 def estimate(cfg: Config, params: int, world: int, stage: int, precision: Precision, offload_optimizer: Offload,
              offload_param: Offload, checkpointing: ActivationCheckpointing, micro_batch: int,
-             largest_layer_params: int) -> Memory:
-    states = model_states(params, world, stage, precision, offload_optimizer, offload_param)
+             largest_layer_params: int, trainable: int | None = None) -> Memory:
+    states = model_states(params, world, stage, precision, offload_optimizer, offload_param, trainable)
     return Memory(
         **states,
         activations=activation_bytes(cfg, micro_batch, precision, checkpointing),

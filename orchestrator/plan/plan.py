@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from orchestrator.config import model_folder
+from orchestrator.config.adapter_checks import adapter_params, share
 from orchestrator.config.schema import ActivationCheckpointing, Arch, Backend, Config, ModelConfig, Offload, Precision
 from orchestrator.errors import ConfigError
 from orchestrator.machine import host_memory_bytes, visible_gpus
@@ -41,7 +42,8 @@ class Plan:
     offload_param: str
     activation_checkpointing: str
     params: int
-    """Parameter count: from the model's shapes, or a pretrained folder's safetensors headers (exact)."""
+    """Parameter count: from the model's shapes, or a pretrained folder's safetensors headers (exact); with
+    adapters, theirs added."""
     flops_per_token: int
     """Training FLOPs per token: 6N + 12 x layers x hidden x seq_len (Kaplan/Chinchilla)."""
     memory: dict
@@ -50,12 +52,16 @@ class Plan:
     fit_problems: list[str] = field(default_factory=list)
     auto_reasons: list[str] = field(default_factory=list)
     """Why zero=auto chose this configuration, one line per rejected or accepted candidate."""
+    trainable_params: int | None = None
+    """With adapters (peft=lora, dora): the parameters that train, the rest frozen. None: all of them train."""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def describe(self) -> str:
         params = f"{self.params / 1e6:.2f}M params ({self.params:,})"
+        if self.trainable_params is not None:
+            params += f", trainable {share(self.trainable_params, self.params)}"
         return (
             f"world_size={self.world_size}  global_batch={self.global_batch} "
             f"(micro {self.micro_batch_size} x accum {self.grad_accum} x {self.world_size} workers)  "
@@ -215,11 +221,12 @@ def _plan_for(cfg: Config, reasons: list[str], exact_params: int | None = None) 
     global_batch = t.micro_batch_size * t.grad_accum * world
     tokens_per_step = global_batch * t.seq_len
     vocab = cfg.model.vocab_size or cfg.data.vocab_size
-    params = exact_params or count_params(cfg.model, vocab, t.seq_len)
+    trainable = adapter_params(cfg)  # the adapters: they add to the model and are all that trains
+    params = (exact_params or count_params(cfg.model, vocab, t.seq_len)) + (trainable or 0)
     flops = 6 * params + 12 * cfg.model.num_layers * cfg.model.hidden_size * t.seq_len
     largest = max(layer_params(cfg.model), vocab * cfg.model.hidden_size)
-    mem = estimate(cfg, params, world, z.stage, t.precision, z.offload_optimizer, z.offload_param,
-                   t.activation_checkpointing, t.micro_batch_size, largest)
+    mem = estimate(cfg, params, world, z.stage, t.precision, z.offload_optimizer,
+                   z.offload_param, t.activation_checkpointing, t.micro_batch_size, largest, trainable)
     memory = mem.to_dict()
     fits, problems = _fit_problems(cfg, mem, gpus, ranks_per_node)
     return Plan(
@@ -244,6 +251,7 @@ def _plan_for(cfg: Config, reasons: list[str], exact_params: int | None = None) 
         fits=fits,
         fit_problems=problems,
         auto_reasons=reasons,
+        trainable_params=trainable,
     )
 
 

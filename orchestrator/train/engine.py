@@ -149,16 +149,24 @@ def initialize(model, ds_config: dict, lr_lambda: Callable[[int], float], weight
 
 def save_checkpoint(engine, checkpoint_dir: Path, tag: str) -> None:
     """Every rank writes its ZeRO shard into checkpoint_dir/tag. We seal and point `latest` ourselves
-    (checkpoint.py) only once every rank has finished, so DeepSpeed's own `latest` is not written."""
-    engine.save_checkpoint(str(checkpoint_dir), tag=tag, save_latest=False)
+    (checkpoint.py) only once every rank has finished, so DeepSpeed's own `latest` is not written. Frozen
+    parameters (a base model under adapters) are left out: training never changes them, and a resume loads
+    them from where they came from."""
+    engine.save_checkpoint(str(checkpoint_dir), tag=tag, save_latest=False,
+                           exclude_frozen_parameters=has_frozen_parameters(engine.module))
 
 
 def load_checkpoint(engine, checkpoint_dir: Path, tag: str) -> None:
     """Model, optimizer (this rank's shard) and LR scheduler state, exactly as saved."""
     path, _ = engine.load_checkpoint(str(checkpoint_dir), tag=tag, load_optimizer_states=True,
-                                     load_lr_scheduler_states=True)
+                                     load_lr_scheduler_states=True,
+                                     load_module_strict=not has_frozen_parameters(engine.module))
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {checkpoint_dir / tag}")
+
+
+def has_frozen_parameters(module) -> bool:
+    return any(not param.requires_grad for param in module.parameters())
 
 
 def full_state_dict(engine) -> dict:

@@ -147,3 +147,49 @@ def test_an_encoder_only_model_is_refused_before_anything_starts(chats, tmp_path
     assert result.returncode == 2
     assert f"error: model.pretrained_path={tmp_path / 'bert'}: is a BertForMaskedLM, not a causal LM" in result.stderr
     assert not (tmp_path / "r").exists()
+
+
+def _lora(reference, chats, run_dir: Path, zero: str):
+    """LoRA on the reference model, as the fixture's full fine-tuning but 10 steps, checkpointed at 5 and 10."""
+    args = [a for a in sft_args(reference.run_dir / "model", chats, run_dir) if not a.startswith("train.max_steps")]
+    result = orchestrator(*args, "train.max_steps=10", "train.ckpt_every=5", "peft=lora", "peft.r=4", f"zero={zero}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "adapters: the 2 tokens added to the vocabulary train their embedding rows too" in result.stdout
+    return run_dir
+
+
+def _assert_merged_equals_base_plus_adapter(reference, run_dir: Path) -> None:
+    """RUN/model (plain transformers) and the base + RUN/adapter (peft) give the same logits on a fixed batch."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(str(run_dir / "model")).eval()
+    base = AutoModelForCausalLM.from_pretrained(str(reference.run_dir / "model"))
+    base.resize_token_embeddings(merged.get_input_embeddings().num_embeddings)  # the template's tokens
+    adapted = PeftModel.from_pretrained(base, str(run_dir / "adapter")).eval()
+    batch = torch.arange(2 * 24).reshape(2, 24) % merged.config.vocab_size
+    with torch.no_grad():
+        assert torch.allclose(merged(batch).logits, adapted(batch).logits, atol=1e-4)
+    assert summary(run_dir)["base_model"]["path"] == str(reference.run_dir / "model")
+
+
+def test_lora_trains_a_sliver_exports_adapter_and_merged_model_and_checkpoints_only_what_trains(
+        finetuned, reference, chats, tmp_path):
+    """At ZeRO-2 beside the full fine-tuning (finetuned): optimizer state and checkpoint a small share of its."""
+    run_dir = _lora(reference, chats, tmp_path / "lora", "2")
+    done, full = summary(run_dir), summary(finetuned)
+    assert 0 < done["trainable_share"] < 0.25
+    lora_optimizer = max(rank["optimizer"] for rank in done["measured_model_state_bytes_per_rank"])
+    full_optimizer = max(rank["optimizer"] for rank in full["measured_model_state_bytes_per_rank"])
+    assert lora_optimizer <= 0.05 * full_optimizer
+
+    def size(run: Path) -> int:
+        return sum(f.stat().st_size for f in (run / "checkpoints" / "step_00000010").rglob("*") if f.is_file())
+
+    assert size(run_dir) <= 0.10 * size(finetuned)
+    _assert_merged_equals_base_plus_adapter(reference, run_dir)
+
+
+def test_lora_at_zero3_exports_an_adapter_and_a_merged_model_that_agree(reference, chats, tmp_path):
+    _assert_merged_equals_base_plus_adapter(reference, _lora(reference, chats, tmp_path / "lora", "3"))
