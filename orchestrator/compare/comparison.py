@@ -32,6 +32,11 @@ class Comparison:
     other_val_metrics: list[str]  # beyond val loss and ppl: a classifier's val_accuracy, val_macro_f1
 
     @property
+    def shows_trainable(self) -> bool:
+        """A `trainable` column, when some run trained adapters (the others trained every parameter)."""
+        return any(run.trainable_params is not None for run in self.runs)
+
+    @property
     def maximize(self) -> bool:
         return self.mode == "max"
 
@@ -145,6 +150,7 @@ def row(run: Run, comparison: Comparison) -> dict:
         "tokens_per_s": _finite(run.tokens_per_s),
         "peak_memory_bytes_per_rank": run.peak_memory_bytes_per_rank,
         "wall_s": _finite(run.wall_s),
+        "trainable_params": run.trainable_params,
         "error": run.error,
         "sweep": run.sweep,
         "wandb": wandb_pointer(run),
@@ -175,7 +181,8 @@ CSV_COLUMNS = ("name", "run_dir", "status", "steps", "final_train_loss", "best_v
 def to_csv(comparison: Comparison) -> str:
     """One line per run: the table's numbers (the final value of each other validation metric among them),
     then one column per differing config key."""
-    columns = [*CSV_COLUMNS, *(f"final_{name}" for name in comparison.other_val_metrics)]
+    columns = [*CSV_COLUMNS, *(f"final_{name}" for name in comparison.other_val_metrics),
+               *(["trainable_params"] if comparison.shows_trainable else [])]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow([*columns, "peak_memory_bytes_per_rank", *comparison.differing_keys])

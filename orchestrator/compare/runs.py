@@ -47,7 +47,8 @@ class Run:
     error: str | None = None  # a failed run's one-line root cause
     sweep: str | None = None  # the sweep directory a trial belongs to
     compression: list[dict] = field(default_factory=list)  # compress_report.json files it holds
-    final_val_metrics: dict[str, float] = field(default_factory=dict)  # val_loss, val_ppl... of the last evaluation
+    final_val_metrics: dict[str, float] = field(default_factory=dict)
+    trainable_params: int | None = None  # with adapters (peft=lora, dora): the parameters that trained  # val_loss, val_ppl... of the last evaluation
 
     def value(self, key: str) -> Any:
         """A config key's value; for a swept config group (zero=3), the option the trial picked."""
@@ -152,6 +153,7 @@ def load_run(run_dir: Path, sweep_entry: dict | None = None) -> Run:
         overrides=dict((raw.get("sweep") or {}).get("trial_overrides") or {}),
         error=error,
         compression=run.compress_reports(),
+        trainable_params=summary.get("trainable_params"),
         final_val_metrics=final_val,
     )
 

@@ -28,6 +28,8 @@ def cells(run: Run, comparison: Comparison) -> list[str]:
               num(run.final_val_ppl, 2), num(run.tokens_per_s, 0, thousands=True),
               memory(run.peak_memory_bytes_per_rank), duration(run.wall_s)]
     values += [num(run.final_val_metrics.get(name)) for name in comparison.other_val_metrics]
+    if comparison.shows_trainable:
+        values.append("all" if run.trainable_params is None else f"{run.trainable_params:,}")
     if comparison.metric != "val_loss":
         best, step = run.best(comparison.metric, comparison.maximize)
         values.append("-" if best is None else f"{num(best)} ({step})")
@@ -36,7 +38,8 @@ def cells(run: Run, comparison: Comparison) -> list[str]:
 
 def headers(comparison: Comparison) -> list[str]:
     extra = [f"best {comparison.metric} (step)"] if comparison.metric != "val_loss" else []
-    return [*HEADERS, *(f"final {name}" for name in comparison.other_val_metrics), *extra,
+    trainable = ["trainable"] if comparison.shows_trainable else []
+    return [*HEADERS, *(f"final {name}" for name in comparison.other_val_metrics), *trainable, *extra,
             *comparison.differing_keys]
 
 

@@ -464,3 +464,23 @@ def test_best_yaml_and_compare_name_the_most_accurate_completed_trial_with_mode_
         (classifier_sweep / "trials" / "8a831_00001" / "config.yaml").read_text())["optim"]["lr"]
     runs, sweeps = load([str(classifier_sweep)])
     assert json.loads(to_json(compare(runs, sweeps, "val_accuracy", "max")))["sweeps"][0]["best_trial"] == "8a831_00001"
+
+
+def test_runs_that_trained_adapters_show_how_many_parameters_trained(tmp_path, capsys):
+    """A `trainable` column (and CSV field) once any run trained adapters; `all` for the one that did not."""
+    import shutil
+
+    runs = []
+    for name, trainable in (("full", None), ("lora", 16_640)):
+        run = shutil.copytree(DATA / "runs" / "a", tmp_path / name)
+        done = json.loads((run / "summary.json").read_text())
+        if trainable is not None:
+            done["trainable_params"] = trainable
+        (run / "summary.json").write_text(json.dumps(done))
+        runs.append(str(run))
+    code, out, _ = run_cli(capsys, *runs, "--format", "csv")
+    header, *rows = out.splitlines()
+    column = header.split(",").index("trainable_params")
+    assert code == 0 and sorted(row.split(",")[column] for row in rows) == ["", "16640"]
+    code, out, _ = run_cli(capsys, *runs)
+    assert code == 0 and "trainable" in out and "16,640 │" in out and " all │" in out
