@@ -37,7 +37,7 @@ class Adapters(LoopHooks):
 
         added = self._added_tokens(model)
         self.config = lora_config(self.peft, model, added)
-        with _embeddings_whole(model) if added else contextlib.nullcontext():
+        with _whole_on_cpu(model) if added else contextlib.nullcontext():
             inject_adapter_in_model(self.config, model)  # peft freezes everything else
         if added:
             _fetch_token_rows_whole(model)
@@ -127,22 +127,23 @@ def _rank() -> int:
 
 
 @contextlib.contextmanager
-def _embeddings_whole(model):
-    """Under ZeRO-3 (parameters partitioned as they loaded), the input embeddings gathered whole on every rank
-    while peft copies the added tokens' rows, and transformers' ZeRO-3 flag hidden meanwhile: peft's own ZeRO-3
-    copy of those rows allocates on CUDA only, so on CPU workers it fails."""
+def _whole_on_cpu(model):
+    """On CPU workers under ZeRO-3, the model gathered whole on every rank while peft injects, with transformers'
+    ZeRO-3 flag hidden meanwhile: peft's ZeRO-3 copy of the added tokens' rows allocates on CUDA only. CPU runs
+    train small models; on GPUs peft's own ZeRO-3 path runs."""
+    import torch
     from transformers.integrations import deepspeed as hf_deepspeed
 
-    if not hf_deepspeed.is_deepspeed_zero3_enabled():
+    if torch.cuda.is_available() or not hf_deepspeed.is_deepspeed_zero3_enabled():
         yield
         return
     import deepspeed
 
-    weight = model.get_input_embeddings().weight
     live = hf_deepspeed._hf_deepspeed_config_weak_ref()
     hf_deepspeed.unset_hf_deepspeed_config()
     try:
-        with deepspeed.zero.GatheredParameters([weight] if hasattr(weight, "ds_id") else [], modifier_rank=None):
+        with deepspeed.zero.GatheredParameters([p for p in model.parameters() if hasattr(p, "ds_id")],
+                                               modifier_rank=None):
             yield
     finally:
         hf_deepspeed.set_hf_deepspeed_config(live)

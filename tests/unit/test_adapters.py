@@ -78,14 +78,15 @@ def test_an_adapter_folder_without_its_base_is_refused_naming_the_base(tmp_path,
         capsys.readouterr().err)
 
 
-def test_the_merged_export_gives_the_logits_of_the_base_with_the_adapter(tmp_path):
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_the_merged_export_gives_the_logits_of_the_base_with_the_adapter(tmp_path, method):
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from orchestrator.models.registry import build_model
 
-    cfg = compose([*SHAPES, "peft=lora", "peft.r=4"])
+    cfg = compose([*SHAPES, f"peft={method}", "peft.r=4"])
     torch.manual_seed(0)
     model = build_model(cfg.model, 64, 16, 0)
     base_state = {key: value.clone() for key, value in model.state_dict().items()}
