@@ -47,8 +47,8 @@ class Run:
     error: str | None = None  # a failed run's one-line root cause
     sweep: str | None = None  # the sweep directory a trial belongs to
     compression: list[dict] = field(default_factory=list)  # compress_report.json files it holds
-    final_val_metrics: dict[str, float] = field(default_factory=dict)
-    trainable_params: int | None = None  # with adapters (peft=lora, dora): the parameters that trained  # val_loss, val_ppl... of the last evaluation
+    final_val_metrics: dict[str, float] = field(default_factory=dict)  # val_loss, val_ppl... of the last evaluation
+    trainable_params: int | None = None  # with adapters (peft=lora, dora): the parameters that trained
 
     def value(self, key: str) -> Any:
         """A config key's value; for a swept config group (zero=3), the option the trial picked."""
