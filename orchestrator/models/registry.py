@@ -52,13 +52,13 @@ def import_model_code(model: ModelConfig) -> None:
     """Import the modeling code of the model's family (transformers' module and what it pulls in: 1,900 modules
     and 150 MB for GPT-2 in transformers 5), so that it counts as the start-up's imports, not as the memory the
     model's load adds (train/memory_probe.py)."""
-    from transformers import AutoConfig, GPT2Config, LlamaConfig
+    from transformers import AutoConfig, BertConfig, GPT2Config, LlamaConfig
     from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
     if model.pretrained_path:
         config_class = type(AutoConfig.from_pretrained(model.pretrained_path))
     else:
-        config_class = GPT2Config if model.arch is Arch.gpt2 else LlamaConfig
+        config_class = {Arch.gpt2: GPT2Config, Arch.llama: LlamaConfig, Arch.bert: BertConfig}[model.arch]
     MODEL_MAPPING[config_class]  # resolving the class imports its module
 
 
