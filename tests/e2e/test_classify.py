@@ -104,3 +104,26 @@ def test_built_in_encoder_shapes_train_at_zero3_with_a_stratified_hold_out(label
 
     model = AutoModelForSequenceClassification.from_pretrained(str(run_dir / "model"))
     assert model.config.id2label == dict(enumerate(LABELS))
+
+
+def test_lora_at_zero0_trains_the_head_in_full_and_its_merged_model_equals_base_plus_adapter(encoder, labelled,
+                                                                                            tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    run_dir = tmp_path / "run"
+    result = orchestrator("train", "task=classify", "peft=lora", "peft.r=4", f"model.pretrained_path={encoder}",
+                          "data=local", f"data.path={labelled['train']}", f"data.val_path={labelled['dev']}",
+                          "train.seq_len=32", "train.micro_batch_size=8", "train.max_steps=20", "train.eval_every=0",
+                          "optim.lr=1e-2", "zero=0", "logger.mode=disabled", f"run_dir={run_dir}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    done = summary(run_dir)
+    assert 0 < done["trainable_share"] < 0.5 and "val_confusion_matrix" in done
+    merged = AutoModelForSequenceClassification.from_pretrained(str(run_dir / "model")).eval()
+    base = AutoModelForSequenceClassification.from_pretrained(str(encoder), num_labels=3)
+    adapted = PeftModel.from_pretrained(base, str(run_dir / "adapter")).eval()  # the head comes with the adapter
+    tokenizer = AutoTokenizer.from_pretrained(str(run_dir / "model"))
+    batch = tokenizer(["the film was great fun", "a dull story"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(merged(**batch).logits, adapted(**batch).logits, atol=1e-4)
