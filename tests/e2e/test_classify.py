@@ -88,42 +88,25 @@ def test_the_pipeline_returns_the_label_names_and_predict_agrees_on_every_row(cl
     assert one.returncode == 0 and label == expected[0] and 1 / 3 < float(probability) <= 1
 
 
-def test_built_in_encoder_shapes_train_at_zero3_with_a_stratified_hold_out(labelled, tmp_path):
+def test_built_in_encoder_shapes_train_lora_at_zero3_with_a_stratified_hold_out(labelled, tmp_path):
+    """An encoder built from shapes (a WordPiece trained on the rows), adapters at ZeRO-3, class weights, 10% of
+    the rows held out per label: the head trains in full, RUN/adapter loads with peft, RUN/model without it."""
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
     run_dir = tmp_path / "run"
     result = orchestrator("train", "task=classify", "model.arch=bert", "model.num_layers=1", "model.hidden_size=32",
                           "model.num_heads=2", "data=local", f"data.path={labelled['train']}", "data.vocab_size=300",
                           "data.val_fraction=0.1", "train.seq_len=32", "train.micro_batch_size=8",
                           "train.max_steps=6", "train.eval_every=0", "zero=3", "train.class_weights=auto",
-                          "logger.mode=disabled", f"run_dir={run_dir}")
+                          "peft=lora", "peft.r=4", "logger.mode=disabled", f"run_dir={run_dir}")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     done = summary(run_dir)
     matrix = done["val_confusion_matrix"]["rows_true_columns_predicted"]
     assert sum(map(sum, matrix)) == 48 and min(map(sum, matrix)) >= 14  # 10% of 480, each label held out
-    assert "test_accuracy" not in done
-    from transformers import AutoModelForSequenceClassification
-
+    assert "test_accuracy" not in done and 0 < done["trainable_share"] < 0.5
     model = AutoModelForSequenceClassification.from_pretrained(str(run_dir / "model"))
     assert model.config.id2label == dict(enumerate(LABELS))
-
-
-def test_lora_at_zero0_trains_the_head_in_full_and_its_merged_model_equals_base_plus_adapter(encoder, labelled,
-                                                                                            tmp_path):
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    run_dir = tmp_path / "run"
-    result = orchestrator("train", "task=classify", "peft=lora", "peft.r=4", f"model.pretrained_path={encoder}",
-                          "data=local", f"data.path={labelled['train']}", f"data.val_path={labelled['dev']}",
-                          "train.seq_len=32", "train.micro_batch_size=8", "train.max_steps=20", "train.eval_every=0",
-                          "optim.lr=1e-2", "zero=0", "logger.mode=disabled", f"run_dir={run_dir}")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    done = summary(run_dir)
-    assert 0 < done["trainable_share"] < 0.5 and "val_confusion_matrix" in done
-    merged = AutoModelForSequenceClassification.from_pretrained(str(run_dir / "model")).eval()
-    base = AutoModelForSequenceClassification.from_pretrained(str(encoder), num_labels=3)
-    adapted = PeftModel.from_pretrained(base, str(run_dir / "adapter")).eval()  # the head comes with the adapter
-    tokenizer = AutoTokenizer.from_pretrained(str(run_dir / "model"))
-    batch = tokenizer(["the film was great fun", "a dull story"], padding=True, return_tensors="pt")
-    with torch.no_grad():
-        assert torch.allclose(merged(**batch).logits, adapted(**batch).logits, atol=1e-4)
+    base = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(str(run_dir / "model")))
+    adapted = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
+    assert adapted.peft_config["default"].modules_to_save == ["classifier"]
