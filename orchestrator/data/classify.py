@@ -23,7 +23,7 @@ import numpy as np
 
 from orchestrator.config.schema import Config, DataConfig
 from orchestrator.config.validate import data_files
-from orchestrator.data.pipeline import CacheEntry, tokenizer_fingerprint
+from orchestrator.data.pipeline import RowsEntry, tokenizer_fingerprint
 from orchestrator.data.sft import read_rows
 from orchestrator.errors import ConfigError
 
@@ -35,20 +35,9 @@ NO_LABEL = -100
 SPLITS = ("train", "val", "test")
 
 
-class LabelledRows(CacheEntry):
-    """A prepared classification entry: the same reading interface as the pretraining pipeline's PreparedData."""
-
-    def blocks(self, name: str):
-        """The `train`, `val` or `test` rows, memory-mapped: `[i]` reads [len, 4, seq_len] int64."""
-        from orchestrator.data.shards import TokenBlocks
-
-        rows = np.load(self.root / f"rows-{name}.npy", mmap_mode="r")
-        return TokenBlocks(rows, np.arange(len(rows)))
-
-    def batches(self, batch_size: int, rank: int, world_size: int, seed: int):
-        from orchestrator.data.loader import ShardedBatches
-
-        return ShardedBatches([self.blocks("train")], [1.0], batch_size, rank, world_size, seed)
+class LabelledRows(RowsEntry):
+    """A prepared classification entry (`train`, `val` and `test` rows of [4, seq_len]): the same reading
+    interface as the pretraining pipeline's PreparedData."""
 
     def describe(self, total_tokens: int) -> list[str]:
         m = self.meta

@@ -71,6 +71,23 @@ class CacheEntry:
         return json.loads((self.root / "meta.json").read_text())
 
 
+class RowsEntry(CacheEntry):
+    """An entry whose splits are whole rows saved as `rows-<split>.npy` (SFT's packed chats, classification's
+    labelled rows), read memory-mapped; training batches drawn from the `train` split."""
+
+    def blocks(self, name: str):
+        """The split's rows, memory-mapped: `[i]` reads them as an int64 tensor."""
+        from orchestrator.data.shards import TokenBlocks
+
+        rows = np.load(self.root / f"rows-{name}.npy", mmap_mode="r")
+        return TokenBlocks(rows, np.arange(len(rows)))
+
+    def batches(self, batch_size: int, rank: int, world_size: int, seed: int):
+        from orchestrator.data.loader import ShardedBatches
+
+        return ShardedBatches([self.blocks("train")], [1.0], batch_size, rank, world_size, seed)
+
+
 class PreparedData(CacheEntry):
     """Pretraining's entry: the token shard of every source, cut into blocks."""
 

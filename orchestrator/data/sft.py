@@ -27,7 +27,7 @@ import numpy as np
 from orchestrator.config.schema import Config, DataConfig, Truncation
 from orchestrator.config.validate import data_files
 from orchestrator.data import chat
-from orchestrator.data.pipeline import CacheEntry, tokenizer_fingerprint
+from orchestrator.data.pipeline import RowsEntry, tokenizer_fingerprint
 from orchestrator.errors import ConfigError
 
 _FORMAT_VERSION = 1
@@ -37,20 +37,9 @@ INPUT_IDS, LABELS, POSITIONS, ATTENDED = range(len(CHANNELS))
 """A row's channels, in this order (tasks/sft.py reads them by these names)."""
 
 
-class PackedChats(CacheEntry):
-    """A prepared SFT entry: the same reading interface as the pretraining pipeline's PreparedData."""
-
-    def blocks(self, name: str):
-        """The `train` or `val` rows, memory-mapped: `[i]` reads [len, 4, seq_len] int64."""
-        from orchestrator.data.shards import TokenBlocks
-
-        rows = np.load(self.root / f"rows-{name}.npy", mmap_mode="r")
-        return TokenBlocks(rows, np.arange(len(rows)))
-
-    def batches(self, batch_size: int, rank: int, world_size: int, seed: int):
-        from orchestrator.data.loader import ShardedBatches
-
-        return ShardedBatches([self.blocks("train")], [1.0], batch_size, rank, world_size, seed)
+class PackedChats(RowsEntry):
+    """A prepared SFT entry (`train` and `val` rows of [4, seq_len]): the same reading interface as the
+    pretraining pipeline's PreparedData."""
 
     def describe(self, total_tokens: int) -> list[str]:
         m = self.meta
