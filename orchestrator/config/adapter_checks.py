@@ -10,12 +10,17 @@ blocks: never the embeddings, the output head, a pooler or a classifier.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 from pathlib import Path
 
 from orchestrator.config import model_folder
 from orchestrator.config.schema import Arch, Config, PeftMethod
+
+FULL_PRECISION_MODULES = ["lm_head", "classifier", "score"]
+"""Never quantized under QLoRA: the output head (transformers' own default) and a sequence classifier's head,
+which trains."""
 
 _IN_A_BLOCK = re.compile(r"\.\d+\.")
 _EMBEDDINGS = re.compile(r"(^|\.)(wte|wpe|embed_tokens|\w*embeddings?)$")
@@ -78,6 +83,15 @@ def adapter_params(cfg: Config) -> int | None:
     return sum(p.r * (fan_in + fan_out) + (fan_out if dora else 0) for _, fan_in, fan_out in targeted(cfg, layers))
 
 
+def quantized_params(cfg: Config) -> int:
+    """Weights QLoRA stores in 4 bits: every linear layer's but the output and classifier heads'
+    (models/quantized_base.py); 0 without peft=qlora."""
+    if cfg.peft.method is not PeftMethod.qlora:
+        return 0
+    return sum(fan_in * fan_out for name, fan_in, fan_out in linear_layers(cfg)
+               if name.rsplit(".", 1)[-1] not in FULL_PRECISION_MODULES)
+
+
 def problems(cfg: Config, gpus: int) -> list[str]:
     """peft's keys that cannot work, one line each."""
     p = cfg.peft
@@ -93,8 +107,11 @@ def problems(cfg: Config, gpus: int) -> list[str]:
     if p.method is PeftMethod.qlora and gpus == 0:
         found.append("peft=qlora: the base is quantized to 4 bits by bitsandbytes, which needs CUDA GPUs and none "
                      "is visible; use peft=lora on this machine")
-    elif p.method is PeftMethod.qlora:
-        found.append("peft=qlora: a 4-bit base (bitsandbytes) is not built yet; use peft=lora")
+    elif p.method is PeftMethod.qlora and importlib.util.find_spec("bitsandbytes") is None:
+        found.append("peft=qlora: needs bitsandbytes, which is not installed: pip install -e '.[qlora]'")
+    if p.method is PeftMethod.qlora and not cfg.model.pretrained_path:
+        found.append("peft=qlora: quantizes a pretrained base to 4 bits; set model.pretrained_path (a model "
+                     "built from a config has nothing worth keeping frozen: use peft=lora or peft=none)")
     layers = linear_layers(cfg)
     if layers and p.target_modules and not targeted(cfg, layers):
         names = sorted({name.rsplit(".", 1)[-1] for name, _, _ in layers})

@@ -1,12 +1,14 @@
-"""Adapters (peft's LoRA and DoRA, `peft=lora|dora`): injected into the model in place before DeepSpeed wraps it,
-the base frozen, so the optimizer holds state for the adapters alone (and for peft.modules_to_save, and a
-classifier's head), at every ZeRO stage; checkpoints leave the frozen weights out (train/engine.py), since a
-resume reloads them from the model they came from.
+"""Adapters (peft's LoRA, DoRA and QLoRA, `peft=lora|dora|qlora`): injected into the model in place before
+DeepSpeed wraps it, the base frozen (in 4 bits under QLoRA: models/quantized_base.py), so the optimizer holds
+state for the adapters alone (and for peft.modules_to_save, and a classifier's head), at every ZeRO stage;
+checkpoints leave the frozen weights out (train/engine.py), since a resume reloads them from the model they came
+from.
 
 By default every linear layer of the transformer blocks gets an adapter, never the output head. At the end,
-rank 0 rebuilds the model in CPU memory from its config (one process, not under ZeRO-3), puts the trained
-weights in, and writes RUN/adapter in peft's format (`PeftModel.from_pretrained(base, RUN/adapter)`) and, unless
-peft.merge=false, RUN/model with the adapters merged into plain weights (`from_pretrained` without peft).
+rank 0 rebuilds the model in CPU memory from its config (one process, not under ZeRO-3; under QLoRA the base in
+full precision), puts the trained weights in, and writes RUN/adapter in peft's format
+(`PeftModel.from_pretrained(base, RUN/adapter)`) and, unless peft.merge=false, RUN/model with the adapters merged
+into plain weights (`from_pretrained` without peft).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import contextlib
 from pathlib import Path
 
 from orchestrator.config.schema import Config, PeftMethod
+from orchestrator.models import quantized_base
 from orchestrator.train.hooks import LoopHooks
 
 CLASSIFIER_HEADS = ("classifier", "score")
@@ -35,6 +38,8 @@ class Adapters(LoopHooks):
             return
         from peft import inject_adapter_in_model
 
+        from orchestrator.train.engine import parameter_numel
+
         added = self._added_tokens(model)
         self.config = lora_config(self.peft, model, added)
         with _whole_on_cpu(model) if added else contextlib.nullcontext():
@@ -42,7 +47,7 @@ class Adapters(LoopHooks):
         if added:
             _fetch_token_rows_whole(model)
         params = {id(p): p for p in model.parameters()}.values()
-        sizes = [(getattr(p, "ds_numel", p.numel()), p.requires_grad) for p in params]  # ZeRO-3: its whole size
+        sizes = [(parameter_numel(p), p.requires_grad) for p in params]
         self.counts = (sum(n for n, trains in sizes if trains), sum(n for n, _ in sizes))
 
     def _added_tokens(self, model) -> list[int]:
@@ -63,13 +68,10 @@ class Adapters(LoopHooks):
         if self.config is None:
             return False
         from peft import get_peft_model
-        from transformers import initialization
 
-        with initialization.no_init_weights():  # every weight comes from the trained state next
-            base = type(module)(module.config)
         self.config.base_model_name_or_path = self.base_path
-        model = get_peft_model(base, self.config)
-        model.base_model.model.load_state_dict(state)
+        model = get_peft_model(_export_base(module, self.base_path), self.config)
+        _load_trained(model.base_model.model, state, strict=not quantized_base.is_quantized(module))
         model.save_pretrained(str(folder.parent / "adapter"))
         self.base = {"path": self.base_path, "sha256": weights_sha256(Path(self.base_path).expanduser())
                      if self.base_path else None}
@@ -83,6 +85,29 @@ class Adapters(LoopHooks):
         trainable, total = self.counts
         return {"trainable_params": trainable, "trainable_share": trainable / total, "peft": self.peft.method.value,
                 **({"base_model": self.base} if self.base else {})}
+
+
+def _export_base(module, base_path: str | None):
+    """The model the export puts the trained weights into, on CPU: built from the config (every weight then comes
+    from the trained state), or, under QLoRA, the base in full precision (only the trained weights come next)."""
+    if quantized_base.is_quantized(module):
+        return quantized_base.full_precision_base(module, base_path)
+    from transformers import initialization
+
+    with initialization.no_init_weights():
+        return type(module)(module.config)
+
+
+def _load_trained(model, state: dict, strict: bool) -> None:
+    """The trained state into the export's model; not strict under QLoRA, whose state holds the base's 4-bit
+    weights (other shapes and dtypes, and their quantization constants): those stay full precision."""
+    if strict:
+        model.load_state_dict(state)
+        return
+    own = model.state_dict()
+    model.load_state_dict({name: value for name, value in state.items()
+                           if name in own and own[name].shape == value.shape and value.is_floating_point()},
+                          strict=False)
 
 
 def lora_config(peft, model, added_tokens: list[int]):

@@ -62,9 +62,11 @@ def import_model_code(model: ModelConfig) -> None:
     MODEL_MAPPING[config_class]  # resolving the class imports its module
 
 
-def build_model(model: ModelConfig, vocab_size: int, seq_len: int, eos_token_id: int):
+def build_model(model: ModelConfig, vocab_size: int, seq_len: int, eos_token_id: int,
+                load_options: dict | None = None):
     """A transformers causal LM in fp32 (DeepSpeed casts for bf16/fp16). At ZeRO-3 (an HfDeepSpeedConfig alive,
-    train/engine.py) a pretrained one loads partitioned, each rank reading only its share of the weights."""
+    train/engine.py) a pretrained one loads partitioned, each rank reading only its share of the weights.
+    `load_options` go to from_pretrained (a 4-bit base's quantization: models/quantized_base.py)."""
     from transformers import AutoModelForCausalLM
     from transformers.integrations import is_deepspeed_zero3_enabled
 
@@ -75,9 +77,12 @@ def build_model(model: ModelConfig, vocab_size: int, seq_len: int, eos_token_id:
         built = AutoModelForCausalLM.from_config(hf_config(model, vocab_size, seq_len, eos_token_id),
                                                  attn_implementation=attention)
     else:
-        built = partitioned_load.load(model.pretrained_path, attention) if is_deepspeed_zero3_enabled() else None
+        load_options = load_options or {}
+        partitioned = is_deepspeed_zero3_enabled() and not load_options
+        built = partitioned_load.load(model.pretrained_path, attention) if partitioned else None
         if built is None:  # not ZeRO-3, or a checkpoint whose keys transformers must convert as it loads
-            built = AutoModelForCausalLM.from_pretrained(model.pretrained_path, attn_implementation=attention)
+            built = AutoModelForCausalLM.from_pretrained(model.pretrained_path, attn_implementation=attention,
+                                                         **load_options)
     built.loss_type = "ForCausalLM"  # name it, or transformers warns on every rank
     return built
 

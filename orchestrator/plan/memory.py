@@ -76,12 +76,18 @@ def precision_bytes(precision: Precision) -> int:
     return 4 if precision is Precision.fp32 else 2
 
 
+QUANTIZED_BYTES_PER_PARAM = 4.127 / 8
+"""A 4-bit NF4 weight with double-quantized block constants: 4.127 bits (the QLoRA paper, section 2)."""
+
+
 def model_states(params: int, world: int, stage: int, precision: Precision, offload_optimizer: Offload,
-                 offload_param: Offload, trainable: int | None = None) -> dict[str, int]:
+                 offload_param: Offload, trainable: int | None = None, quantized: int = 0) -> dict[str, int]:
     """Per-rank bytes of parameters, gradients and optimizer states (table in the module docstring). With a
-    frozen base (adapters), gradients and optimizer states exist for the `trainable` parameters only."""
+    frozen base (adapters), gradients and optimizer states exist for the `trainable` parameters only; the
+    `quantized` ones (QLoRA's base) take 4.127 bits each."""
     p, n = precision_bytes(precision), world
-    param_bytes = p * params if stage < 3 else math.ceil(p * params / n)
+    whole = p * (params - quantized) + QUANTIZED_BYTES_PER_PARAM * quantized
+    param_bytes = math.ceil(whole) if stage < 3 else math.ceil(whole / n)
     psi = params if trainable is None else trainable
     grad_bytes = p * psi if stage == 0 else math.ceil(p * psi / n)
     if stage == 0:
@@ -153,8 +159,8 @@ def buffer_bytes(cfg: Config, stage: int, precision: Precision, largest_layer_pa
 
 def estimate(cfg: Config, params: int, world: int, stage: int, precision: Precision, offload_optimizer: Offload,
              offload_param: Offload, checkpointing: ActivationCheckpointing, micro_batch: int,
-             largest_layer_params: int, trainable: int | None = None) -> Memory:
-    states = model_states(params, world, stage, precision, offload_optimizer, offload_param, trainable)
+             largest_layer_params: int, trainable: int | None = None, quantized: int = 0) -> Memory:
+    states = model_states(params, world, stage, precision, offload_optimizer, offload_param, trainable, quantized)
     return Memory(
         **states,
         activations=activation_bytes(cfg, micro_batch, precision, checkpointing),

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from orchestrator.config import model_folder
-from orchestrator.config.adapter_checks import adapter_params, share
+from orchestrator.config.adapter_checks import adapter_params, quantized_params, share
 from orchestrator.config.schema import ActivationCheckpointing, Arch, Backend, Config, ModelConfig, Offload, Precision
 from orchestrator.errors import ConfigError
 from orchestrator.machine import host_memory_bytes, visible_gpus
@@ -226,7 +226,8 @@ def _plan_for(cfg: Config, reasons: list[str], exact_params: int | None = None) 
     flops = 6 * params + 12 * cfg.model.num_layers * cfg.model.hidden_size * t.seq_len
     largest = max(layer_params(cfg.model), vocab * cfg.model.hidden_size)
     mem = estimate(cfg, params, world, z.stage, t.precision, z.offload_optimizer,
-                   z.offload_param, t.activation_checkpointing, t.micro_batch_size, largest, trainable)
+                   z.offload_param, t.activation_checkpointing, t.micro_batch_size, largest, trainable,
+                   quantized_params(cfg))
     memory = mem.to_dict()
     fits, problems = _fit_problems(cfg, mem, gpus, ranks_per_node)
     return Plan(

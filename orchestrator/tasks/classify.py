@@ -35,13 +35,16 @@ class SequenceClassification:
         import torch
         from transformers import AutoModelForSequenceClassification
 
+        from orchestrator.models import quantized_base
+
         self.labels = meta["labels"]
         labels = {"num_labels": len(self.labels), "id2label": dict(enumerate(self.labels)),
                   "label2id": {label: i for i, label in enumerate(self.labels)}}
         attention = cfg.model.attn_implementation.value
         if cfg.model.pretrained_path:
             model, loading = AutoModelForSequenceClassification.from_pretrained(
-                cfg.model.pretrained_path, attn_implementation=attention, output_loading_info=True, **labels)
+                cfg.model.pretrained_path, attn_implementation=attention, output_loading_info=True, **labels,
+                **quantized_base.load_options(cfg))
             new = sorted(loading["missing_keys"])
             if new and _rank() == 0:
                 print(f"classification head: new weights {', '.join(new)} (initialised at random)", flush=True)

@@ -21,9 +21,11 @@ class CausalLM:
         return prepare(cfg.data, cfg.train.seq_len, cfg.train.seed)
 
     def build_model(self, cfg: Config, meta: dict):
+        from orchestrator.models import quantized_base
         from orchestrator.models.registry import build_model
 
-        return build_model(cfg.model, meta["vocab_size"], cfg.train.seq_len, meta["eos_token_id"])
+        return build_model(cfg.model, meta["vocab_size"], cfg.train.seq_len, meta["eos_token_id"],
+                           quantized_base.load_options(cfg))
 
     def model_inputs(self, batch) -> dict:
         return {"input_ids": batch, "labels": batch}

@@ -31,9 +31,11 @@ class SupervisedFineTuning:
         return prepare(cfg)
 
     def build_model(self, cfg: Config, meta: dict):
+        from orchestrator.models import quantized_base
         from orchestrator.models.registry import build_model
 
-        model = build_model(cfg.model, meta["vocab_size"], cfg.train.seq_len, meta["eos_token_id"])
+        model = build_model(cfg.model, meta["vocab_size"], cfg.train.seq_len, meta["eos_token_id"],
+                            quantized_base.load_options(cfg))
         if meta["vocab_size"] > model.get_input_embeddings().num_embeddings:  # the template's tokens were added
             model.resize_token_embeddings(meta["vocab_size"])
         model.generation_config.eos_token_id = meta["eos_token_id"]  # the end-of-turn token: a reply stops there

@@ -8,6 +8,7 @@ few engine calls the loop needs.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -108,8 +109,17 @@ def sharded_loading(ds_config: dict, pretrained: bool):
 
 
 def parameter_count(model) -> int:
-    """Parameters of the whole model, also when ZeRO-3 has partitioned them (each then records its full size)."""
-    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+    """Parameters of the whole model, also when ZeRO-3 has partitioned them or bitsandbytes packed them."""
+    return sum(parameter_numel(p) for p in model.parameters())
+
+
+def parameter_numel(param) -> int:
+    """A parameter's element count as the model defines it: its whole size under ZeRO-3 (each rank holds a
+    partition), its unpacked size when bitsandbytes stores it in 4 bits (two or more values per element)."""
+    quant_state = getattr(param, "quant_state", None)
+    if quant_state is not None:
+        return math.prod(quant_state.shape)
+    return getattr(param, "ds_numel", param.numel())
 
 
 def parameter_groups(model, weight_decay: float) -> list[dict]:

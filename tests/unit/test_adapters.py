@@ -1,4 +1,4 @@
-"""Adapters (peft=lora|dora): the plan counts exactly what peft injects, from built-in shapes or a folder's
+"""Adapters (peft=lora|dora|qlora): the plan counts exactly what peft injects, from built-in shapes or a folder's
 files; bad peft keys are refused in one line before anything starts; the export's merged model gives the logits
 of the base with the adapter."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from omegaconf import OmegaConf
 
 from orchestrator import cli
 from orchestrator.config.adapter_checks import adapter_params
@@ -67,6 +68,28 @@ def test_bad_peft_keys_are_refused_before_anything_starts(tmp_path, capsys, over
     assert cli.main(["train", *SHAPES, *overrides, f"run_dir={tmp_path / 'run'}"]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_qlora_needs_a_pretrained_base(tmp_path, capsys):
+    assert cli.main(["train", *SHAPES, "peft=qlora", "cluster.gpus_per_worker=1", f"run_dir={tmp_path / 'run'}"]) == 2
+    assert "peft=qlora: quantizes a pretrained base to 4 bits; set model.pretrained_path" in capsys.readouterr().err
+
+
+def test_the_plan_sizes_a_qlora_base_at_4_bits_and_its_heads_in_full(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from orchestrator.config.compose import compose_dictconfig
+    from orchestrator.plan.plan import make_plan
+
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=128, n_positions=32,
+                               tie_word_embeddings=False)).save_pretrained(str(tmp_path / "m"))
+    plans = {}
+    for method in ("lora", "qlora"):
+        cfg = OmegaConf.to_object(compose_dictconfig([f"model.pretrained_path={tmp_path / 'm'}", f"peft={method}",
+                                                      "zero=0", "train.precision=bf16", "cluster.gpus_per_worker=1"]))
+        plans[method] = make_plan(cfg).memory["params"]
+    block_linears = 2 * (64 * 192 + 64 * 64 + 64 * 256 + 256 * 64)  # c_attn, c_proj, c_fc, mlp.c_proj
+    assert plans["lora"] - plans["qlora"] == pytest.approx(block_linears * (2 - 4.127 / 8), abs=1)
 
 
 def test_an_adapter_folder_without_its_base_is_refused_naming_the_base(tmp_path, capsys):
