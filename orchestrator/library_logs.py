@@ -6,6 +6,8 @@ log anything. Only these known lines are touched; everything else a library logs
 - torchao, imported by transformers whenever it is installed: warnings that its CUDA-only
   kernels (`_C_mxfp8`, `_C_cutlass_90a`) do not load on a CPU build, and torch's deprecation
   warning for the enums it registers with `torch.compile`.
+- bitsandbytes' CPU backend (peft imports it whenever it is installed) failing to fetch an optional kernel
+  from the Hugging Face Hub, which the workers keep offline, and the Hub client saying it is offline.
 - Ray Train's request to the autoscaling coordinator timing out on a loaded machine: Ray calls
   it "safe to ignore" and retries every 20 s, but logs a full traceback; one line stays.
 """
@@ -27,4 +29,6 @@ class _NoTraceback(logging.Filter):
 def install() -> None:
     logging.getLogger("torchao").setLevel(logging.ERROR)
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    logging.getLogger("kernels._internals.hf_hub").setLevel(logging.ERROR)
     logging.getLogger(_AUTOSCALING_CLIENT).addFilter(_NoTraceback())

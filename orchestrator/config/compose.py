@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from orchestrator.config import distill_checks
 from orchestrator.config.schema import Config
 from orchestrator.errors import ConfigError
 
@@ -175,7 +176,7 @@ def validated(cfg: Config) -> Config:
     problems = validate(cfg)
     if problems:
         raise ConfigError(problems)
-    return _with_the_models_tokenizer(cfg)
+    return distill_checks.with_the_teacher(_with_the_models_tokenizer(cfg))
 
 
 def _with_the_models_tokenizer(cfg: Config) -> Config:

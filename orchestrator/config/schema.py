@@ -58,6 +58,23 @@ class TaskName(str, Enum):
     clm = "clm"
     sft = "sft"
     classify = "classify"
+    distill = "distill"
+
+
+class DistillLoss(str, Enum):
+    forward_kl = "forward_kl"
+    reverse_kl = "reverse_kl"
+    jsd = "jsd"
+
+
+class DistillInit(str, Enum):
+    none = "none"
+    teacher_layers = "teacher_layers"
+
+
+class DistillData(str, Enum):
+    clm = "clm"
+    sft = "sft"
 
 
 class PeftMethod(str, Enum):
@@ -558,7 +575,8 @@ class TaskConfig:
     name: TaskName = TaskName.clm
     """What the run learns (orchestrator/tasks/): clm, causal language modelling (pretraining, continued
     pretraining); sft, supervised fine-tuning on chat or prompt/completion samples, loss on the replies; classify,
-    sequence classification of labelled text (accuracy, macro-F1, confusion matrices)."""
+    sequence classification of labelled text (accuracy, macro-F1, confusion matrices); distill, a student trained
+    on a frozen teacher's token distributions (the distill.* keys)."""
 
 
 @dataclass
@@ -584,6 +602,29 @@ class PeftConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation (`task=distill`, tasks/distill.py): the student learns the teacher's token
+    distributions as well as the data's next tokens."""
+
+    teacher_path: str | None = None
+    """The teacher: a run directory (its model/) or a local Hugging Face causal-LM folder. Its tokenizer is the
+    student's, and the student gets its vocabulary size."""
+    temperature: float = 2.0
+    """Both distributions are softened by it; the distillation loss is scaled by its square (Hinton et al.)."""
+    alpha: float = 0.5
+    """The distillation loss's weight: loss = alpha x distillation + (1 - alpha) x the data's cross-entropy."""
+    loss: DistillLoss = DistillLoss.forward_kl
+    """forward_kl KL(teacher || student), reverse_kl KL(student || teacher), jsd Jensen-Shannon (TRL's GKD)."""
+    init: DistillInit = DistillInit.none
+    """none: the student is model.* (a built-in shape or model.pretrained_path); teacher_layers: the teacher's
+    architecture keeping every distill.layer_stride-th layer, initialised from those layers."""
+    layer_stride: int = 2
+    """With init=teacher_layers: keep layers 0, k, 2k, ... of the teacher."""
+    data: DistillData = DistillData.clm
+    """The data's task: clm (packed text) or sft (chat or prompt/completion rows, loss on the replies only)."""
+
+
+@dataclass
 class Config:
     task: TaskConfig = field(default_factory=TaskConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -598,6 +639,7 @@ class Config:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     run_dir: str | None = None
 
     def command(self) -> str:

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config import adapter_checks, model_folder
+from orchestrator.config import adapter_checks, distill_checks, model_folder
 from orchestrator.config.schema import Arch, Backend, ClusterConfig, Config, Offload, Precision, TaskName, TokenizeOn
 from orchestrator.machine import visible_gpus
 from orchestrator.rundir import RunDir
@@ -261,6 +261,7 @@ def validate(cfg: Config) -> list[str]:
     p.check(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "must be >= 1")
     p.check(t.collective_timeout_s >= 1, "train.collective_timeout_s", t.collective_timeout_s, "must be >= 1 second")
     p += adapter_checks.problems(cfg, visible_gpus() if c.gpus_per_worker is None else c.gpus_per_worker)
+    p += distill_checks.problems(cfg)
     if cfg.compress.passes:
         from orchestrator.config.compress_checks import ModelShape, pipeline_problems
 

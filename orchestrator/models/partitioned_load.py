@@ -36,9 +36,10 @@ class _Stored:
     dtype: str  # torch's name
 
 
-def load(folder: str, attention: str):
+def load(folder: str, attention: str, role: str = "model"):
     """The causal LM in `folder`, built partitioned under the live HfDeepSpeedConfig's ZeRO-3 settings and
-    filled from its safetensors files rank by rank; None when the files do not map onto the model."""
+    filled from its safetensors files rank by rank; None when the files do not map onto the model. `role` names
+    it in the output (a distillation's teacher loads this way too)."""
     import torch
     from transformers import AutoConfig, GenerationConfig
     from transformers.integrations import deepspeed_config
@@ -50,7 +51,7 @@ def load(folder: str, attention: str):
     model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
     if stored is None or not _matches(_skeleton(model_class, config), stored):
         if _rank() == 0:
-            print(f"model: {folder}'s tensors are not {model_class.__name__}'s parameters one for one: loading "
+            print(f"{role}: {folder}'s tensors are not {model_class.__name__}'s parameters one for one: loading "
                   "it through transformers, which reads the whole checkpoint on rank 0", flush=True)
         return None
     model = _build_partitioned(model_class, config, deepspeed_config())
@@ -65,7 +66,7 @@ def load(folder: str, attention: str):
         model.generation_config = GenerationConfig.from_pretrained(folder)
     if _rank() == 0:
         total = sum(path.stat().st_size for path in {entry.path for entry in stored.values()})
-        print(f"model: loaded partitioned at ZeRO-3, rank 0 read {read / 1e6:,.0f} MB of the checkpoint's "
+        print(f"{role}: loaded partitioned at ZeRO-3, rank 0 read {read / 1e6:,.0f} MB of the checkpoint's "
               f"{total / 1e6:,.0f} MB", flush=True)
     return model
 

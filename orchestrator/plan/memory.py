@@ -51,6 +51,8 @@ class Memory:
     activations_full_checkpointing: int
     buffers: int
     overhead: int
+    teacher: int = 0
+    """A distillation teacher's weights (task=distill): whole at stages 0-2, 1/N at ZeRO-3; no gradients."""
 
     @property
     def model_states(self) -> int:
@@ -61,7 +63,8 @@ class Memory:
     @property
     def device(self) -> int:
         """What the rank's device (GPU, or the CPU for CPU workers) must hold at peak."""
-        return self.params + self.grads + self.optimizer + self.activations + self.buffers + self.overhead
+        return (self.params + self.grads + self.optimizer + self.teacher + self.activations + self.buffers
+                + self.overhead)
 
     @property
     def offloaded(self) -> int:
@@ -159,10 +162,13 @@ def buffer_bytes(cfg: Config, stage: int, precision: Precision, largest_layer_pa
 
 def estimate(cfg: Config, params: int, world: int, stage: int, precision: Precision, offload_optimizer: Offload,
              offload_param: Offload, checkpointing: ActivationCheckpointing, micro_batch: int,
-             largest_layer_params: int, trainable: int | None = None, quantized: int = 0) -> Memory:
+             largest_layer_params: int, trainable: int | None = None, quantized: int = 0,
+             teacher_params: int = 0) -> Memory:
     states = model_states(params, world, stage, precision, offload_optimizer, offload_param, trainable, quantized)
+    teacher = precision_bytes(precision) * teacher_params
     return Memory(
         **states,
+        teacher=math.ceil(teacher / world) if stage == 3 else teacher,
         activations=activation_bytes(cfg, micro_batch, precision, checkpointing),
         activations_no_checkpointing=activation_bytes(cfg, micro_batch, precision, ActivationCheckpointing.none),
         activations_full_checkpointing=activation_bytes(cfg, micro_batch, precision, ActivationCheckpointing.full),

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from orchestrator.config import model_folder
 from orchestrator.config.adapter_checks import adapter_params, quantized_params, share
+from orchestrator.config.distill_checks import teacher_params
 from orchestrator.config.schema import ActivationCheckpointing, Arch, Backend, Config, ModelConfig, Offload, Precision
 from orchestrator.errors import ConfigError
 from orchestrator.machine import host_memory_bytes, visible_gpus
@@ -85,6 +86,7 @@ class Plan:
             f"  gradients         {_gb(m['grads'] + m['grads_offloaded'])}{_off(m['grads_offloaded'])}",
             f"  optimizer states  {_gb(m['optimizer'] + m['optimizer_offloaded'])}{_off(m['optimizer_offloaded'])}",
             f"  model states      {_gb(m['model_states'])}",
+            *([f"  teacher (frozen)  {_gb(m['teacher'])}"] if m.get("teacher") else []),
             f"  activations       {_gb(m['activations'])}  (none: {_gb(m['activations_no_checkpointing'])}, "
             f"full checkpointing: {_gb(m['activations_full_checkpointing'])})",
             f"  working buffers   {_gb(m['buffers'])}",
@@ -227,7 +229,7 @@ def _plan_for(cfg: Config, reasons: list[str], exact_params: int | None = None) 
     largest = max(layer_params(cfg.model), vocab * cfg.model.hidden_size)
     mem = estimate(cfg, params, world, z.stage, t.precision, z.offload_optimizer,
                    z.offload_param, t.activation_checkpointing, t.micro_batch_size, largest, trainable,
-                   quantized_params(cfg))
+                   quantized_params(cfg), teacher_params(cfg))
     memory = mem.to_dict()
     fits, problems = _fit_problems(cfg, mem, gpus, ranks_per_node)
     return Plan(

@@ -3,6 +3,7 @@
 clm.py   causal language modelling: pretraining and continued pretraining on packed token blocks
 sft.py   supervised fine-tuning of a pretrained causal LM on chat or prompt/completion samples
 classify.py  sequence classification of labelled text with an encoder or decoder and a classification head
+distill.py   knowledge distillation: a student trained on a frozen teacher's token distributions
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ def for_config(cfg: Config) -> Task:
         from orchestrator.tasks.classify import SequenceClassification
 
         return SequenceClassification()
+    if cfg.task.name is TaskName.distill:
+        from orchestrator.tasks.distill import Distillation
+
+        return Distillation(cfg)
     from orchestrator.tasks.clm import CausalLM
 
     return CausalLM()

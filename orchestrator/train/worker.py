@@ -97,7 +97,8 @@ def setup(payload: WorkerPayload, progress) -> Worker:
 
     # --- model, hooks and engine ---
     hooks = Hooks([make(cfg) for make in payload.hooks])
-    sharded = ds.sharded_loading(payload.deepspeed, cfg.model.pretrained_path is not None)
+    pretrained = cfg.model.pretrained_path is not None or cfg.distill.teacher_path is not None
+    sharded = ds.sharded_loading(payload.deepspeed, pretrained)
     with LoadMemory(device_type) as load:
         model = task.build_model(cfg, data.meta)
         load.page_in(model)
