@@ -17,7 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
-from orchestrator.compress.passes import build, pipeline_problems
+from orchestrator.compress.passes import Pipeline, build, pipeline_problems
 from orchestrator.config.compress_checks import QUANTIZERS, ModelShape
 from orchestrator.config.schema import Config
 from orchestrator.errors import ConfigError, GateFailed
@@ -131,9 +131,10 @@ def _run(cfg: Config, run_dir: Path, model_dir: Path, out: Path) -> Path:
     print(f"measuring the model before compression ({model_dir})", flush=True)
     before = snapshot(c.compile)
     rows = []
+    pipeline = Pipeline(calibration, cfg, model_dir, RunDir(run_dir).compressed(f"{c.name}.distill"))
     for step in build(c):
         started = time.perf_counter()
-        step.apply(model, calibration)
+        step.apply(model, pipeline)
         seconds = time.perf_counter() - started
         rows.append({"pass": step.name, "config": _plain(step.spec), "apply_s": seconds, **snapshot(False)})
         print(f"{step.key}={step.name}: ppl {rows[-1]['ppl']:.4f}, sparsity {rows[-1]['sparsity']:.4f}", flush=True)

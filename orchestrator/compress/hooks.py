@@ -1,4 +1,4 @@
-"""Compression's training-time passes (`compress=gradual50`, `compress=qat_int8`, ...) at the training
+"""Compression's training-time passes (`compress=gradual50`, `compress=qat_int8`, `keep_sparsity`, ...) at the training
 loop's hook points (train/hooks.py): which passes stand behind them is decided here, from the config.
 With `compress=none` every hook does nothing and the task exports the model as usual.
 """
@@ -16,12 +16,14 @@ from orchestrator.train.hooks import Gather, LoopHooks
 class TrainingHooks(LoopHooks):
     def __init__(self, cfg: Config):
         # Imported here: the driver passes this class to every run, and only the workers, which build it, need torch.
-        from orchestrator.compress.masks import GradualPruning
+        from orchestrator.compress.masks import GradualPruning, KeptSparsity
         from orchestrator.compress.qat import QuantizationAwareTraining
 
         self.name = cfg.compress.name
         specs = cfg.compress.passes
-        self.pruning = [GradualPruning(s, cfg.train.max_steps) for s in specs if s.name is PassName.gradual_magnitude]
+        self.pruning = [GradualPruning(s, cfg.train.max_steps) if s.name is PassName.gradual_magnitude
+                        else KeptSparsity(s) for s in specs
+                        if s.name in (PassName.gradual_magnitude, PassName.keep_sparsity)]
         self.qat = [QuantizationAwareTraining(s) for s in specs if s.name is PassName.qat]
         self._report: dict | None = None
 
@@ -69,6 +71,4 @@ class TrainingHooks(LoopHooks):
         zeros = {name: int((state[f"{name}.weight"] == 0).sum()) for name in p.layers}
         sizes = {name: state[f"{name}.weight"].numel() for name in p.layers}
         return {"sparsity": sum(zeros.values()) / sum(sizes.values()),
-                "sparsity_per_layer": {name: zeros[name] / sizes[name] for name in p.layers},
-                "schedule": {"start_step": p.start, "end_step": p.end, "final_sparsity": p.spec.sparsity,
-                             "update_every": p.spec.update_every}}
+                "sparsity_per_layer": {name: zeros[name] / sizes[name] for name in p.layers}, **p.describe()}

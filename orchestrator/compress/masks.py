@@ -1,4 +1,5 @@
-"""Gradual magnitude pruning while training, under every ZeRO stage.
+"""Gradual magnitude pruning while training, under every ZeRO stage (and `keep_sparsity`, which keeps the zeros
+a pruned model already has).
 
 Each prunable layer gets a persistent `weight_mask` buffer and computes with `weight * mask`.
 Under ZeRO-3 the weight is partitioned (`param.data` is empty between forwards), so zeroing
@@ -78,9 +79,40 @@ class GradualPruning:
         zeros = sum(int((m.weight_mask == 0).sum()) for m in self.layers.values())
         return zeros / sum(m.weight_mask.numel() for m in self.layers.values())
 
+    def describe(self) -> dict:
+        """What made the masks, for the compression report."""
+        return {"schedule": {"start_step": self.start, "end_step": self.end, "final_sparsity": self.spec.sparsity,
+                             "update_every": self.spec.update_every}}
+
     def at_export(self, state: dict) -> dict:
         """The full state dict with masks multiplied in and the mask entries removed."""
         for name in self.layers:
             mask = state.pop(f"{name}.{MASK}")
             state[f"{name}.weight"] = state[f"{name}.weight"] * mask.to(state[f"{name}.weight"].dtype)
         return state
+
+
+class KeptSparsity(GradualPruning):
+    """`keep_sparsity`: a pruned model's zero weights stay zero while it trains (compress's distill pass, or
+    fine-tuning a pruned model): the masks are its zeros when training starts, and never change."""
+
+    def __init__(self, spec: PassConfig):
+        super().__init__(spec, max_steps=1)
+
+    def before_engine(self, model: nn.Module) -> None:
+        import contextlib
+
+        import deepspeed
+
+        super().before_engine(model)
+        for module in self.layers.values():
+            weight = module.weight
+            partitioned = hasattr(weight, "ds_id")  # loaded partitioned at ZeRO-3: gathered to read its zeros
+            with deepspeed.zero.GatheredParameters([weight]) if partitioned else contextlib.nullcontext():
+                module.weight_mask = (weight != 0).to(weight.dtype)
+
+    def due(self, step: int) -> bool:
+        return False
+
+    def describe(self) -> dict:
+        return {"kept": "the zero weights the model started training with"}

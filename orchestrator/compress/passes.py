@@ -4,41 +4,55 @@ live in config/compress_checks.py (validation runs them with every other config 
 here subclass them and add `apply` and what needs torch (the CPU int4 kernel probe). Nothing here
 imports torch at module level, so the refusals answer as fast as any other config error.
 
-Post-training passes run in `orchestrator compress`; `gradual_magnitude` and `qat` run inside
-training (masks.py, qat.py). A pipeline prunes first and quantizes last, at most once.
+Post-training passes run in `orchestrator compress` (`distill` by launching a training job: recovery.py);
+`gradual_magnitude`, `keep_sparsity` and `qat` run inside training (masks.py, qat.py). A pipeline prunes first,
+may distill, and quantizes last, at most once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
 
 from orchestrator.config import compress_checks as checks
 from orchestrator.config.compress_checks import ModelShape
-from orchestrator.config.schema import CompressConfig, PassName, SparsityScore
+from orchestrator.config.schema import CompressConfig, Config, PassName, SparsityScore
 
 Calibration = Callable[[int], Iterable]
 """n -> n training-split batches, for passes that look at activations."""
 
 
+@dataclass(frozen=True)
+class Pipeline:
+    """What a pass may need beyond the model: calibration batches; for distillation, the run's config, the
+    dense model it started from (the teacher) and a folder of its own."""
+
+    calibration: Calibration
+    run_config: Config
+    dense_model: Path
+    workdir: Path
+
+
 class Pass(checks.PassCheck):
     """One step of a pipeline: its checks (config/compress_checks.py) and what it does to a model."""
 
-    def apply(self, model, calibration: Calibration) -> None:
+    def apply(self, model, pipeline: Pipeline) -> None:
         raise NotImplementedError(f"{self.name} runs during training (orchestrator train compress=...)")
 
 
 class Magnitude(checks.MagnitudeCheck, Pass):
-    def apply(self, model, calibration):
+    def apply(self, model, pipeline):
         from orchestrator.compress import pruning, surgery
 
         pruning.magnitude(surgery.prunable(model), self.spec.sparsity, self.spec.global_ranking)
 
 
 class Wanda(checks.WandaCheck, Pass):
-    def apply(self, model, calibration):
+    def apply(self, model, pipeline):
         from orchestrator.compress import pruning, surgery
 
-        pruning.wanda(model, surgery.prunable(model), calibration(self.spec.calibration_batches),
+        pruning.wanda(model, surgery.prunable(model), pipeline.calibration(self.spec.calibration_batches),
                       self.spec.sparsity)
 
 
@@ -46,12 +60,12 @@ class SemiStructured(checks.SemiStructuredCheck, Pass):
     """2:4: half of every 4 consecutive input weights. Zeroed only: CPU has no 2:4 kernels, so it saves
     nothing here; on CUDA GPUs (sm80+) torch's semi-structured sparse tensors can use it."""
 
-    def apply(self, model, calibration):
+    def apply(self, model, pipeline):
         from orchestrator.compress import pruning, surgery
 
         linears = surgery.prunable(model)
         if self.spec.score is SparsityScore.wanda:
-            pruning.wanda(model, linears, calibration(self.spec.calibration_batches), 0.5, two_of_four=True)
+            pruning.wanda(model, linears, pipeline.calibration(self.spec.calibration_batches), 0.5, two_of_four=True)
         else:
             pruning.two_of_four(linears)
 
@@ -60,7 +74,7 @@ class MlpChannels(checks.MlpChannelsCheck, Pass):
     """Structured pruning: unlike zeroed weights, removed channels make the model smaller and faster
     everywhere, CPU included."""
 
-    def apply(self, model, calibration):
+    def apply(self, model, pipeline):
         from orchestrator.compress import pruning
 
         pruning.mlp_channels(model, self.spec.sparsity)
@@ -77,13 +91,27 @@ class Quantize(checks.QuantizeCheck, Pass):
                                 "(aten._weight_int4pack_mm_for_cpu); use int8_weight")
         return problems
 
-    def apply(self, model, calibration):
+    def apply(self, model, pipeline):
         from orchestrator.compress import quantization, surgery
 
         quantization.quantize(model, surgery.prunable(model, include_head=self.spec.lm_head), self.spec)
 
 
+class Distill(checks.DistillCheck, Pass):
+    """Recovery: the model as it is now (pruned) trains as the student of the dense model, in a distributed
+    job on the run's own cluster, data and ZeRO settings (compress/recovery.py); its zeros stay zero."""
+
+    def apply(self, model, pipeline):
+        from orchestrator.compress import recovery
+
+        recovery.distill(model, self.spec, pipeline)
+
+
 class GradualMagnitude(checks.GradualMagnitudeCheck, Pass):
+    pass
+
+
+class KeepSparsity(checks.KeepSparsityCheck, Pass):
     pass
 
 
@@ -101,6 +129,8 @@ _KINDS: dict[PassName, type[Pass]] = {
     PassName.gradual_magnitude: GradualMagnitude,
     PassName.qat: QuantizationAware,
     PassName.mlp_channels: MlpChannels,
+    PassName.distill: Distill,
+    PassName.keep_sparsity: KeepSparsity,
 }
 
 

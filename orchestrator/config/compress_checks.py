@@ -176,6 +176,20 @@ class QuantizationAwareCheck(PassCheck):
         return []
 
 
+class DistillCheck(PassCheck):
+    def check(self, shape):
+        s, problems = self.spec, []
+        if s.steps < 1:
+            problems.append(f"{self.key}.steps={s.steps}: must be >= 1")
+        if s.lr is not None and not s.lr > 0:
+            problems.append(f"{self.key}.lr={s.lr}: must be > 0, or null for a tenth of the run's optim.lr")
+        return problems
+
+
+class KeepSparsityCheck(PassCheck):
+    during_training = True
+
+
 CHECKS: dict[PassName, type[PassCheck]] = {
     PassName.magnitude: MagnitudeCheck,
     PassName.wanda: WandaCheck,
@@ -186,6 +200,8 @@ CHECKS: dict[PassName, type[PassCheck]] = {
     PassName.gradual_magnitude: GradualMagnitudeCheck,
     PassName.qat: QuantizationAwareCheck,
     PassName.mlp_channels: MlpChannelsCheck,
+    PassName.distill: DistillCheck,
+    PassName.keep_sparsity: KeepSparsityCheck,
 }
 
 
@@ -210,11 +226,15 @@ def pipeline_problems(compress: CompressConfig, shape: ModelShape | None, during
             if seen_quantizer:
                 problems.append(f"{step.key}={step.name}: a pipeline quantizes at most once")
             seen_quantizer = True
+        elif seen_quantizer and spec.name is PassName.distill:
+            problems.append(f"{step.key}=distill: trains after quantization; distill before quantizing")
         elif seen_quantizer:
             problems.append(f"{step.key}={step.name}: prunes after quantization; put pruning passes first")
         problems += step.check(shape)
         shape = step.reshape(shape)
     names = [spec.name for spec in compress.passes]
+    if PassName.keep_sparsity in names and PassName.gradual_magnitude in names:
+        problems.append(f"compress={name}: keep_sparsity and gradual_magnitude in one pipeline: one mask each")
     if PassName.qat in names and PassName.gradual_magnitude in names:
         problems.append(f"compress={name}: qat and gradual_magnitude in one pipeline: train with one, then "
                         "fine-tune with the other (model.pretrained_path=<run>/model)")

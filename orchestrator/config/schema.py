@@ -506,6 +506,8 @@ class PassName(str, Enum):
     gradual_magnitude = "gradual_magnitude"
     qat = "qat"
     mlp_channels = "mlp_channels"
+    distill = "distill"
+    keep_sparsity = "keep_sparsity"
 
 
 class SparsityScore(str, Enum):
@@ -521,7 +523,9 @@ class PassConfig:
     """magnitude, wanda, semi_structured (2:4): pruning after training; int8_weight, int8_dynamic,
     int4_weight: torchao quantization after training; gradual_magnitude: pruning while training;
     qat: quantization-aware training (fake-quantized while training, converted at the end);
-    mlp_channels: structured pruning after training (whole MLP channels removed, layers shrunk)."""
+    mlp_channels: structured pruning after training (whole MLP channels removed, layers shrunk); distill:
+    recovery after pruning, the pruned model trained as the student of the run's model (task=distill) with its
+    zeros kept; keep_sparsity: while training, the zero weights of a pruned model stay zero."""
     sparsity: float = 0.5
     """magnitude, wanda, gradual_magnitude: share of the prunable weights set to zero (the final share
     for gradual_magnitude). semi_structured is always 2 of every 4. mlp_channels: share of each block's
@@ -549,6 +553,11 @@ class PassConfig:
     last sixth of training recovers from the final prune."""
     update_every: int = 5
     """gradual_magnitude: steps between mask updates."""
+    steps: int = 100
+    """distill: training steps of the recovery (of the run's train.micro_batch_size, grad_accum and workers)."""
+    lr: float | None = None
+    """distill: the recovery's peak learning rate. null = a tenth of the run's optim.lr (the model is trained
+    already: it is nudged back, not trained again)."""
 
 
 @dataclass
