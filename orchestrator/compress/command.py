@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import shutil
 import time
 from pathlib import Path
@@ -44,10 +45,51 @@ def compose(overrides: list[str]) -> tuple[Config, Path]:
     run_dir = Path(given[-1]).expanduser().resolve()
     if not RunDir(run_dir).config.is_file():
         raise ConfigError([f"run_dir={given[-1]}: not a run directory (no config.yaml)"])
+    overrides, named = _pass_names(overrides)
     chosen = compose_dictconfig([o for o in overrides if not o.startswith("run_dir=")])
     base = load_job_file(str(RunDir(run_dir).config), [])
     base.compress = chosen.compress
+    if named:
+        base.compress.passes = [p for name in named for p in _passes_named(name)]
+        if base.compress.name == "none":
+            base.compress.name = "_".join(named)
     return OmegaConf.to_object(base), run_dir  # type: ignore[return-value]
+
+
+_NAMES = re.compile(r"^compress\.passes=\[\s*(\w+(?:\s*,\s*\w+)*)\s*\]$")
+
+
+def _pass_names(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """`compress.passes=[wanda50, distill, int8_dynamic]`: a pipeline of presets' passes and passes by name, each
+    with its defaults; the other overrides, and those names."""
+    named: list[str] = []
+    kept = []
+    for override in overrides:
+        found = _NAMES.match(override)
+        if found:
+            named = [name.strip() for name in found.group(1).split(",")]
+        else:
+            kept.append(override)
+    return kept, named
+
+
+def _passes_named(name: str) -> list:
+    """A preset's passes (conf/compress/<name>.yaml), or one pass of that name with its defaults."""
+    from omegaconf import OmegaConf
+
+    from orchestrator.config.compose import config_dir
+    from orchestrator.config.schema import PassConfig, PassName
+
+    preset = config_dir() / "compress" / f"{name}.yaml"
+    if preset.is_file():
+        passes = list(OmegaConf.load(preset).get("passes") or [])
+    elif name in PassName.__members__:
+        passes = [{"name": name}]
+    else:
+        presets = sorted(path.stem for path in (config_dir() / "compress").glob("*.yaml"))
+        raise ConfigError([f"compress.passes: {name} is neither a pass ({', '.join(PassName.__members__)}) nor a "
+                           f"pipeline ({', '.join(presets)})"])
+    return [OmegaConf.merge(OmegaConf.structured(PassConfig), p) for p in passes]
 
 
 def run(overrides: list[str], config_file: str | None, print_config: bool) -> int:

@@ -178,3 +178,19 @@ def test_weight_only_quantization_shrinks_the_linear_weights_and_reloads_exactly
     assert r["file_bytes_after"] < r["file_bytes_before"]
     assert r["reload_max_abs_diff"] <= 1e-5
     assert abs(r["ppl_after"] / r["ppl_before"] - 1) < 0.05
+
+
+def test_wanda_then_distillation_wins_perplexity_back_at_exactly_the_same_sparsity(trained_run):
+    """The distill pass trains the pruned model as the student of the run's own model, in a distributed job."""
+    from transformers import AutoModelForCausalLM
+
+    result = orchestrator("compress", f"run_dir={trained_run}", "compress=wanda50_distill",
+                          "compress.passes.1.steps=10", *FAST)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    pruned, distilled = report(trained_run, "wanda50_distill")["passes"]
+    assert (pruned["pass"], distilled["pass"]) == ("wanda", "distill")
+    assert distilled["ppl"] < pruned["ppl"]
+    assert pruned["sparsity"] == distilled["sparsity"] == 0.5
+    job = trained_run / "compressed" / "wanda50_distill.distill" / "run"
+    assert json.loads((job / "summary.json").read_text())["steps"] == 10
+    AutoModelForCausalLM.from_pretrained(str(trained_run / "compressed" / "wanda50_distill"))
