@@ -129,3 +129,17 @@ def test_the_merged_export_gives_the_logits_of_the_base_with_the_adapter(tmp_pat
     with torch.no_grad():
         assert torch.allclose(merged(batch).logits, want, atol=1e-5)
         assert torch.allclose(adapted(batch).logits, want, atol=1e-5)
+
+
+def test_zero_auto_sizes_a_frozen_base_by_what_trains():
+    """GPT-2 124M on 2 workers with 6 GB each: full fine-tuning must shard its optimizer state (zero=1), while
+    LoRA's states are small enough for every rank to hold whole (zero=0)."""
+    from orchestrator.plan.plan import make_plan
+
+    chosen = {}
+    for method in ("none", "lora"):
+        plan = make_plan(compose(["model=gpt2-124m", f"peft={method}", "zero=auto", "cluster.cpu_memory_gb=6",
+                                  "cluster.num_workers=2", "train.seq_len=256", "train.micro_batch_size=1"]))
+        chosen[method] = (plan.zero_stage, plan.fits, plan.memory["optimizer"])
+    assert chosen["none"][:2] == (1, True) and chosen["lora"][:2] == (0, True)
+    assert chosen["lora"][2] < 0.05 * chosen["none"][2]
