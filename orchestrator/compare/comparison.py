@@ -16,7 +16,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.compare.runs import IDENTITY_KEYS, Run, Sweep
+from orchestrator.compare.runs import DISTILLATION, IDENTITY_KEYS, Run, Sweep
 from orchestrator.config.overrides import as_override
 
 MODES = ("min", "max")
@@ -35,6 +35,11 @@ class Comparison:
     def shows_trainable(self) -> bool:
         """A `trainable` column, when some run trained adapters (the others trained every parameter)."""
         return any(run.trainable_params is not None for run in self.runs)
+
+    @property
+    def shows_distillation(self) -> bool:
+        """Distillation's columns (runs.DISTILLATION), when some run distilled."""
+        return any(run.distillation for run in self.runs)
 
     @property
     def maximize(self) -> bool:
@@ -151,6 +156,8 @@ def row(run: Run, comparison: Comparison) -> dict:
         "peak_memory_bytes_per_rank": run.peak_memory_bytes_per_rank,
         "wall_s": _finite(run.wall_s),
         "trainable_params": run.trainable_params,
+        **({key: _finite(run.distillation.get(key)) for key in DISTILLATION} if comparison.shows_distillation
+           else {}),
         "error": run.error,
         "sweep": run.sweep,
         "wandb": wandb_pointer(run),
@@ -182,7 +189,8 @@ def to_csv(comparison: Comparison) -> str:
     """One line per run: the table's numbers (the final value of each other validation metric among them),
     then one column per differing config key."""
     columns = [*CSV_COLUMNS, *(f"final_{name}" for name in comparison.other_val_metrics),
-               *(["trainable_params"] if comparison.shows_trainable else [])]
+               *(["trainable_params"] if comparison.shows_trainable else []),
+               *(DISTILLATION if comparison.shows_distillation else ())]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow([*columns, "peak_memory_bytes_per_rank", *comparison.differing_keys])

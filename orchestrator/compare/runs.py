@@ -49,6 +49,7 @@ class Run:
     compression: list[dict] = field(default_factory=list)  # compress_report.json files it holds
     final_val_metrics: dict[str, float] = field(default_factory=dict)  # val_loss, val_ppl... of the last evaluation
     trainable_params: int | None = None  # with adapters (peft=lora, dora): the parameters that trained
+    distillation: dict[str, float] = field(default_factory=dict)  # task=distill: DISTILLATION's figures
 
     def value(self, key: str) -> Any:
         """A config key's value; for a swept config group (zero=3), the option the trial picked."""
@@ -155,7 +156,12 @@ def load_run(run_dir: Path, sweep_entry: dict | None = None) -> Run:
         compression=run.compress_reports(),
         trainable_params=summary.get("trainable_params"),
         final_val_metrics=final_val,
+        distillation={key: summary[key] for key in DISTILLATION if key in summary},
     )
+
+
+DISTILLATION = ("distill_loss", "data_loss", "teacher_val_loss")
+"""A distillation's last logged losses (tasks/distill.py) and its teacher's validation loss."""
 
 
 def final_val_metrics(summary: dict) -> dict[str, float]:

@@ -13,7 +13,7 @@ import sys
 from typing import Any, TextIO
 
 from orchestrator.compare.comparison import Comparison, asha_stops, best_trial, retrain_command, wandb_pointer
-from orchestrator.compare.runs import Run
+from orchestrator.compare.runs import DISTILLATION, Run
 
 HEADERS = ("run", "status", "steps", "train loss", "best val loss (step)", "val ppl", "tok/s", "peak mem/rank",
            "wall")
@@ -30,6 +30,8 @@ def cells(run: Run, comparison: Comparison) -> list[str]:
     values += [num(run.final_val_metrics.get(name)) for name in comparison.other_val_metrics]
     if comparison.shows_trainable:
         values.append("all" if run.trainable_params is None else f"{run.trainable_params:,}")
+    if comparison.shows_distillation:
+        values += [num(run.distillation.get(key)) for key in DISTILLATION]
     if comparison.metric != "val_loss":
         best, step = run.best(comparison.metric, comparison.maximize)
         values.append("-" if best is None else f"{num(best)} ({step})")
@@ -39,8 +41,9 @@ def cells(run: Run, comparison: Comparison) -> list[str]:
 def headers(comparison: Comparison) -> list[str]:
     extra = [f"best {comparison.metric} (step)"] if comparison.metric != "val_loss" else []
     trainable = ["trainable"] if comparison.shows_trainable else []
-    return [*HEADERS, *(f"final {name}" for name in comparison.other_val_metrics), *trainable, *extra,
-            *comparison.differing_keys]
+    distillation = [key.replace("_", " ") for key in DISTILLATION] if comparison.shows_distillation else []
+    return [*HEADERS, *(f"final {name}" for name in comparison.other_val_metrics), *trainable, *distillation,
+            *extra, *comparison.differing_keys]
 
 
 def notes(comparison: Comparison) -> list[str]:

@@ -484,3 +484,20 @@ def test_runs_that_trained_adapters_show_how_many_parameters_trained(tmp_path, c
     assert code == 0 and sorted(row.split(",")[column] for row in rows) == ["", "16640"]
     code, out, _ = run_cli(capsys, *runs)
     assert code == 0 and "trainable" in out and "16,640 │" in out and " all │" in out
+
+
+def test_a_distilled_run_shows_its_distillation_teacher_and_data_losses(tmp_path, capsys):
+    import shutil
+
+    runs = []
+    for name, figures in (("plain", {}), ("student", {"distill_loss": 0.032, "data_loss": 4.51,
+                                                      "teacher_val_loss": 4.7555})):
+        run = shutil.copytree(DATA / "runs" / "a", tmp_path / name)
+        done = json.loads((run / "summary.json").read_text())
+        (run / "summary.json").write_text(json.dumps({**done, **figures}))
+        runs.append(str(run))
+    code, out, _ = run_cli(capsys, *runs, "--format", "json")
+    rows = {row["name"]: row for row in json.loads(out)["runs"]}
+    assert code == 0 and rows["student"]["teacher_val_loss"] == 4.7555 and rows["plain"]["distill_loss"] is None
+    code, out, _ = run_cli(capsys, *runs)
+    assert code == 0 and "teacher val loss" in out and "4.7555" in out
