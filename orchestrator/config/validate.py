@@ -8,7 +8,9 @@ the schema during composition; this module checks what types cannot express.
 from __future__ import annotations
 
 import ctypes.util
+import dataclasses
 import glob
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -113,8 +115,24 @@ def _check_backend(p: _Problems, c: ClusterConfig) -> None:
                 k.ttl_seconds_after_finished, "must be >= 0")
 
 
+def non_finite(node: Any, key: str = "") -> list[str]:
+    """Every float key set to inf, -inf or nan, anywhere in the config (lists of sections included): one rule,
+    so no key's own range check has to remember it (`nan > 0` is False, but `inf > 0` is True)."""
+    if dataclasses.is_dataclass(node):
+        return [line for f in dataclasses.fields(node)
+                for line in non_finite(getattr(node, f.name), f"{key}.{f.name}" if key else f.name)]
+    if isinstance(node, list):
+        return [line for i, item in enumerate(node) for line in non_finite(item, f"{key}[{i}]")]
+    if isinstance(node, float) and not math.isfinite(node):
+        return [f"{key}={node}: must be a finite number"]
+    return []
+
+
 def validate(cfg: Config) -> list[str]:
     """Return every problem found in cfg (empty when it is valid)."""
+    infinite = non_finite(cfg)
+    if infinite:  # the other checks would compare with these values and say confusing things
+        return infinite
     p = _Problems()
     c, m, d, o, z, t = cfg.cluster, cfg.model, cfg.data, cfg.optim, cfg.zero, cfg.train
 

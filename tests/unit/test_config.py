@@ -60,3 +60,24 @@ def test_config_round_trips_through_plain_dict_for_workers():
     cfg = compose(["zero=3_offload", "train.precision=bf16"])
     assert from_dict(to_dict(cfg)) == cfg
     assert "offload_param: cpu" in to_yaml(cfg)
+
+
+@pytest.mark.parametrize("override", ["optim.lr=inf", "optim.lr=-inf", "optim.lr=nan", "distill.temperature=inf",
+                                      "train.grad_clip=nan"])
+def test_non_finite_values_are_refused_for_every_float_key(tmp_path, capsys, override):
+    from orchestrator import cli
+
+    assert cli.main(["train", override, f"run_dir={tmp_path / 'run'}"]) == 2
+    key, value = override.split("=")
+    assert capsys.readouterr().err.strip() == f"error: {key}={float(value)}: must be a finite number"
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_non_finite_value_inside_a_list_of_sections_is_named_by_its_index():
+    from omegaconf import OmegaConf
+
+    from orchestrator.config.compose import compose_dictconfig
+    from orchestrator.config.validate import non_finite
+
+    cfg = OmegaConf.to_object(compose_dictconfig(["compress=wanda50_int8", "compress.passes.0.sparsity=nan"]))
+    assert non_finite(cfg) == ["compress.passes[0].sparsity=nan: must be a finite number"]
