@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-COMMON = ["data.max_bytes=600000", "train.seq_len=64", "train.micro_batch_size=8", "train.log_every=10",
+COMMON = ["data.max_bytes=2000000", "train.seq_len=64", "train.micro_batch_size=8", "train.log_every=10",
           "logger.mode=disabled", "train.seed=0"]
 
 
@@ -33,9 +33,9 @@ def train(run_dir: Path, *overrides: str) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--teacher-steps", type=int, default=200)
-    parser.add_argument("--student-steps", type=int, default=60)
-    parser.add_argument("--teacher-layers", type=int, default=4)
+    parser.add_argument("--teacher-steps", type=int, default=800)
+    parser.add_argument("--student-steps", type=int, default=100)
+    parser.add_argument("--teacher-layers", type=int, default=6)
     args = parser.parse_args()
 
     from orchestrator.config.compose import compose
