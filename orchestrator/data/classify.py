@@ -23,6 +23,7 @@ import numpy as np
 
 from orchestrator.config.schema import Config, DataConfig
 from orchestrator.config.validate import data_files
+from orchestrator.data.cache import build_once
 from orchestrator.data.pipeline import RowsEntry, tokenizer_fingerprint
 from orchestrator.data.sft import read_rows
 from orchestrator.errors import ConfigError
@@ -49,16 +50,12 @@ class LabelledRows(RowsEntry):
 
 def prepare(cfg: Config) -> LabelledRows:
     """Build (or reuse) the tokenized rows of cfg's labelled files."""
-    from filelock import FileLock
-
     data = cfg.data
     cache = Path(data.cache_dir).expanduser()
     cache.mkdir(parents=True, exist_ok=True)
     prepared = LabelledRows(cache / f"classify-{_key(data, cfg.train.seq_len, cfg.train.seed)}", data)
-    with FileLock(str(prepared.root) + ".lock"):
-        if not (prepared.root / "meta.json").exists():
-            _build(data, cfg.train.seq_len, cfg.train.seed, prepared)
-    return prepared
+    build_once(prepared.root, list, lambda: _build(data, cfg.train.seq_len, cfg.train.seed, prepared))
+    return prepared  # read_rows (data/sft.py) refuses a malformed file itself, naming its line
 
 
 def _key(data: DataConfig, seq_len: int, seed: int) -> str:

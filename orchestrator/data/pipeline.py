@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.config.schema import DataConfig, TokenizeOn
+from orchestrator.data import file_checks
+from orchestrator.data.cache import build_once
 from orchestrator.data.corpus import file_format, load_documents, source_files
 from orchestrator.data.shards import TokenBlocks, token_dtype
 from orchestrator.errors import ConfigError
@@ -162,16 +164,25 @@ def tokenizer_fingerprint(folder: Path) -> list:
 
 def prepare(data: DataConfig, seq_len: int, seed: int) -> PreparedData:
     """Build (or reuse) the tokenizer and the packed train/val splits for this config."""
-    from filelock import FileLock
-
     cache = Path(data.cache_dir).expanduser()
     cache.mkdir(parents=True, exist_ok=True)
     key = cache_key(data, seq_len, seed)
     prepared = PreparedData(cache / f"{data.name}-{key}", data)
-    with FileLock(str(prepared.root) + ".lock"):
-        if not (prepared.root / "meta.json").exists():
-            _build(data, seq_len, seed, prepared)
+    build_once(prepared.root, lambda: _unreadable(data), lambda: _build(data, seq_len, seed, prepared))
     return prepared
+
+
+def _unreadable(data: DataConfig) -> list[str]:
+    """The user's local files that cannot be read as their format, one line each (the built-in corpus and
+    remote streams are not checked)."""
+    found = []
+    for source in sources(data):
+        if source.data.path is None:
+            continue
+        files = [f for f in source_files(source.data) if Path(f).is_file()]
+        found += file_checks.problems(files, file_format(source.data, files), source.name,
+                                      "data.path" if not data.sources else "data.sources")
+    return found
 
 
 def _build(data: DataConfig, seq_len: int, seed: int, out: PreparedData) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 from orchestrator.config.schema import Config, DataConfig, Truncation
 from orchestrator.config.validate import data_files
 from orchestrator.data import chat
+from orchestrator.data.cache import build_once
 from orchestrator.data.pipeline import RowsEntry, tokenizer_fingerprint
 from orchestrator.errors import ConfigError
 
@@ -51,19 +52,19 @@ class PackedChats(RowsEntry):
 
 def prepare(cfg: Config) -> PackedChats:
     """Build (or reuse) the rows of cfg's samples, rendered by its tokenizer and chat template."""
-    from filelock import FileLock
-
     data = cfg.data
     cache = Path(data.cache_dir).expanduser()
     cache.mkdir(parents=True, exist_ok=True)
     tokenizer, template, added = _tokenizer(data)
     prepared = PackedChats(cache / f"sft-{_key(data, template, cfg.train.seq_len, cfg.train.seed)}", data)
-    with FileLock(str(prepared.root) + ".lock"):
-        if not (prepared.root / "meta.json").exists():
-            if added:
-                print(f"chat template: added {', '.join(added)} to the tokenizer (the embeddings grow to match)",
-                      flush=True)
-            _build(data, tokenizer, cfg.train.seq_len, cfg.train.seed, prepared)
+
+    def build() -> None:
+        if added:
+            print(f"chat template: added {', '.join(added)} to the tokenizer (the embeddings grow to match)",
+                  flush=True)
+        _build(data, tokenizer, cfg.train.seq_len, cfg.train.seed, prepared)
+
+    build_once(prepared.root, list, build)  # read_rows refuses a malformed file itself, naming its line
     return prepared
 
 

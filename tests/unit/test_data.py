@@ -162,3 +162,25 @@ def test_train_epochs_become_the_steps_that_pass_over_the_training_rows(tmp_path
     rows = prepare(cfg.data, 32, seed=0).meta["train_blocks"]
     assert _steps_for_epochs(cfg).train.max_steps == -(-rows * 5 // (2 * 8))
     assert f"train.epochs=2.5: {rows:,} training rows / global batch 8 -> train.max_steps=" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("corpus.txt", bytes(range(128, 256)) * 20, "not UTF-8 text (byte 0, line 1): a binary file, or another encoding"),
+    ("rows.jsonl", b'{"text": "a"}\n\n{"text": "b"}\n{"text": oops}\n', "invalid JSON on line 4: Expecting value"),
+    ("rows.json", b'[\n {"text": "a"},\n {"text": "b"\n]\n', "invalid JSON on line 4: Expecting ',' delimiter"),
+    ("empty.txt", b"", "is empty"),
+    ("blank.txt", b"\n   \n\n", "holds only blank lines"),
+    ("rows.parquet", b"not parquet at all", "not a Parquet file"),
+], ids=["binary-txt", "broken-jsonl-line", "broken-json-array", "empty", "blank", "not-parquet"])
+def test_an_unreadable_data_file_is_refused_in_one_line_writing_nothing(tmp_path, capsys, monkeypatch, name,
+                                                                        content, message):
+    from orchestrator import cli
+
+    (tmp_path / name).write_bytes(content)
+    monkeypatch.setenv("ORCHESTRATOR_CACHE", str(tmp_path / "cache"))
+    assert cli.main(["train", "data=local", f"data.path={tmp_path / name}", f"run_dir={tmp_path / 'run'}"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert errors == [f"error: data.path={tmp_path / name}: {message}"] or (
+        len(errors) == 1 and errors[0].startswith(f"error: data.path={tmp_path / name}: {message}")), errors
+    assert not (tmp_path / "run").exists()
+    assert list((tmp_path / "cache").iterdir()) == []  # no half-built entry, no lock file
