@@ -23,12 +23,12 @@ import numpy as np
 
 from orchestrator.config.schema import Config, DataConfig
 from orchestrator.config.validate import data_files
-from orchestrator.data.cache import build_once
+from orchestrator.data.cache import build_once, seal
 from orchestrator.data.pipeline import RowsEntry, tokenizer_fingerprint
 from orchestrator.data.sft import read_rows
 from orchestrator.errors import ConfigError
 
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: meta.json records its files' sizes (data/cache.py)
 CHANNELS = ("input_ids", "token_type_ids", "attended", "label")
 INPUT_IDS, TOKEN_TYPES, ATTENDED, LABEL = range(len(CHANNELS))
 NO_LABEL = -100
@@ -178,9 +178,7 @@ def _build(data: DataConfig, seq_len: int, seed: int, out: LabelledRows) -> None
         "streaming": False,
         "sources": [],
     }
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(out.root, ignore_errors=True)
-    tmp.rename(out.root)
+    seal(tmp, meta, out.root)
 
 
 def _encode(tokenizer, rows: list, ids: dict, seq_len: int) -> tuple[np.ndarray, int]:

@@ -29,13 +29,13 @@ import numpy as np
 
 from orchestrator.config.schema import DataConfig, TokenizeOn
 from orchestrator.data import file_checks
-from orchestrator.data.cache import build_once
+from orchestrator.data.cache import build_once, seal
 from orchestrator.data.corpus import file_format, load_documents, source_files
 from orchestrator.data.shards import TokenBlocks, token_dtype
 from orchestrator.errors import ConfigError
 from orchestrator.machine import available_cpus
 
-_FORMAT_VERSION = 2  # bump when the prepared layout or tokenization changes
+_FORMAT_VERSION = 3  # bump when the prepared layout or tokenization changes (3: meta.json's file sizes)
 
 
 @dataclass(frozen=True)
@@ -241,7 +241,7 @@ def _build(data: DataConfig, seq_len: int, seed: int, out: PreparedData) -> None
         "sources": rows,
         "streaming": False,
     }
-    _seal(tmp, meta, out)
+    seal(tmp, meta, out.root)
 
 
 def _build_stream_head(data: DataConfig, seq_len: int, tokenization, tmp: Path, out: PreparedData) -> None:
@@ -269,7 +269,7 @@ def _build_stream_head(data: DataConfig, seq_len: int, tokenization, tmp: Path, 
     meta = {"vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id, "dtype": dtype.name,
             "bytes_per_token": dtype.itemsize, "documents": None, "tokens": None, "seq_len": seq_len,
             "train_blocks": None, "val_blocks": blocks, "sources": [], "streaming": True}
-    _seal(tmp, meta, out)
+    seal(tmp, meta, out.root)
 
 
 def _tokenizer(data: DataConfig, texts, what: str, tmp: Path):
@@ -285,10 +285,3 @@ def _tokenizer(data: DataConfig, texts, what: str, tmp: Path):
     tokenizer.save_pretrained(str(tmp / "tokenizer"))
     return tokenizer
 
-
-def _seal(tmp: Path, meta: dict, out: PreparedData) -> None:
-    import shutil
-
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(out.root, ignore_errors=True)
-    tmp.rename(out.root)  # the entry appears whole or not at all

@@ -27,11 +27,11 @@ import numpy as np
 from orchestrator.config.schema import Config, DataConfig, Truncation
 from orchestrator.config.validate import data_files
 from orchestrator.data import chat
-from orchestrator.data.cache import build_once
+from orchestrator.data.cache import build_once, seal
 from orchestrator.data.pipeline import RowsEntry, tokenizer_fingerprint
 from orchestrator.errors import ConfigError
 
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: meta.json records its files' sizes (data/cache.py)
 IGNORE = -100
 CHANNELS = ("input_ids", "labels", "position_ids", "attended")
 INPUT_IDS, LABELS, POSITIONS, ATTENDED = range(len(CHANNELS))
@@ -208,9 +208,7 @@ def _build(data: DataConfig, tokenizer, seq_len: int, seed: int, out: PackedChat
         "streaming": False,
         "sources": [],
     }
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(out.root, ignore_errors=True)
-    tmp.rename(out.root)
+    seal(tmp, meta, out.root)
 
 
 def _encode(tokenizer, messages: list[dict], seq_len: int, truncation: Truncation, counts: dict):

@@ -184,3 +184,21 @@ def test_an_unreadable_data_file_is_refused_in_one_line_writing_nothing(tmp_path
         len(errors) == 1 and errors[0].startswith(f"error: data.path={tmp_path / name}: {message}")), errors
     assert not (tmp_path / "run").exists()
     assert list((tmp_path / "cache").iterdir()) == []  # no half-built entry, no lock file
+
+
+@pytest.mark.parametrize("damage", ["truncated-shard", "lost-index"])
+def test_a_damaged_cache_entry_is_built_again_not_read(tmp_path, capsys, damage):
+    path = _write(tmp_path, "jsonl")
+    cfg = compose(["data=local", f"data.path={path}", "data.text_field=body", "data.vocab_size=300",
+                   "train.seq_len=32"])
+    built = prepare(cfg.data, 32, seed=0)
+    shard = (built.root / "tokens.bin").read_bytes()
+    if damage == "truncated-shard":
+        (built.root / "tokens.bin").write_bytes(shard[: len(shard) // 2])
+    else:
+        (built.root / "val.idx.npy").unlink()
+    capsys.readouterr()
+    again = prepare(cfg.data, 32, seed=0)
+    assert "building it again" in capsys.readouterr().out
+    assert (again.root / "tokens.bin").read_bytes() == shard and (again.root / "val.idx.npy").is_file()
+    assert len(again.blocks("val")) == built.meta["val_blocks"]
