@@ -408,6 +408,10 @@ class TrainConfig:
     resume: str = "auto"
     """auto: continue from the newest complete checkpoint in run_dir (rerun the same command);
     never: refuse a run_dir that already holds a run; or a checkpoint folder to start from."""
+    trust_checkpoint: bool = False
+    """Accept train.resume=<folder> that carries no manifest of hashes (a universal checkpoint converted by
+    hand with ds_to_universal): its pickle files are read unverified once, and its hashes recorded then, so
+    every later resume checks them. Without it such a folder is refused."""
     max_failures: int = 1
     """Worker-group restarts (Ray Train FailureConfig) before the job fails; each resumes from
     the newest complete checkpoint."""

@@ -9,8 +9,9 @@ Stage 0 holds whole states on every rank and loads natively. The global batch is
 scaling train.grad_accum (plan/job.py; refused when micro-batch x workers does not divide it). What cannot
 carry over: the RNG streams of ranks that no longer exist; a new rank r takes rank r mod N's.
 
-`train.resume=<folder>` also takes a universal checkpoint converted by hand; it records no data
-position, which is then derived from its step at the current world size.
+`train.resume=<folder>` also takes a universal checkpoint converted by hand, once trusted
+(`train.trust_checkpoint=true`: its hashes are recorded then and checked on every resume, train/resume.py); it
+records no data position, which is then derived from its step at the current world size.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def is_universal_folder(path: Path) -> bool:
 
 
 def hand_converted(path: Path) -> checkpoint.Checkpoint:
-    """A universal checkpoint someone converted: its step comes from DeepSpeed's own record in it."""
+    """A universal checkpoint someone converted: its step comes from DeepSpeed's own record in it (a pickle: the
+    caller has the user's word that the folder is theirs, train/resume.py)."""
     import torch
 
     states = sorted(path.glob("*model_states.pt"))

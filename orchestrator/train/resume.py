@@ -24,6 +24,7 @@ from orchestrator.rundir import checkpoints as checkpoint
 
 RESUMABLE_CHANGES = ("train.max_steps", "train.log_every", "train.eval_every", "train.eval_batches",
                      "train.ckpt_every", "train.keep_checkpoints", "train.resume", "train.max_failures",
+                     "train.trust_checkpoint",
                      "train.micro_batch_size", "train.grad_accum",  # the global batch is kept (plan/job.py)
                      "train.collective_timeout_s", "logger.", "cluster.", "plan.", "submit.", "run_dir",
                      "data.cache_dir", "data.num_proc", "data.tokenize_on", "zero.offload_", "zero.overlap_comm",
@@ -42,7 +43,7 @@ def find(cfg: Config, run_dir: Path) -> checkpoint.Checkpoint | None:
     if resume not in ("auto", "never"):
         path = Path(resume).expanduser().resolve()
         if elastic.is_universal_folder(path) and not (path / checkpoint.MARKER).exists():
-            return elastic.hand_converted(path)
+            return _hand_converted(path, resume, cfg.train.trust_checkpoint)
         reason = checkpoint.problem(path, verify=True)
         if reason:
             raise ConfigError([f"train.resume={resume}: not a usable checkpoint: {reason}"])
@@ -61,6 +62,26 @@ def find(cfg: Config, run_dir: Path) -> checkpoint.Checkpoint | None:
         listed = "; ".join(f"{path}: {reason}" for path, reason in skipped)
         raise ConfigError([f"run_dir={run_dir} has checkpoints but none is usable ({listed}); "
                            "fix or remove them, or pick a new run_dir"])
+    return found
+
+
+def _hand_converted(path: Path, resume: str, trusted: bool) -> checkpoint.Checkpoint:
+    """A universal checkpoint converted outside the tool: verified against the hashes recorded the first time
+    it was trusted; refused, before a byte of it is unpickled, when there are none and it is not trusted."""
+    from orchestrator.train import elastic
+
+    if (path / checkpoint.MANIFEST).is_file():
+        reason = checkpoint.problem(path, verify=True, marker=False)
+        if reason:
+            raise ConfigError([f"train.resume={resume}: not a usable checkpoint: {reason}"])
+        return checkpoint.load(path)
+    if not trusted:
+        raise ConfigError([f"train.resume={resume}: a universal checkpoint converted by hand carries no manifest "
+                           "of hashes, so nothing vouches for its pickle files; if you made it, add "
+                           "train.trust_checkpoint=true (its hashes are then recorded and checked on every resume)"])
+    found = elastic.hand_converted(path)
+    checkpoint.write_manifest(path, {**found.meta, "world_size": 0})
+    print(f"train.trust_checkpoint: recorded the hashes of {path} in {checkpoint.MANIFEST}", flush=True)
     return found
 
 

@@ -114,8 +114,12 @@ def test_a_universal_folder_converted_by_hand_resumes_a_new_run(references, tmp_
                     str(source / "checkpoints" / "step_00000010"), "--output_folder", str(universal),
                     "--inject_missing_state"], check=True, capture_output=True)
     run_dir = tmp_path / "run"
-    result = train(run_dir, "zero=2", "cluster.num_workers=1", "train.grad_accum=2", f"train.resume={universal}")
+    refused = train(run_dir, "zero=2", "cluster.num_workers=1", "train.grad_accum=2", f"train.resume={universal}")
+    assert refused.returncode == 2 and "add train.trust_checkpoint=true" in refused.stderr  # no hashes vouch for it
+    result = train(run_dir, "zero=2", "cluster.num_workers=1", "train.grad_accum=2", f"train.resume={universal}",
+                   "train.trust_checkpoint=true")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert (universal / "manifest.json").is_file()  # its hashes, checked by every later resume
     ours = dict(losses(run_dir))
     assert sorted(ours) == list(range(11, STEPS + 1))
     for step, expected in losses(references["2"])[10:]:

@@ -121,3 +121,33 @@ def test_a_change_of_world_size_is_announced(tmp_path, capsys):
     found = checkpoints.load(_checkpoint(tmp_path, 5, world=2, zero_stage=0))
     resume.prepare(found, 1)  # ZeRO-0: whole states on every rank, nothing to convert
     assert "elastic resume: step 5 was written by 2 rank(s), continuing on 1" in capsys.readouterr().out
+
+
+def test_a_hand_converted_universal_checkpoint_is_refused_unread_until_trusted_then_verified(tmp_path, monkeypatch):
+    """No manifest: refused before its pickle is opened; trusted once: its hashes recorded; later resumes check
+    them, and an altered byte is refused."""
+    import torch
+
+    from orchestrator.config.compose import compose
+
+    folder = tmp_path / "universal"
+    (folder / "zero").mkdir(parents=True)
+    torch.save({"global_steps": 7}, folder / "mp_rank_00_model_states.pt")
+    opened = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: opened.append(a[0]) or real_load(*a, **k))
+    with pytest.raises(ConfigError, match="converted by hand carries no manifest of hashes"):
+        resume.find(compose([f"train.resume={folder}"]), tmp_path / "run")
+    assert opened == [] and not (folder / checkpoints.MANIFEST).exists()
+
+    found = resume.find(compose([f"train.resume={folder}", "train.trust_checkpoint=true"]), tmp_path / "run")
+    assert found.step == 7 and found.meta["universal_only"] and (folder / checkpoints.MANIFEST).is_file()
+    again = resume.find(compose([f"train.resume={folder}"]), tmp_path / "run")  # verified now, no trust needed
+    assert again.step == 7
+
+    states = folder / "mp_rank_00_model_states.pt"
+    data = bytearray(states.read_bytes())
+    data[-5] ^= 0xFF
+    states.write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match="does not match its sha256"):
+        resume.find(compose([f"train.resume={folder}"]), tmp_path / "run")
