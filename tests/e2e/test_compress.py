@@ -191,6 +191,11 @@ def test_wanda_then_distillation_wins_perplexity_back_at_exactly_the_same_sparsi
     assert (pruned["pass"], distilled["pass"]) == ("wanda", "distill")
     assert distilled["ppl"] < pruned["ppl"]
     assert pruned["sparsity"] == distilled["sparsity"] == 0.5
-    job = trained_run / "compressed" / "wanda50_distill.distill" / "run"
-    assert json.loads((job / "summary.json").read_text())["steps"] == 10
+    job = trained_run / "compressed" / "wanda50_distill.distill" / "run"  # an ordinary task=distill run
+    done = json.loads((job / "summary.json").read_text())
+    assert done["steps"] == 10 and done["teacher_val_loss"] > 0 and done["teacher_param_bytes"] > 0
+    rows = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == list(range(1, 11))
+    assert all(row["distill_loss"] >= 0 and row["data_loss"] > 0 for row in rows)
+    AutoModelForCausalLM.from_pretrained(str(job / "model"))
     AutoModelForCausalLM.from_pretrained(str(trained_run / "compressed" / "wanda50_distill"))
