@@ -9,10 +9,11 @@ Exit codes: 0 success, 1 the job failed, 2 bad input (nothing was started or wri
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from orchestrator import __version__
-from orchestrator.errors import ConfigError, GateFailed, Preempted, TrainingError
+from orchestrator.errors import ConfigError, GateFailed, Interrupted, Preempted, TrainingError
 
 _OVERRIDES_HELP = "Hydra overrides, e.g. model=gpt2-124m zero=3 train.max_steps=200 optim.lr=3e-4"
 
@@ -145,6 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as error:
         print(f"preempted: {error}", file=sys.stderr)
         return Preempted.exit_code
+    except Interrupted as error:
+        from orchestrator.train.preemption import end_descendants
+
+        end_descendants()  # what a half-finished start left (Ray's processes before its reaper runs)
+        print(f"{error.signal_name}: stopped before training started; rerun the same command to start (or "
+              "resume) the run", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(error.exit_code)  # not through the exit hooks: Ray's, after a start cut short, aborts
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -25,6 +25,17 @@ class Preempted(Exception):
     exit_code = 75  # EX_TEMPFAIL: "try again later" — schedulers and scripts requeue on it
 
 
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT before training started: nothing to checkpoint; the command ends at once. Exit 75 for
+    SIGTERM (a scheduler's stop: requeue, and the rerun starts or resumes), 130 for Ctrl-C. A BaseException, as
+    KeyboardInterrupt is: code that handles any Exception (libraries' retries and re-wrapping) lets it through."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+        self.exit_code = 130 if signal_name == "SIGINT" else 75
+
+
 class GateFailed(Exception):
     """A quality gate (compress.max_ppl_increase) was not met; the report was written. Exit code 1."""
 

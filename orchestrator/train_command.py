@@ -18,8 +18,10 @@ def standard_hooks() -> tuple:
 
 def run(cfg: Config) -> Path:
     from orchestrator.train.driver import train
+    from orchestrator.train.preemption import interrupt_on_signals
     from orchestrator.train.startup import Startup
 
-    run_dir = train(cfg, hooks=standard_hooks(), startup=Startup.of_this_process())
+    with interrupt_on_signals():  # until training starts; then stop requests (train/preemption.py)
+        run_dir = train(cfg, hooks=standard_hooks(), startup=Startup.of_this_process())
     print(f"run directory: {run_dir}")
     return run_dir

@@ -13,6 +13,7 @@ refused before Ray starts (`preflight`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -80,8 +81,9 @@ def start(cluster: ClusterConfig, log_to_driver: bool = True, env_vars: dict[str
     record = warm.running()
     if record:  # `orchestrator cluster up` keeps one running: no cluster to start
         warm.use_token(record["token"])
-        ray.init(address=record["address"], logging_level=logging.WARNING, log_to_driver=log_to_driver,
-                 runtime_env=job_env(record["address"]), configure_logging=True)
+        with _our_signal_handlers():
+            ray.init(address=record["address"], logging_level=logging.WARNING, log_to_driver=log_to_driver,
+                     runtime_env=job_env(record["address"]), configure_logging=True)
         _joined_warm = True
         print(f"joined the warm local Ray cluster at {record['address']} (`orchestrator cluster down` ends it)",
               flush=True)
@@ -91,19 +93,20 @@ def start(cluster: ClusterConfig, log_to_driver: bool = True, env_vars: dict[str
     port = free_port()  # chosen here so the job's processes can be told the address up front
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     try:
-        ray.init(
-            # "local" always starts a new cluster: a bare ray.init() joins whatever `ray start` left
-            # in /tmp/ray/ray_current_cluster on this machine, even a cluster that is gone.
-            address="local",
-            num_cpus=available_cpus(),  # what preflight() checked the request against
-            include_dashboard=not lean,  # about a second of start-up; a single run does not use it
-            dashboard_host="127.0.0.1",
-            logging_level=logging.WARNING,
-            log_to_driver=log_to_driver,
-            runtime_env=job_env(f"{get_node_ip_address()}:{port}"),
-            configure_logging=True,
-            _system_config=system_config(lean),
-        )
+        with _our_signal_handlers():
+            ray.init(
+                # "local" always starts a new cluster: a bare ray.init() joins whatever `ray start` left
+                # in /tmp/ray/ray_current_cluster on this machine, even a cluster that is gone.
+                address="local",
+                num_cpus=available_cpus(),  # what preflight() checked the request against
+                include_dashboard=not lean,  # about a second of start-up; a single run does not use it
+                dashboard_host="127.0.0.1",
+                logging_level=logging.WARNING,
+                log_to_driver=log_to_driver,
+                runtime_env=job_env(f"{get_node_ip_address()}:{port}"),
+                configure_logging=True,
+                _system_config=system_config(lean),
+            )
     finally:
         del os.environ["RAY_GCS_SERVER_PORT"]
     from orchestrator.launch import reaper
@@ -111,6 +114,30 @@ def start(cluster: ClusterConfig, log_to_driver: bool = True, env_vars: dict[str
     node = ray._private.worker._global_node
     _reaper = reaper.watch([info.process.pid for infos in node.all_processes.values() for info in infos])
     return True
+
+
+@contextlib.contextmanager
+def _our_signal_handlers():
+    """While Ray starts in this process. Ray's driver sets SIGTERM to `sys.exit(15)` as it starts, replacing the
+    handler the command installed (train/preemption.py), and a start cut short leaves what it had started
+    running (its agents outlive their raylet). So where the command handles SIGTERM itself, Ray's handler is
+    not installed; and a start that does not finish ends every process it started."""
+    import signal
+
+    import ray._private.utils as ray_utils
+
+    keep = ray_utils.set_sigterm_handler
+    if callable(signal.getsignal(signal.SIGTERM)):
+        ray_utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    except BaseException:
+        from orchestrator.train.preemption import end_descendants
+
+        end_descendants()
+        raise
+    finally:
+        ray_utils.set_sigterm_handler = keep
 
 
 def gpus() -> int:

@@ -8,6 +8,7 @@ steps) so each can be compared step by step with the session's uninterrupted ref
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -180,6 +181,34 @@ STUCK = {  # a rank stuck in a step (ZeRO-3's parameter gathers), and one stuck 
     "zero2-in-a-checkpoint-save": (["train.ckpt_every=1", "model.hidden_size=256", "model.num_layers=4"],
                                    in_a_checkpoint_save),
 }
+
+
+def test_sigterm_while_ray_starts_ends_at_once_leaving_no_process_and_the_rerun_completes(spawn, tmp_path):
+    """Before the first step there is nothing to checkpoint: the command ends (exit 75, a scheduler's requeue)
+    with every process it started, half-started Ray included; the same command then runs to its end."""
+    run_dir = tmp_path / "early"
+    args = command(run_dir, "train.max_steps=3", "logger.mode=disabled")
+    driver = spawn(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: dict[int, psutil.Process] = {}
+    names: set[str] = set()
+    deadline = time.monotonic() + 120
+    while not names & {"gcs_server", "raylet"}:  # Ray is starting
+        assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()[0][-3000:]
+        for child in job_processes(driver):
+            seen.setdefault(child.pid, child)
+            with contextlib.suppress(psutil.Error):
+                names.add(child.name())
+        time.sleep(0.02)
+    driver.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    output, _ = driver.communicate(timeout=60)
+    assert driver.returncode == 75, output[-3000:]
+    assert time.monotonic() - sent < 20
+    assert "SIGTERM: stopped before training started; rerun the same command" in output
+    assert survivors(list(seen.values()), within=5) == [], "a process of the job outlived it"
+    rerun = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert [row["step"] for row in metrics(run_dir)] == [1, 2, 3]
 
 
 @pytest.mark.alone  # its bound holds on a machine not shared with another run
