@@ -286,3 +286,36 @@ def labelled_rows(count: int, seed: int) -> list[dict]:
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
+
+
+def on_two_ranks(target: Callable, *args: Any, timeout: float = 120) -> dict[int, tuple]:
+    """`target(rank, *args)` in two spawned processes that can form a gloo process group (RANK, WORLD_SIZE,
+    MASTER_ADDR and MASTER_PORT set, DeepSpeed on its CPU accelerator): rank -> what it returned. Both must exit
+    0. `target` is a module-level function (spawned processes import it)."""
+    import multiprocessing
+
+    from orchestrator.machine import free_port
+
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    port = free_port()
+    ranks = [context.Process(target=_as_rank, args=(target, rank, port, args, results)) for rank in range(2)]
+    for process in ranks:
+        process.start()
+    reported = dict(results.get(timeout=timeout) for _ in ranks)
+    for rank, process in enumerate(ranks):
+        process.join(timeout=60)
+        assert process.exitcode == 0, f"rank {rank} ended with exit code {process.exitcode}"
+    return reported
+
+
+def _as_rank(target: Callable, rank: int, port: int, args: tuple, results) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), DS_ACCELERATOR="cpu")
+    result = target(rank, *args)
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # both ranks leave the group together: a rank gone mid-teardown aborts the other
+        dist.barrier()
+        dist.destroy_process_group()
+    results.put((rank, result))

@@ -4,20 +4,10 @@ the same on both ranks. (`task=distill` through the command is tests/e2e/test_co
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import socket
+from tests.helpers import on_two_ranks
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _distill_on_rank(rank: int, port: int, teacher: str, results) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), DS_ACCELERATOR="cpu")
+def _distill_on_rank(rank: int, teacher: str) -> tuple:
     import deepspeed
     import torch
 
@@ -51,7 +41,7 @@ def _distill_on_rank(rank: int, port: int, teacher: str, results) -> None:
         distilled.append(task.metrics()["distill_loss"])
     figures = task.evaluate(engine, [batch])
     report = task.final_report(engine, None, 4, rank, 2)
-    results.put((rank, distilled, figures, report["teacher_param_bytes_per_rank"], report["teacher_param_bytes"]))
+    return distilled, figures, report["teacher_param_bytes_per_rank"], report["teacher_param_bytes"]
 
 
 def test_at_zero3_each_rank_holds_half_the_teacher_and_the_student_learns_from_it(tmp_path):
@@ -65,16 +55,7 @@ def test_at_zero3_each_rank_holds_half_the_teacher_and_the_student_learns_from_i
     GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=64, n_layer=2,
                                n_head=4)).save_pretrained(str(tmp_path / "teacher"))
     tokenizer.save_pretrained(str(tmp_path / "teacher"))
-    port, ctx = _free_port(), multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    ranks = [ctx.Process(target=_distill_on_rank, args=(rank, port, str(tmp_path / "teacher"), results))
-             for rank in range(2)]
-    for p in ranks:
-        p.start()
-    reported = {r[0]: r[1:] for r in (results.get(timeout=120) for _ in ranks)}
-    for p in ranks:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    reported = on_two_ranks(_distill_on_rank, str(tmp_path / "teacher"))
     for rank, (distilled, figures, held, whole) in reported.items():
         assert held <= 0.55 * whole, rank  # half of the teacher, and a little padding
         assert distilled[-1] < distilled[0], distilled

@@ -5,21 +5,11 @@ tests/e2e/test_sft.py's ZeRO-3 run, whose first loss equals the ZeRO-2 run's.)""
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import socket
+from tests.helpers import on_two_ranks
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _load_on_rank(rank: int, port: int, folder: str, results) -> None:
+def _load_on_rank(rank: int, folder: str) -> tuple:
     """One rank: load partitioned, then report every tensor whose partition or gathered value is wrong."""
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), DS_ACCELERATOR="cpu")
     import deepspeed
     import torch
     from safetensors.torch import load_file
@@ -44,8 +34,8 @@ def _load_on_rank(rank: int, port: int, folder: str, results) -> None:
             if not torch.equal(param.data, stored[name].to(param.dtype)):
                 wrong.append(f"gathered {name}")
         tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
-    results.put((rank, wrong, tied, str(next(model.parameters()).dtype)))
     del live
+    return wrong, tied, str(next(model.parameters()).dtype)
 
 
 def _saved(folder, config, model_class, dtype):
@@ -64,13 +54,5 @@ def test_each_rank_reads_exactly_its_partition_of_the_checkpoint(tmp_path):
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=301, n_positions=64, n_embd=33, n_layer=2, n_head=3)
     GPT2LMHeadModel(config).to(torch.bfloat16).save_pretrained(str(tmp_path))
-    context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    port = _free_port()
-    ranks = [context.Process(target=_load_on_rank, args=(rank, port, str(tmp_path), results)) for rank in range(2)]
-    for process in ranks:
-        process.start()
-    reports = sorted(results.get(timeout=120) for _ in ranks)
-    for process in ranks:
-        process.join(timeout=30)
-    assert reports == [(0, [], True, "torch.float32"), (1, [], True, "torch.float32")]
+    assert on_two_ranks(_load_on_rank, str(tmp_path)) == {0: ([], True, "torch.float32"),
+                                                          1: ([], True, "torch.float32")}

@@ -6,24 +6,14 @@ tests/unit/test_adapters.py's."""
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import socket
-
 import pytest
+
+from tests.helpers import on_two_ranks
 
 pytest.importorskip("bitsandbytes")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _train_on_rank(rank: int, port: int, base: str, out: str, results) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), DS_ACCELERATOR="cpu")
+def _train_on_rank(rank: int, base: str, out: str) -> tuple:
     from pathlib import Path
 
     import deepspeed
@@ -63,7 +53,7 @@ def _train_on_rank(rank: int, port: int, base: str, out: str, results) -> None:
     state = ds.full_state_dict(engine)
     if rank == 0:
         adapters.export(engine.module, state, Path(out) / "model", [], {})
-    results.put((rank, losses, quantized, partitioned, adapters.summary()))
+    return losses, quantized, partitioned, adapters.summary()
 
 
 def test_qlora_trains_adapters_on_a_4bit_base_and_exports_them_merged(tmp_path):
@@ -74,16 +64,7 @@ def test_qlora_trains_adapters_on_a_4bit_base_and_exports_them_merged(tmp_path):
     torch.manual_seed(0)
     base = tmp_path / "base"
     GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=128, n_positions=32)).save_pretrained(base)
-    port, ctx = _free_port(), multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    ranks = [ctx.Process(target=_train_on_rank, args=(rank, port, str(base), str(tmp_path), results))
-             for rank in range(2)]
-    for p in ranks:
-        p.start()
-    reported = dict((r[0], r[1:]) for r in (results.get(timeout=120) for _ in ranks))
-    for p in ranks:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    reported = on_two_ranks(_train_on_rank, str(base), str(tmp_path))
     losses, quantized, partitioned, summary = reported[0]
     assert quantized == "Linear4bit" and partitioned
     assert losses[-1] < losses[0] and reported[1][0] == losses  # it learns, and the ranks agree
