@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"preempted: {error}", file=sys.stderr)
         return Preempted.exit_code
     except Interrupted as error:
-        from orchestrator.train.preemption import end_descendants
+        from orchestrator.launch.reaper import end_descendants
 
         end_descendants()  # what a half-finished start left (Ray's processes before its reaper runs)
         print(f"{error.signal_name}: stopped before training started; rerun the same command to start (or "

@@ -132,7 +132,7 @@ def _our_signal_handlers():
     try:
         yield
     except BaseException:
-        from orchestrator.train.preemption import end_descendants
+        from orchestrator.launch.reaper import end_descendants
 
         end_descendants()
         raise

@@ -19,6 +19,7 @@ import sys
 import threading
 
 from orchestrator.errors import Interrupted
+from orchestrator.launch.reaper import end_descendants
 from orchestrator.rundir import RunDir
 
 _ENDING = (signal.SIGTERM, signal.SIGINT)
@@ -79,17 +80,3 @@ def _end_now(signum, frame) -> None:
     print(f"{signal.Signals(signum).name} again: stopping now, without a checkpoint", file=sys.stderr, flush=True)
     end_descendants()
     os._exit(128 + signum)
-
-
-def end_descendants() -> None:
-    """SIGKILL every process this one started, and theirs (Ray's, half-started ones included)."""
-    import psutil
-
-    try:
-        children = psutil.Process().children(recursive=True)
-    except psutil.Error:
-        return
-    for child in children:
-        with contextlib.suppress(psutil.Error):
-            child.kill()
-    psutil.wait_procs(children, timeout=10)
