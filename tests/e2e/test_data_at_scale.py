@@ -1,5 +1,5 @@
 """Data beyond the default corpus, end to end: a weighted mixture of two datasets (the share of training
-blocks each source gives over 100 steps), and a streamed JSONL file; each resumes exactly after a worker
+blocks each source gives over 60 steps), and a streamed JSONL file; each resumes exactly after a worker
 is SIGKILLed mid-run."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from tests.helpers import TINY, assert_same_losses, sigkill_a_worker_and_finish
 
 pytestmark = pytest.mark.slow
 
-STEPS = 100
+STEPS = 60
 
 
 def _sources(folder: Path) -> str:
@@ -35,7 +35,7 @@ def _sources(folder: Path) -> str:
 def job(tmp_path_factory) -> list[str]:
     sources = _sources(tmp_path_factory.mktemp("sources"))
     return [sys.executable, "-m", "orchestrator", "train", *TINY, "data=local", "data.path=null", sources,
-            "train.precision=fp32", f"train.max_steps={STEPS}", "train.ckpt_every=25", "train.eval_every=0",
+            "train.precision=fp32", f"train.max_steps={STEPS}", "train.ckpt_every=15", "train.eval_every=0",
             "train.log_every=1", "logger.mode=disabled"]
 
 
@@ -73,21 +73,21 @@ def _killed_once_matches(command: list[str], run_dir: Path, reference: Path, at_
 
 
 def test_a_sigkilled_worker_resumes_the_mixture_exactly(job, reference, tmp_path):
-    _killed_once_matches(job, tmp_path / "killed", reference[0], at_step=60, steps=STEPS)
+    _killed_once_matches(job, tmp_path / "killed", reference[0], at_step=35, steps=STEPS)
 
 
 def test_a_streamed_jsonl_file_trains_and_resumes_exactly(tmp_path):
     corpus = tmp_path / "corpus.jsonl"
     _sources(tmp_path)
     corpus.write_bytes((tmp_path / "a.jsonl").read_bytes() + (tmp_path / "b.jsonl").read_bytes())
-    steps = 30
+    steps = 20
     command = [sys.executable, "-m", "orchestrator", "train", *TINY, "data=local", f"data.path={corpus}",
                "data.streaming=true", "train.precision=fp32", f"train.max_steps={steps}", "train.ckpt_every=10",
-               "train.eval_every=15", "train.log_every=1", "logger.mode=disabled"]
+               "train.eval_every=10", "train.log_every=1", "logger.mode=disabled"]
     reference = subprocess.run([*command, f"run_dir={tmp_path / 'reference'}"], capture_output=True, text=True,
                                timeout=900)
     assert reference.returncode == 0, reference.stdout[-2000:] + reference.stderr[-3000:]
     assert "data: streamed /" in reference.stdout
     position = json.loads((tmp_path / "reference" / "summary.json").read_text())["data_position"]
     assert position["samples"] == steps * 8 and position["document"] > 0  # read on into the file
-    _killed_once_matches(command, tmp_path / "killed", tmp_path / "reference", at_step=15, steps=steps)
+    _killed_once_matches(command, tmp_path / "killed", tmp_path / "reference", at_step=13, steps=steps)

@@ -147,7 +147,7 @@ def test_a_submitted_job_stops_with_a_checkpoint_and_its_job_file_resumes_it_on_
     assert SENTINEL not in job_file.read_text()
 
     # The job file pins run_dir: resubmitting it continues from that checkpoint, to a lower max_steps.
-    last = preempted["step"] + 10
+    last = preempted["step"] + 3
     again = on_cluster(env, "submit", "--config", str(job_file), f"cluster.dashboard_url={url}", "submit.follow=true",
                        f"train.max_steps={last}")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
