@@ -30,6 +30,7 @@ _OWN_KEYS = ("run_dir=", "compress=", "compress.")
 
 def compose(overrides: list[str]) -> tuple[Config, Path]:
     """The run's own config with the chosen compress pipeline; ConfigError lists every problem."""
+    import yaml
     from omegaconf import OmegaConf
 
     from orchestrator.config.compose import compose_dictconfig, load_job_file
@@ -46,13 +47,20 @@ def compose(overrides: list[str]) -> tuple[Config, Path]:
     if not RunDir(run_dir).config.is_file():
         raise ConfigError([f"run_dir={given[-1]}: not a run directory (no config.yaml)"])
     overrides, named = _pass_names(overrides)
-    chosen = compose_dictconfig([o for o in overrides if not o.startswith("run_dir=")])
+    per_pass = [o for o in overrides if named and o.startswith("compress.passes.")]  # applied to the named ones
+    chosen = compose_dictconfig([o for o in overrides if not o.startswith("run_dir=") and o not in per_pass])
     base = load_job_file(str(RunDir(run_dir).config), [])
     base.compress = chosen.compress
     if named:
         base.compress.passes = [p for name in named for p in _passes_named(name)]
         if base.compress.name == "none":
             base.compress.name = "_".join(named)
+        for override in per_pass:
+            key, _, value = override.partition("=")
+            try:
+                OmegaConf.update(base, key, yaml.safe_load(value), merge=False)
+            except Exception as error:  # omegaconf's ValidationError or ConfigKeyError: a wrong type or key
+                raise ConfigError([f"{override}: {str(error).splitlines()[0]}"]) from None
     return OmegaConf.to_object(base), run_dir  # type: ignore[return-value]
 
 

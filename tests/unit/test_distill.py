@@ -130,6 +130,11 @@ def test_compress_takes_pipelines_and_passes_by_name(tmp_path):
     assert cfg.compress.name == "wanda50_distill_int8_dynamic"
     assert [(p.name.value, p.sparsity) for p in cfg.compress.passes] == [
         ("wanda", 0.5), ("distill", 0.5), ("int8_dynamic", 0.5)]
+    cfg, _ = compress_compose([f"run_dir={tmp_path}", "compress.passes=[wanda50, distill]",
+                               "compress.passes.1.steps=7"])
+    assert [p.steps for p in cfg.compress.passes] == [100, 7]  # a pass's key set by its index, after the names
+    with pytest.raises(ConfigError, match="compress.passes.1.steps=abc: Value 'abc'"):
+        compress_compose([f"run_dir={tmp_path}", "compress.passes=[wanda50, distill]", "compress.passes.1.steps=abc"])
     with pytest.raises(ConfigError, match="trains after quantization"):
         from orchestrator.compress.command import compress
 
