@@ -49,11 +49,15 @@ class GradualPruning:
         self.layers: dict[str, nn.Module] = {}
 
     def before_engine(self, model: nn.Module) -> None:
-        """Give every prunable layer an all-ones mask and the masked forward, before DeepSpeed wraps the model."""
+        """Give every prunable layer its first mask and the masked forward, before DeepSpeed wraps the model."""
         self.layers = surgery.prunable(model)
         for module in self.layers.values():
-            module.register_buffer(MASK, torch.ones_like(module.weight), persistent=True)
+            module.register_buffer(MASK, self.first_mask(module.weight), persistent=True)
             module.forward = _masked_forward(module)
+
+    def first_mask(self, weight: nn.Parameter) -> torch.Tensor:
+        """All ones: the schedule prunes from a dense model."""
+        return torch.ones_like(weight)
 
     def target(self, step: int) -> float:
         return pruning.cubic_sparsity(step, self.start, self.end, self.spec.sparsity)
@@ -99,17 +103,15 @@ class KeptSparsity(GradualPruning):
     def __init__(self, spec: PassConfig):
         super().__init__(spec, max_steps=1)
 
-    def before_engine(self, model: nn.Module) -> None:
+    def first_mask(self, weight: nn.Parameter) -> torch.Tensor:
+        """The weight's zeros, gathered whole when it was loaded partitioned at ZeRO-3."""
         import contextlib
 
         import deepspeed
 
-        super().before_engine(model)
-        for module in self.layers.values():
-            weight = module.weight
-            partitioned = hasattr(weight, "ds_id")  # loaded partitioned at ZeRO-3: gathered to read its zeros
-            with deepspeed.zero.GatheredParameters([weight]) if partitioned else contextlib.nullcontext():
-                module.weight_mask = (weight != 0).to(weight.dtype)
+        partitioned = hasattr(weight, "ds_id")
+        with deepspeed.zero.GatheredParameters([weight]) if partitioned else contextlib.nullcontext():
+            return (weight != 0).to(weight.dtype)
 
     def due(self, step: int) -> bool:
         return False

@@ -11,7 +11,7 @@ tests (tests/distributed/test_qlora.py), far too slow to train on.
 from __future__ import annotations
 
 from orchestrator.config.adapter_checks import FULL_PRECISION_MODULES
-from orchestrator.config.schema import Config, PeftMethod, Precision
+from orchestrator.config.schema import Config, PeftMethod
 
 
 def load_options(cfg: Config) -> dict:
@@ -23,7 +23,9 @@ def load_options(cfg: Config) -> dict:
     from transformers import BitsAndBytesConfig
     from transformers.integrations import is_deepspeed_zero3_enabled
 
-    dtype = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}.get(cfg.train.precision, torch.float32)
+    from orchestrator.train.engine import torch_dtype
+
+    dtype = torch_dtype(cfg.train.precision)
     options = {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                          bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype,
                                                          bnb_4bit_quant_storage=dtype,

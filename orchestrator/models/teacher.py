@@ -20,6 +20,7 @@ def load(folder: Path, precision: Precision, attention: str):
     from transformers.integrations import deepspeed as hf_deepspeed
 
     from orchestrator.models import partitioned_load
+    from orchestrator.train.engine import torch_dtype
 
     live = hf_deepspeed._hf_deepspeed_config_weak_ref() if hf_deepspeed.is_deepspeed_zero3_enabled() else None
     if live is not None:
@@ -27,7 +28,7 @@ def load(folder: Path, precision: Precision, attention: str):
             str(folder), attn_implementation=attention)
         model.loss_type = "ForCausalLM"  # name it, or transformers warns on every rank
         return _inference_engine(model.requires_grad_(False), live.config)
-    dtype = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}.get(precision, torch.float32)
+    dtype = torch_dtype(precision)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     model = AutoModelForCausalLM.from_pretrained(str(folder), attn_implementation=attention, dtype=dtype)
     model.loss_type = "ForCausalLM"

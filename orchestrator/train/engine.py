@@ -108,6 +108,13 @@ def sharded_loading(ds_config: dict, pretrained: bool):
     return HfDeepSpeedConfig(ds_config)
 
 
+def torch_dtype(precision: str):
+    """The torch dtype of a precision (`bf16`, `fp16`, `fp32`; a Precision is one of these strings)."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
 def parameter_count(model) -> int:
     """Parameters of the whole model, also when ZeRO-3 has partitioned them or bitsandbytes packed them."""
     return sum(parameter_numel(p) for p in model.parameters())

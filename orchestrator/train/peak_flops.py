@@ -39,7 +39,9 @@ def matmul_probe(device_type: str, precision: str, threads: int, size: int = 102
     """Best FLOP/s of square matmuls on this device: the peak a training step's matmuls could reach."""
     import torch
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    from orchestrator.train.engine import torch_dtype
+
+    dtype = torch_dtype(precision)
     if device_type == "cpu":
         torch.set_num_threads(threads)
         size = 512
