@@ -9,6 +9,7 @@ from pathlib import Path
 
 from orchestrator.config.schema import Config, PlanFormat
 from orchestrator.errors import ConfigError
+from orchestrator.paths import free_bytes, human_bytes
 from orchestrator.plan.calibrate import Calibration, calibrate
 from orchestrator.plan.deepspeed import deepspeed_config
 from orchestrator.plan.hardware import hardware_for
@@ -55,6 +56,25 @@ def _calibration(plan: Plan, run_dir: str) -> Calibration:
 def _scale(cfg: Config, plan: Plan, calibration: Calibration | None, calibrate_from: str | None) -> Scale:
     hardware = hardware_for(cfg.cluster, plan.uses_gpus)
     if calibration is None:
-        return estimate(cfg, plan, hardware)
-    return estimate(cfg, plan, calibration.apply(hardware, plan.precision), calibration.compute_mfu,
-                    f"calibrated from {calibrate_from}")
+        scale = estimate(cfg, plan, hardware)
+    else:
+        scale = estimate(cfg, plan, calibration.apply(hardware, plan.precision), calibration.compute_mfu,
+                         f"calibrated from {calibrate_from}")
+    short = _disk_short(cfg, scale)
+    return dataclasses.replace(scale, warnings=[*scale.warnings, short]) if short else scale
+
+
+def _disk_short(cfg: Config, scale: Scale) -> str | None:
+    """The run directory's filesystem, here, against the most the run keeps on it at once: train.keep_checkpoints
+    checkpoints and the one being written (the newest are deleted only once it is sealed)."""
+    run_dir = Path(cfg.run_dir or "runs").expanduser()
+    every = scale.ckpt_every_steps
+    written = -(-scale.steps // every)  # the last step is always saved
+    held = min(cfg.train.keep_checkpoints + 1, written)
+    need, free = held * scale.checkpoint_bytes_total, free_bytes(run_dir)
+    if free >= need:
+        return None
+    return (f"run_dir {run_dir}: {human_bytes(free)} free on its filesystem, less than the {human_bytes(need)} "
+            f"of {held} checkpoints of {human_bytes(scale.checkpoint_bytes_total)} this run holds at once "
+            f"(train.keep_checkpoints={cfg.train.keep_checkpoints} and the one being written); a checkpoint that "
+            "finds no room ends the run, the earlier ones stay usable: lower train.keep_checkpoints or make room")

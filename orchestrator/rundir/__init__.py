@@ -256,5 +256,9 @@ def _json(path: Path) -> dict:
 
 def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except BaseException:  # a full disk: the old file stays whole, and no partial copy is left beside it
+        tmp.unlink(missing_ok=True)
+        raise

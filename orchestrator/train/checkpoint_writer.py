@@ -6,7 +6,8 @@ a size-balanced share of the checkpoint's files in a background thread while tra
 checkpoint is sealed (manifest with the hashes, COMPLETE, `latest`; checkpoint.py) at the first
 step whose all-reduce shows every rank's share hashed, or at once for the last checkpoint of a
 command (the final step, a stop). Until it is sealed it does not count: a crash in between
-resumes from the previous sealed one, exactly as after a crash during the save.
+resumes from the previous sealed one, exactly as after a crash during the save. Before a byte is
+written, every rank agrees there is room for the whole checkpoint (train/room.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from orchestrator.rundir import checkpoints as checkpoint
 from orchestrator.train import engine as ds
-from orchestrator.train import rank_state
+from orchestrator.train import rank_state, room
 
 
 class CheckpointWriter:
@@ -37,6 +38,7 @@ class CheckpointWriter:
         self.seal()  # an earlier checkpoint still hashing is sealed first: checkpoints seal in order
         self.progress.mark(step, "checkpoint")
         path = self.root / checkpoint.tag_for(step)
+        room.ensure(self.root, room.checkpoint_bytes(self.engine, self.rank), f"the checkpoint of step {step}")
         if self.rank == 0 and path.exists():
             shutil.rmtree(path)  # a broken earlier attempt at this step
         dist.barrier()

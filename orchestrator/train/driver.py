@@ -245,17 +245,30 @@ def _fit(job: Job, run: RunDir, run_id: str, hooks: Sequence[HookFactory], callb
     try:
         with stop_on_signals(run), watchdog:  # after Ray starts: its core installs handlers of its own
             trainer.fit()
+        refused = ray.get(board.failure.remote())  # the ranks ended the job themselves (no room on disk)
     except Exception as error:  # Ray wraps worker exceptions; show the root cause in one line
         cause = failures.reason(error, run.path, cfg.cluster.join_timeout_s, plan.world_size, watchdog.last,
                                 unstarted=watchdog.ended_controller)
-        # events.jsonl's last line says the command failed and why, so `compare` tells a failed run from a running one
-        run.append_event(Event.failed, run.last_logged_step(), error=cause)
+        _failed(run, cause)
         raise TrainingError(cause) from error
     finally:
         if started_local:
             local.stop()
         elif joined:
             ray_cluster.disconnect()
+    if refused:
+        cause = failures.out_of_room(refused, run.path)
+        _failed(run, cause)
+        raise TrainingError(cause)
+
+
+def _failed(run: RunDir, cause: str) -> None:
+    """events.jsonl's last line says the command failed and why, so `compare` tells a failed run from a running
+    one; on a full disk even that line may not fit, and the command's own line says it all."""
+    try:
+        run.append_event(Event.failed, run.last_logged_step(), error=cause)
+    except OSError:
+        pass
 
 
 def _import_trainer() -> None:

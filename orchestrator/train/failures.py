@@ -1,15 +1,16 @@
 """Why a training job failed, in one line a user can act on.
 
 Ray wraps a worker's death in several layers (Train's WorkerGroupError or ControllerError, Ray's
-ActorDiedError, the original exception). Two causes get a line of their own because the fix is
-not in the traceback: a worker killed by Ray's memory monitor (out of memory), and a worker group
-the cluster can no longer place (a node was lost) after train.max_failures restarts.
+ActorDiedError, the original exception). Three causes get a line of their own because the fix is
+not in the traceback: a worker killed by Ray's memory monitor (out of memory), a worker group
+the cluster can no longer place (a node was lost) after train.max_failures restarts, and a full disk.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from orchestrator.paths import disk_full, free_bytes, human_bytes
 from orchestrator.rundir import RunDir
 from orchestrator.rundir import checkpoints as checkpoint
 
@@ -36,7 +37,25 @@ def reason(error: BaseException, run_dir: Path, join_timeout_s: float, workers: 
         why = f" ({watchdog})" if unstarted else ""
         return (f"the cluster could not place {workers} workers within cluster.join_timeout_s={join_timeout_s:g}s "
                 f"(a node lost, or its resources taken){why}; {resume}, or add nodes")
+    full = disk_full(error) or _says_disk_full(chain)
+    if full is not None:
+        return out_of_room(f"no space left on the filesystem of {run_dir} ({human_bytes(free_bytes(run_dir))} "
+                           f"free): {_worker_failure(error)}", run_dir)
     return watchdog or _worker_failure(error)
+
+
+def out_of_room(line: str, run_dir: Path) -> str:
+    """A full disk's line, and how to go on: make room, or carry the run directory somewhere with room."""
+    found, _ = checkpoint.newest_usable(RunDir(run_dir).checkpoints, verify=False)
+    where = f"from the newest complete checkpoint (step {found.step})" if found else "from the start"
+    return (f"{line}; free space there and rerun the same command, or copy {run_dir} to a filesystem with room "
+            f"and rerun with run_dir=<the copy>: it resumes {where}")
+
+
+def _says_disk_full(chain: list[BaseException]) -> BaseException | None:
+    """Errors that crossed a process boundary as text, or that a library re-raised without the errno."""
+    return next((e for e in chain if any(mark in str(e) for mark in ("No space left on device",
+                                                                      "Disk quota exceeded"))), None)
 
 
 def _chain(error: BaseException) -> list[BaseException]:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import gc
 import time
 
+from orchestrator.paths import DiskFull
 from orchestrator.rundir import EARLY_STOP, Event
 from orchestrator.train.payload import WorkerPayload
 from orchestrator.train.worker import Worker, setup
@@ -51,6 +52,8 @@ def train_worker(payload: WorkerPayload) -> None:
                         ray.get_runtime_context().get_node_id())
     try:
         train_loop(payload, progress)
+    except DiskFull as full:  # raised on every rank at once, before a byte was written (train/room.py)
+        progress.fail(str(full))  # the driver ends the command in one line; a restart would not find room
     finally:
         progress.close()
 
@@ -178,6 +181,7 @@ def _finish(w: Worker, last_step: int, last_loss: float, metrics: dict[str, floa
     from orchestrator.data.loader import eval_batches
     from orchestrator.data.tokenizer import load_tokenizer
     from orchestrator.train import engine as ds
+    from orchestrator.train import room
     from orchestrator.train.summary import checkpoint_cost, gather_per_rank
 
     t = w.cfg.train
@@ -185,6 +189,7 @@ def _finish(w: Worker, last_step: int, last_loss: float, metrics: dict[str, floa
     w.progress.mark(last_step, "finish")
     report = w.task.final_report(w.engine, w.data, t.micro_batch_size, w.rank, w.world)
     state = ds.full_state_dict(w.engine)
+    room.ensure(w.run.model, room.tensor_bytes(state) if w.rank == 0 else 0, "the exported model")
     per_rank = gather_per_rank(w.device_type, w.measured or {}, w.load_memory_bytes)
     if w.rank == 0:
         plan, model_dir = w.payload.plan, w.run.model

@@ -44,14 +44,7 @@ def model_state_bytes(engine) -> dict[str, int]:
     module_params = list(engine.module.parameters())
     params = _unique_bytes((getattr(p, "ds_tensor", None) if hasattr(p, "ds_tensor") else p for p in module_params),
                            seen)
-    inner = engine.optimizer
-    while hasattr(inner, "optimizer") and inner.optimizer is not inner:  # DeepSpeed wraps torch's optimizer
-        inner = inner.optimizer
-    states = [v for state in inner.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
-    masters = [p for group in inner.param_groups for p in group["params"]]
-    # ZeRO-3 hands its fp32 partitions to the optimizer only during its step (param_groups are empty between steps).
-    masters += list(getattr(engine.optimizer, "fp32_partitioned_groups_flat", []))
-    optimizer = _unique_bytes(states + masters, seen)
+    optimizer = _unique_bytes(_optimizer_tensors(engine), seen)
     rest = []
     # The loop freezes everything built before the first step (gc.freeze), and frozen objects are invisible to
     # gc.get_objects: ZeRO-3's fp32 partitions and gradient buffers among them. Thaw them for this one look.
@@ -74,6 +67,23 @@ def model_state_bytes(engine) -> dict[str, int]:
         "grads_and_buffers": grads_and_buffers,
         "total": params + optimizer + grads_and_buffers,
     }
+
+
+def optimizer_bytes(engine) -> int:
+    """Bytes of the optimizer's states and the fp32 master copies DeepSpeed hands it, on this rank."""
+    return _unique_bytes(_optimizer_tensors(engine), set())
+
+
+def _optimizer_tensors(engine) -> list:
+    import torch
+
+    inner = engine.optimizer
+    while hasattr(inner, "optimizer") and inner.optimizer is not inner:  # DeepSpeed wraps torch's optimizer
+        inner = inner.optimizer
+    states = [v for state in inner.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+    masters = [p for group in inner.param_groups for p in group["params"]]
+    # ZeRO-3 hands its fp32 partitions to the optimizer only during its step (param_groups are empty between steps).
+    return states + masters + list(getattr(engine.optimizer, "fp32_partitioned_groups_flat", []))
 
 
 class LoadMemory:

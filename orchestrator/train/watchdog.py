@@ -139,6 +139,7 @@ class ProgressBoard:
     def __init__(self) -> None:
         self._reports: dict[int, Report] = {}
         self._controller: ControllerReport | None = None
+        self._failure: str | None = None
 
     def report(self, rank: int, pid: int, started: float, node_id: str, step: int, phase: str, marks: int) -> None:
         now = time.monotonic()
@@ -157,6 +158,13 @@ class ProgressBoard:
     def controller_snapshot(self) -> tuple[ControllerReport | None, float]:
         """`start_overdue(*board.controller_snapshot(), limit_s)`."""
         return self._controller, time.monotonic()
+
+    def fail(self, line: str) -> None:
+        """A rank ended the job on purpose (train/room.py: no room on disk); the driver fails with this line."""
+        self._failure = line
+
+    def failure(self) -> str | None:
+        return self._failure
 
     def forget(self, pids: list[int]) -> None:
         """Drop the reports of processes that finished, or that the watchdog has dealt with."""
@@ -183,6 +191,11 @@ class Progress:
 
     def mark(self, step: int, phase: str) -> None:
         self.step, self.phase, self.marks = step, phase, self.marks + 1
+
+    def fail(self, line: str) -> None:
+        import ray
+
+        ray.get(self._board.fail.remote(line))
 
     def close(self) -> None:
         """This rank is done: stop reporting, and take its report off the board."""

@@ -292,6 +292,45 @@ def test_a_lock_file_left_by_a_killed_deepspeed_op_build_does_not_block_the_next
     assert events(reference.run_dir) == ["start", "finished"]
 
 
+@contextlib.contextmanager
+def small_filesystem(folder: Path, size_bytes: int):
+    """A tmpfs of `size_bytes` mounted at `folder` (root only: the tests run as root, as Slurm's do)."""
+    folder.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes // 4096 * 4096}", "tmpfs",
+                              str(folder)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (it needs root): {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+def test_a_full_disk_ends_the_run_in_one_line_and_the_run_resumes_exactly_in_a_copy_elsewhere(reference, tmp_path):
+    """A filesystem with room for two of the reference job's checkpoints (steps 5 and 10) but not a third: step
+    15's is refused before a byte of it is written; the run directory, copied elsewhere, finishes the run on the
+    reference's trajectory."""
+    checkpoint = sum(f.stat().st_size for f in (reference.run_dir / "checkpoints" / "step_00000005").iterdir())
+    with small_filesystem(tmp_path / "small", 2 * checkpoint + checkpoint // 2 + (1 << 20)) as small:
+        run_dir = small / "run"
+        result = run(run_dir)
+        assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+        assert len(errors) == 1 and "Traceback" not in result.stdout + result.stderr, result.stderr[-3000:]
+        assert errors[0].startswith(f"error: training failed: no space left for the checkpoint of step 15 in "
+                                    f"{run_dir / 'checkpoints'}: ") and " free on its filesystem" in errors[0]
+        assert "the newest complete checkpoint (step 10)" in errors[0]
+        assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) == ["step_00000005",
+                                                                                    "step_00000010"]
+        assert events(run_dir) == ["start", "failed"]
+        elsewhere = tmp_path / "elsewhere"
+        shutil.copytree(run_dir, elsewhere)
+    resumed = run(elsewhere)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert events(elsewhere) == ["start", "failed", "resume", "finished"]
+    assert_same_trajectory(elsewhere, reference.run_dir)
+
+
 @pytest.mark.alone  # its bound holds on a machine not shared with another run
 def test_a_worker_killed_by_rays_memory_monitor_names_oom(spawn, tmp_path):
     """Ray's memory monitor, set to act 2.5 GB above what the machine uses now (more than the one-worker job

@@ -54,3 +54,19 @@ def test_a_controller_the_watchdog_ended_while_starting_workers_is_a_placement_f
     line = failures.reason(ended, tmp_path, 20, 2, watchdog=overdue, unstarted=True)
     assert line.startswith("the cluster could not place 2 workers within cluster.join_timeout_s=20s")
     assert overdue in line and "no checkpoint was written yet" in line
+
+
+def test_a_write_that_found_the_disk_full_names_the_filesystem_its_free_space_and_where_to_resume(tmp_path):
+    """The ranks check for room before each checkpoint (train/room.py); a disk another process filled meanwhile
+    still fails a write, and torch's writer loses the errno on the way: both read as a full disk."""
+    import errno
+
+    step = tmp_path / "checkpoints" / "step_00000020"
+    step.mkdir(parents=True)
+    (step / "manifest.json").write_text(json.dumps({"step": 20, "world_size": 2, "files": {}}))
+    (step / "COMPLETE").write_text("20")
+    full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "metrics.jsonl"))
+    for error in (full, RuntimeError("[Errno 28] No space left on device")):
+        line = failures.reason(WorkerGroupError({0: error}), tmp_path, 20, 2, watchdog=None)
+        assert line.startswith(f"no space left on the filesystem of {tmp_path} (") and " free)" in line
+        assert "the newest complete checkpoint (step 20)" in line and "run_dir=<the copy>" in line

@@ -73,3 +73,20 @@ def test_config_and_plan_paths_import_no_torch_ray_or_deepspeed():
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_plan_warns_when_the_run_directorys_filesystem_cannot_hold_the_checkpoints_it_keeps(compose_tiny, monkeypatch,
+                                                                                         capsys, tmp_path):
+    """keep_checkpoints=2 checkpoints and the one being written: three of them must fit at once."""
+    from orchestrator.plan import command
+
+    cfg = compose_tiny(f"run_dir={tmp_path / 'run'}", "train.keep_checkpoints=2", "train.ckpt_every=10",
+                       "train.max_steps=100")
+    size = command._scale(cfg, command.make_plan(cfg), None, None).checkpoint_bytes_total
+    for free, warned in ((3 * size - 1, True), (3 * size, False)):
+        monkeypatch.setattr(command, "free_bytes", lambda path, free=free: free)
+        assert command.run(cfg, None) == 0
+        lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"warning: run_dir {tmp_path}")]
+        assert bool(lines) is warned
+        if warned:
+            assert "3 checkpoints of" in lines[0] and "train.keep_checkpoints=2" in lines[0]
