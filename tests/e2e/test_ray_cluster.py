@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.helpers import TINY, orchestrator
+from tests.helpers import TINY, orchestrator, survivors
 
 pytestmark = pytest.mark.slow
 
@@ -204,10 +204,12 @@ def test_losing_a_node_fails_within_the_bound_then_resumes_on_what_is_left(two_n
     while not list((run_dir / "checkpoints").glob("step_*/COMPLETE")):
         assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()[1][-3000:]
         time.sleep(0.2)
-    # The whole node goes: its raylet and every process it started. (Killing the raylet alone can leave its
-    # training worker alive and orphaned; the job then hung past the bound in 2 of 4 full-suite runs.)
-    assert any(p.name() == "raylet" for p in psutil.Process(nodes[1].pid).children(recursive=True))
-    os.killpg(nodes[1].pid, signal.SIGKILL)
+    # The node's raylet alone dies (its agent crashed, or the OOM killer took it): the processes it started for
+    # the job notice their parent is gone and end (launch/worker_signals.py), so the job cannot hang on them.
+    [raylet] = [p for p in psutil.Process(nodes[1].pid).children(recursive=True) if p.name() == "raylet"]
+    workers = [p for p in raylet.children() if "RayTrainWorker" in " ".join(p.cmdline())]
+    assert workers, [p.cmdline() for p in raylet.children()]
+    raylet.kill()
     killed = time.monotonic()
     try:
         stdout, stderr = driver.communicate(timeout=300)
@@ -220,8 +222,10 @@ def test_losing_a_node_fails_within_the_bound_then_resumes_on_what_is_left(two_n
     assert driver.returncode == 1, stderr[-3000:]
     took = time.monotonic() - killed
     # The lost rank's peer fails at once (or the watchdog ends it at 60 s); one restart is tried, and Ray Train
-    # gives up placing it after 20 s, or, when its controller hangs past that, the watchdog ends it at 20 + 60 s.
-    assert took < 200
+    # gives up placing it after 20 s, or, when its controller hangs past that, the watchdog ends it at 20 + 60 s:
+    # cluster.join_timeout_s + train.collective_timeout_s + 60 s at most.
+    assert took < 20 + 60 + 60
+    assert survivors(workers, within=5) == [], "a training worker outlived its node's raylet"
     [line] = [line for line in stderr.splitlines() if line.startswith("error: ")]
     print(f"the command failed {took:.0f} s after the node was killed: {line}")  # shown by pytest -rP
     assert "could not place 2 workers within cluster.join_timeout_s=20s" in line
