@@ -319,3 +319,31 @@ def _as_rank(target: Callable, rank: int, port: int, args: tuple, results) -> No
         dist.barrier()
         dist.destroy_process_group()
     results.put((rank, result))
+
+
+REPLY = "The sky is blue."
+QUESTIONS = ["What colour is the sky?", "Tell me the sky's colour.", "Which colour has the sky today?",
+             "Look up: what colour is it?", "Sky colour, please.", "Is the sky red or blue?",
+             "Name the colour above us.", "What do you see above?"]
+
+
+def write_chats(path: Path) -> Path:
+    """64 samples, half as messages (some with a system turn), half as prompt/completion, one reply to learn."""
+    rows = []
+    for i in range(64):
+        question = f"{QUESTIONS[i % len(QUESTIONS)]} ({i})"
+        if i % 2:
+            rows.append({"prompt": question, "completion": REPLY})
+        else:
+            system = [{"role": "system", "content": "Answer briefly."}] if i % 4 == 0 else []
+            rows.append({"messages": [*system, {"role": "user", "content": question},
+                                      {"role": "assistant", "content": REPLY}]})
+    return write_jsonl(path, rows)
+
+
+def sft_args(model: Path, data: Path, run_dir: Path, *extra: str) -> list[str]:
+    """The e2e tier's fine-tuning job: the session's reference model on write_chats' samples, 30 steps."""
+    return ["train", "task=sft", f"model.pretrained_path={model}", "data=local", f"data.path={data}",
+            "data.chat_template=chatml", "train.seq_len=64", "train.micro_batch_size=4", "train.max_steps=30",
+            "optim.lr=3e-3", "optim.warmup_steps=2", "train.eval_every=10", "train.log_every=1",
+            "train.ckpt_every=10", "train.eval_batches=2", "logger.mode=disabled", f"run_dir={run_dir}", *extra]

@@ -59,12 +59,18 @@ class TaskName(str, Enum):
     sft = "sft"
     classify = "classify"
     distill = "distill"
+    dpo = "dpo"
 
 
 class DistillLoss(str, Enum):
     forward_kl = "forward_kl"
     reverse_kl = "reverse_kl"
     jsd = "jsd"
+
+
+class DpoLoss(str, Enum):
+    sigmoid = "sigmoid"
+    ipo = "ipo"
 
 
 class DistillInit(str, Enum):
@@ -589,7 +595,8 @@ class TaskConfig:
     """What the run learns (orchestrator/tasks/): clm, causal language modelling (pretraining, continued
     pretraining); sft, supervised fine-tuning on chat or prompt/completion samples, loss on the replies; classify,
     sequence classification of labelled text (accuracy, macro-F1, confusion matrices); distill, a student trained
-    on a frozen teacher's token distributions (the distill.* keys)."""
+    on a frozen teacher's token distributions (the distill.* keys); dpo, preference tuning on chosen/rejected
+    pairs against a frozen reference (the dpo.* keys)."""
 
 
 @dataclass
@@ -638,6 +645,20 @@ class DistillConfig:
 
 
 @dataclass
+class DpoConfig:
+    """Direct preference optimisation (`task=dpo`, tasks/dpo.py): the model learns to prefer each row's `chosen`
+    response to its `rejected` one, relative to a frozen reference (the model it starts from)."""
+
+    beta: float = 0.1
+    """How far the model may move from the reference: the implicit reward is beta x log(policy / reference)."""
+    loss: DpoLoss = DpoLoss.sigmoid
+    """sigmoid: the DPO paper's -log sigmoid(beta x margin); ipo: IPO's squared loss on the mean log-ratio margin
+    (Azar et al.), which does not push the margin without bound."""
+    label_smoothing: float = 0.0
+    """sigmoid only: the share of pairs assumed mislabelled (conservative DPO); in [0, 0.5)."""
+
+
+@dataclass
 class Config:
     task: TaskConfig = field(default_factory=TaskConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -653,6 +674,7 @@ class Config:
     compress: CompressConfig = field(default_factory=CompressConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    dpo: DpoConfig = field(default_factory=DpoConfig)
     run_dir: str | None = None
 
     def command(self) -> str:

@@ -16,7 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.config import adapter_checks, distill_checks, model_folder
-from orchestrator.config.schema import Arch, Backend, ClusterConfig, Config, Offload, Precision, TaskName, TokenizeOn
+from orchestrator.config.schema import (
+    Arch,
+    Backend,
+    ClusterConfig,
+    Config,
+    DpoLoss,
+    Offload,
+    Precision,
+    TaskName,
+    TokenizeOn,
+)
 from orchestrator.machine import visible_gpus
 from orchestrator.rundir import RunDir
 
@@ -280,6 +290,8 @@ def validate(cfg: Config) -> list[str]:
     p.check(t.collective_timeout_s >= 1, "train.collective_timeout_s", t.collective_timeout_s, "must be >= 1 second")
     p += adapter_checks.problems(cfg, visible_gpus() if c.gpus_per_worker is None else c.gpus_per_worker)
     p += distill_checks.problems(cfg)
+    if cfg.task.name is TaskName.dpo:
+        _check_dpo(p, cfg)
     if cfg.compress.passes:
         from orchestrator.config.compress_checks import ModelShape, pipeline_problems
 
@@ -288,3 +300,16 @@ def validate(cfg: Config) -> list[str]:
             p.check(spec.end_step is None or spec.end_step <= t.max_steps, f"compress.passes[{i}].end_step",
                     spec.end_step, f"must be <= train.max_steps={t.max_steps} (or null: 5/6 of it)")
     return list(p)
+
+
+def _check_dpo(p: _Problems, cfg: Config) -> None:
+    dpo = cfg.dpo
+    p.check(dpo.beta > 0, "dpo.beta", dpo.beta, "must be > 0 (how far the model may move from the reference)")
+    p.check(0 <= dpo.label_smoothing < 0.5, "dpo.label_smoothing", dpo.label_smoothing, "must be in [0, 0.5)")
+    p.check(dpo.label_smoothing == 0 or dpo.loss is DpoLoss.sigmoid, "dpo.label_smoothing", dpo.label_smoothing,
+            f"applies to dpo.loss=sigmoid only, not {dpo.loss.value}")
+    if cfg.model.pretrained_path is None:
+        p.append("model.pretrained_path: required with task=dpo (the fine-tuned causal LM to align, e.g. a run's "
+                 "model/ from task=sft); it is also the frozen reference")
+    if cfg.data.path is None:
+        p.append("data.path: required with task=dpo (JSONL, JSON or Parquet rows of prompt, chosen and rejected)")

@@ -70,16 +70,19 @@ def end_of_turn(tokenizer) -> int:
     return covered[-1] if covered else tokenizer.eos_token_id
 
 
-def render(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
-    """(token ids, 1 where the loss counts) of one conversation, rendered by the tokenizer's chat template."""
-    if "{% generation %}" in tokenizer.chat_template or "{%- generation %}" in tokenizer.chat_template:
+def render(tokenizer, messages: list[dict], replies_from: int = 0) -> tuple[list[int], list[int]]:
+    """(token ids, 1 where the loss counts) of one conversation, rendered by the tokenizer's chat template; the
+    loss counts the assistant messages from index `replies_from` on (a preference pair's response, not the
+    assistant turns of its prompt)."""
+    marked = "{% generation %}" in tokenizer.chat_template or "{%- generation %}" in tokenizer.chat_template
+    if marked and not any(message["role"] == "assistant" for message in messages[:replies_from]):
         out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
                                             return_assistant_tokens_mask=True)
         return list(out["input_ids"]), list(out["assistant_masks"])
     text = tokenizer.apply_chat_template(messages, tokenize=False)
     spans = []
     for i, message in enumerate(messages):
-        if message["role"] == "assistant":
+        if message["role"] == "assistant" and i >= replies_from:
             start = len(tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True))
             end = len(tokenizer.apply_chat_template(messages[: i + 1], tokenize=False))
             spans.append((start, end))

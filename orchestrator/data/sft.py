@@ -56,7 +56,7 @@ def prepare(cfg: Config) -> PackedChats:
     cache = Path(data.cache_dir).expanduser()
     cache.mkdir(parents=True, exist_ok=True)
     tokenizer, template, added = _tokenizer(data)
-    prepared = PackedChats(cache / f"sft-{_key(data, template, cfg.train.seq_len, cfg.train.seed)}", data)
+    prepared = PackedChats(cache / f"sft-{cache_key(data, template, cfg.train.seq_len, cfg.train.seed)}", data)
 
     def build() -> None:
         if added:
@@ -79,10 +79,12 @@ def _tokenizer(data: DataConfig):
     return tokenizer, template, chat.add_template_tokens(tokenizer, template)
 
 
-def _key(data: DataConfig, template: str, seq_len: int, seed: int) -> str:
+def cache_key(data: DataConfig, template: str | None, seq_len: int, seed: int,
+              version: int = _FORMAT_VERSION) -> str:
+    """The entry's name: its files, tokenizer, template and every setting that changes its rows."""
     files = [f for path in (data.path, data.val_path) if path for f in data_files(path)]
     fingerprint = {
-        "version": _FORMAT_VERSION,
+        "version": version,
         "files": [(f, Path(f).stat().st_size, Path(f).stat().st_mtime_ns) for f in files],
         "val_path": data.val_path,
         "tokenizer": tokenizer_fingerprint(Path(data.tokenizer_path).expanduser()),
@@ -166,16 +168,7 @@ def conversation(row, where: str) -> list[dict]:
 def _build(data: DataConfig, tokenizer, seq_len: int, seed: int, out: PackedChats) -> None:
     import shutil
 
-    train = read_samples(data.path)
-    if data.val_path:
-        val = read_samples(data.val_path)
-    else:
-        order = np.random.default_rng(seed).permutation(len(train))
-        n_val = max(1, round(len(train) * data.val_fraction))
-        if len(train) - n_val < 1:
-            raise ConfigError([f"data.path={data.path}: {len(train)} samples leave none to train on after "
-                               f"data.val_fraction={data.val_fraction}"])
-        val, train = [train[i] for i in order[:n_val]], [train[i] for i in sorted(order[n_val:])]
+    train, val = train_and_val(data, seed, read_samples)
     tmp = out.root.with_name(out.root.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -209,6 +202,20 @@ def _build(data: DataConfig, tokenizer, seq_len: int, seed: int, out: PackedChat
         "sources": [],
     }
     seal(tmp, meta, out.root)
+
+
+def train_and_val(data: DataConfig, seed: int, read) -> tuple[list, list]:
+    """`read(path)`'s samples of data.path and data.val_path, or data.val_fraction of data.path's held out (a
+    seeded draw, the rest kept in file order)."""
+    train = read(data.path)
+    if data.val_path:
+        return train, read(data.val_path)
+    order = np.random.default_rng(seed).permutation(len(train))
+    n_val = max(1, round(len(train) * data.val_fraction))
+    if len(train) - n_val < 1:
+        raise ConfigError([f"data.path={data.path}: {len(train)} samples leave none to train on after "
+                           f"data.val_fraction={data.val_fraction}"])
+    return [train[i] for i in sorted(order[n_val:])], [train[i] for i in order[:n_val]]
 
 
 def _encode(tokenizer, messages: list[dict], seq_len: int, truncation: Truncation, counts: dict):

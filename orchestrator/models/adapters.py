@@ -87,6 +87,24 @@ class Adapters(LoopHooks):
                 **({"base_model": self.base} if self.base else {})}
 
 
+@contextlib.contextmanager
+def switched_off(model):
+    """The model as its base within the `with`: every adapter layer (and peft.modules_to_save copy) passes its
+    input through untouched. Only peft's flag is set, not requires_grad (as peft's enable_adapters would), so
+    DeepSpeed's gradient bookkeeping never sees the adapters change (DPO's reference: tasks/dpo.py)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    layers = [m for m in model.modules() if isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper))]
+    for layer in layers:
+        layer._disable_adapters = True
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer._disable_adapters = False
+
+
 def _export_base(module, base_path: str | None):
     """The model the export puts the trained weights into, on CPU: built from the config (every weight then comes
     from the trained state), or, under QLoRA, the base in full precision (only the trained weights come next)."""

@@ -53,6 +53,8 @@ class Memory:
     overhead: int
     teacher: int = 0
     """A distillation teacher's weights (task=distill): whole at stages 0-2, 1/N at ZeRO-3; no gradients."""
+    reference: int = 0
+    """DPO's frozen reference (task=dpo without adapters): a copy of the model, whole at stages 0-2, 1/N at ZeRO-3."""
 
     @property
     def model_states(self) -> int:
@@ -63,8 +65,8 @@ class Memory:
     @property
     def device(self) -> int:
         """What the rank's device (GPU, or the CPU for CPU workers) must hold at peak."""
-        return (self.params + self.grads + self.optimizer + self.teacher + self.activations + self.buffers
-                + self.overhead)
+        return (self.params + self.grads + self.optimizer + self.teacher + self.reference + self.activations
+                + self.buffers + self.overhead)
 
     @property
     def offloaded(self) -> int:
@@ -163,12 +165,14 @@ def buffer_bytes(cfg: Config, stage: int, precision: Precision, largest_layer_pa
 def estimate(cfg: Config, params: int, world: int, stage: int, precision: Precision, offload_optimizer: Offload,
              offload_param: Offload, checkpointing: ActivationCheckpointing, micro_batch: int,
              largest_layer_params: int, trainable: int | None = None, quantized: int = 0,
-             teacher_params: int = 0) -> Memory:
+             teacher_params: int = 0, reference_params: int = 0) -> Memory:
     states = model_states(params, world, stage, precision, offload_optimizer, offload_param, trainable, quantized)
     teacher = precision_bytes(precision) * teacher_params
+    reference = precision_bytes(precision) * reference_params
     return Memory(
         **states,
         teacher=math.ceil(teacher / world) if stage == 3 else teacher,
+        reference=math.ceil(reference / world) if stage == 3 else reference,
         activations=activation_bytes(cfg, micro_batch, precision, checkpointing),
         activations_no_checkpointing=activation_bytes(cfg, micro_batch, precision, ActivationCheckpointing.none),
         activations_full_checkpointing=activation_bytes(cfg, micro_batch, precision, ActivationCheckpointing.full),

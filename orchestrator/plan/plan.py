@@ -18,7 +18,16 @@ from pathlib import Path
 from orchestrator.config import model_folder
 from orchestrator.config.adapter_checks import adapter_params, quantized_params, share
 from orchestrator.config.distill_checks import teacher_params
-from orchestrator.config.schema import ActivationCheckpointing, Arch, Backend, Config, ModelConfig, Offload, Precision
+from orchestrator.config.schema import (
+    ActivationCheckpointing,
+    Arch,
+    Backend,
+    Config,
+    ModelConfig,
+    Offload,
+    Precision,
+    TaskName,
+)
 from orchestrator.errors import ConfigError
 from orchestrator.machine import host_memory_bytes, visible_gpus
 from orchestrator.plan.memory import GB, Memory, estimate
@@ -87,6 +96,7 @@ class Plan:
             f"  optimizer states  {_gb(m['optimizer'] + m['optimizer_offloaded'])}{_off(m['optimizer_offloaded'])}",
             f"  model states      {_gb(m['model_states'])}",
             *([f"  teacher (frozen)  {_gb(m['teacher'])}"] if m.get("teacher") else []),
+            *([f"  reference (frozen){_gb(m['reference'])}"] if m.get("reference") else []),
             f"  activations       {_gb(m['activations'])}  (none: {_gb(m['activations_no_checkpointing'])}, "
             f"full checkpointing: {_gb(m['activations_full_checkpointing'])})",
             f"  working buffers   {_gb(m['buffers'])}",
@@ -221,15 +231,20 @@ def _plan_for(cfg: Config, reasons: list[str], exact_params: int | None = None) 
     world, ranks_per_node = world_and_ranks_per_node(cfg)
     gpus = uses_gpus(cfg)
     global_batch = t.micro_batch_size * t.grad_accum * world
-    tokens_per_step = global_batch * t.seq_len
+    # A preference pair is two rows (chosen, rejected), each also run through the frozen reference (forward only).
+    pairs = cfg.task.name is TaskName.dpo
+    rows = 2 if pairs else 1
+    tokens_per_step = global_batch * t.seq_len * rows
     vocab = cfg.model.vocab_size or cfg.data.vocab_size
     trainable = adapter_params(cfg)  # the adapters: they add to the model and are all that trains
     params = (exact_params or count_params(cfg.model, vocab, t.seq_len)) + (trainable or 0)
-    flops = 6 * params + 12 * cfg.model.num_layers * cfg.model.hidden_size * t.seq_len
+    attention = 12 * cfg.model.num_layers * cfg.model.hidden_size * t.seq_len
+    flops = 6 * params + attention + ((2 * params + attention // 3) if pairs else 0)
     largest = max(layer_params(cfg.model), vocab * cfg.model.hidden_size)
+    reference = params if pairs and trainable is None else 0  # with adapters: the model with them off
     mem = estimate(cfg, params, world, z.stage, t.precision, z.offload_optimizer,
-                   z.offload_param, t.activation_checkpointing, t.micro_batch_size, largest, trainable,
-                   quantized_params(cfg), teacher_params(cfg))
+                   z.offload_param, t.activation_checkpointing, t.micro_batch_size * rows, largest, trainable,
+                   quantized_params(cfg), teacher_params(cfg), reference)
     memory = mem.to_dict()
     fits, problems = _fit_problems(cfg, mem, gpus, ranks_per_node)
     return Plan(

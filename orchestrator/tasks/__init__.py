@@ -4,6 +4,7 @@ clm.py   causal language modelling: pretraining and continued pretraining on pac
 sft.py   supervised fine-tuning of a pretrained causal LM on chat or prompt/completion samples
 classify.py  sequence classification of labelled text with an encoder or decoder and a classification head
 distill.py   knowledge distillation: a student trained on a frozen teacher's token distributions
+dpo.py       preference tuning (DPO, IPO) on chosen/rejected pairs against a frozen reference
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ def for_config(cfg: Config) -> Task:
         from orchestrator.tasks.distill import Distillation
 
         return Distillation(cfg)
+    if cfg.task.name is TaskName.dpo:
+        from orchestrator.tasks.dpo import DirectPreference
+
+        return DirectPreference(cfg)
     from orchestrator.tasks.clm import CausalLM
 
     return CausalLM()

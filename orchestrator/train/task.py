@@ -1,7 +1,7 @@
 """The task seam: what a training run learns, behind one protocol the loop calls without asking which task
 it runs. Causal language modelling (tasks/clm.py), supervised fine-tuning (tasks/sft.py), sequence
-classification (tasks/classify.py) and distillation (tasks/distill.py) are here; preference tuning comes as one
-more module.
+classification (tasks/classify.py), distillation (tasks/distill.py) and preference tuning (tasks/dpo.py) are
+here.
 """
 
 from __future__ import annotations

@@ -67,7 +67,8 @@ def print_progress(step: int, max_steps: int, done: int, record: dict, elapsed: 
         f"lr {record['lr']:.2e} | {record['tokens_per_s']:,.0f} tok/s | "
         f"elapsed {_clock(elapsed)} | eta {_clock(eta)}"
     )
-    for name in ("distill_loss", "data_loss", "val_loss", "val_accuracy", "val_macro_f1"):  # a task's, if it has them
+    for name in ("distill_loss", "data_loss", "reward_margin", "preference_accuracy", "val_loss", "val_accuracy",
+                 "val_macro_f1", "val_preference_accuracy"):  # a task's, if it has them
         if name in record:
             line += f" | {name} {record[name]:.4f}"
     sys.stdout.write(line + "\n")

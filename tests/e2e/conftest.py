@@ -1,5 +1,6 @@
 """What the e2e tier shares per session: the reference runs (fault tolerance, elastic resume, compress, the CLI's
-ZeRO-3 check) and the learning-rate grid (compare and multirun)."""
+ZeRO-3 check), the reference model fine-tuned on chats (SFT, then DPO) and the learning-rate grid (compare and
+multirun)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import LR_GRID, REFERENCE_JOB, SECRETS, TINY, once_per_run, orchestrator
+from tests.helpers import LR_GRID, REFERENCE_JOB, SECRETS, TINY, once_per_run, orchestrator, sft_args, write_chats
 
 
 @pytest.fixture(scope="session")
@@ -85,6 +86,22 @@ def _reference_zero3(folder: Path, data_cache: str) -> Run:
                           timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return Run(run_dir, result.stdout + result.stderr)
+
+
+@pytest.fixture(scope="session")
+def finetuned(tmp_path_factory, reference) -> Path:
+    """The reference model fine-tuned on write_chats' samples at ZeRO-2 on two workers, uninterrupted: its run
+    directory (tests/e2e/test_sft.py checks it; tests/e2e/test_dpo.py aligns it)."""
+    return once_per_run(tmp_path_factory, "sft-zero2", lambda folder: _finetuned(folder, reference.run_dir))
+
+
+def _finetuned(folder: Path, reference_run: Path) -> Path:
+    run_dir = folder / "run"
+    chats = write_chats(folder / "chat.jsonl")
+    result = orchestrator(*sft_args(reference_run / "model", chats, run_dir, "zero=2"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "chat template: added <|im_end|>, <|im_start|>" in result.stdout
+    return run_dir
 
 
 @pytest.fixture(scope="session")

@@ -10,52 +10,27 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_same_losses, command, metrics, orchestrator, sigkill_a_worker_and_finish, summary
+from tests.helpers import (
+    REPLY,
+    assert_same_losses,
+    command,
+    metrics,
+    orchestrator,
+    sft_args,
+    sigkill_a_worker_and_finish,
+    summary,
+    write_chats,
+)
 
 pytestmark = pytest.mark.slow
 
-REPLY = "The sky is blue."
-QUESTIONS = ["What colour is the sky?", "Tell me the sky's colour.", "Which colour has the sky today?",
-             "Look up: what colour is it?", "Sky colour, please.", "Is the sky red or blue?",
-             "Name the colour above us.", "What do you see above?"]
-
-
 @pytest.fixture(scope="module")
 def chats(tmp_path_factory) -> Path:
-    """64 samples, half as messages (some with a system turn), half as prompt/completion, one reply to learn."""
-    path = tmp_path_factory.mktemp("chats") / "chat.jsonl"
-    rows = []
-    for i in range(64):
-        question = f"{QUESTIONS[i % len(QUESTIONS)]} ({i})"
-        if i % 2:
-            rows.append({"prompt": question, "completion": REPLY})
-        else:
-            system = [{"role": "system", "content": "Answer briefly."}] if i % 4 == 0 else []
-            rows.append({"messages": [*system, {"role": "user", "content": question},
-                                      {"role": "assistant", "content": REPLY}]})
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
-
-
-def sft_args(model: Path, data: Path, run_dir: Path, *extra: str) -> list[str]:
-    return ["train", "task=sft", f"model.pretrained_path={model}", "data=local", f"data.path={data}",
-            "data.chat_template=chatml", "train.seq_len=64", "train.micro_batch_size=4", "train.max_steps=30",
-            "optim.lr=3e-3", "optim.warmup_steps=2", "train.eval_every=10", "train.log_every=1",
-            "train.ckpt_every=10", "train.eval_batches=2", "logger.mode=disabled", f"run_dir={run_dir}", *extra]
+    return write_chats(tmp_path_factory.mktemp("chats") / "chat.jsonl")
 
 
 def sft(model: Path, data: Path, run_dir: Path, *extra: str):
     return orchestrator(*sft_args(model, data, run_dir, *extra))
-
-
-@pytest.fixture(scope="module")
-def finetuned(reference, chats, tmp_path_factory) -> Path:
-    """The reference model fine-tuned at ZeRO-2 on two workers, uninterrupted: its run directory."""
-    run_dir = tmp_path_factory.mktemp("sft-zero2") / "run"
-    result = sft(reference.run_dir / "model", chats, run_dir, "zero=2")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "chat template: added <|im_end|>, <|im_start|>" in result.stdout
-    return run_dir
 
 
 def assert_learned_to_answer_and_stop(run_dir: Path) -> None:

@@ -86,7 +86,8 @@ def test_plan_warns_when_the_run_directorys_filesystem_cannot_hold_the_checkpoin
     for free, warned in ((3 * size - 1, True), (3 * size, False)):
         monkeypatch.setattr(command, "free_bytes", lambda path, free=free: free)
         assert command.run(cfg, None) == 0
-        lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"warning: run_dir {tmp_path}")]
+        out = capsys.readouterr().out
+        lines = [line for line in out.splitlines() if line.startswith(f"warning: run_dir {tmp_path}")]
         assert bool(lines) is warned
         if warned:
             assert "3 checkpoints of" in lines[0] and "train.keep_checkpoints=2" in lines[0]
