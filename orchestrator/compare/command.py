@@ -88,11 +88,12 @@ def run(request: Request) -> int:
 
 def _with_defaults(request: Request, sweeps: list) -> Request:
     """The metric and mode a sweep ranked its trials by, when comparing one sweep (or several that agree) and
-    none was given; else val_loss. Without --mode: max for an accuracy or F1, min for losses and perplexity."""
+    none was given; else val_loss. Without --mode: max for an accuracy, an F1 or a reward margin, min for losses
+    and perplexity."""
     ranked_by = {(sweep.metric, sweep.mode) for sweep in sweeps}
     metric, mode = next(iter(ranked_by)) if len(ranked_by) == 1 else ("val_loss", "min")
     if request.metric is not None:
-        metric, mode = request.metric, "max" if request.metric.endswith(("accuracy", "_f1")) else "min"
+        metric, mode = request.metric, "max" if request.metric.endswith(("accuracy", "_f1", "margin")) else "min"
     return dataclasses.replace(request, metric=metric, mode=request.mode or mode)
 
 

@@ -492,7 +492,8 @@ class SweepConfig:
     """asha: stop poor trials early (Async Successive Halving), judged at evaluation steps."""
     asha: AshaConfig = field(default_factory=AshaConfig)
     metric: str = "val_loss"
-    """What trials are ranked by: val_loss, val_ppl or loss (reported at every evaluation)."""
+    """What trials are ranked by (reported at every evaluation): val_loss, val_ppl or loss; a classifier's
+    val_accuracy or val_macro_f1; DPO's val_preference_accuracy or val_reward_margin (with sweep.mode=max)."""
     mode: MetricMode = MetricMode.min
     num_trials: int | None = None
     """Trials to run (random, optuna); must be null for grid, which runs every combination."""

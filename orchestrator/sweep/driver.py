@@ -29,7 +29,9 @@ from orchestrator.sweep import record, space
 from orchestrator.sweep.trial import run_trial
 
 METRICS = {"clm": ("val_loss", "val_ppl", "loss"), "sft": ("val_loss", "val_ppl", "loss"),
-           "classify": ("val_loss", "val_accuracy", "val_macro_f1", "loss")}
+           "classify": ("val_loss", "val_accuracy", "val_macro_f1", "loss"),
+           "distill": ("val_loss", "val_ppl", "loss"),
+           "dpo": ("val_loss", "val_preference_accuracy", "val_reward_margin", "loss")}
 """What sweep.metric may name, by task: the metrics its trials report (a name another task reports would leave
 the sweep without a best trial)."""
 TRIAL_DRIVER_MEMORY = 256 * 2**20
