@@ -8,6 +8,8 @@ log anything. Only these known lines are touched; everything else a library logs
   warning for the enums it registers with `torch.compile`.
 - bitsandbytes' CPU backend (peft imports it whenever it is installed) failing to fetch an optional kernel
   from the Hugging Face Hub, which the workers keep offline, and the Hub client saying it is offline.
+- Ray's notice that the local cluster it starts has token authentication on (the command wants it on; the
+  warning that it is off stays).
 - Ray Train's request to the autoscaling coordinator timing out on a loaded machine: Ray calls
   it "safe to ignore" and retries every 20 s, but logs a full traceback; one line stays.
 """
@@ -26,9 +28,20 @@ class _NoTraceback(logging.Filter):
         return True
 
 
+class _Without(logging.Filter):
+    def __init__(self, start: str) -> None:
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.start)
+
+
 def install() -> None:
     logging.getLogger("torchao").setLevel(logging.ERROR)
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     logging.getLogger("kernels._internals.hf_hub").setLevel(logging.ERROR)
     logging.getLogger(_AUTOSCALING_CLIENT).addFilter(_NoTraceback())
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+        _Without("Token authentication is enabled for this Ray cluster"))

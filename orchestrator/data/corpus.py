@@ -59,13 +59,11 @@ def load_documents(data: DataConfig, streaming: bool = False):
     """A datasets.Dataset with one `text` column, one row per document (text files: one per file); with
     `streaming`, an IterableDataset that reads the files as it is iterated (local paths here; remote URLs
     take the same path)."""
-    from datasets import load_dataset
-
     files = source_files(data)
     fmt = file_format(data, files)
     if fmt is DataFormat.text:
-        return load_dataset("text", data_files=files, sample_by="document", split="train", streaming=streaming)
-    ds = load_dataset(fmt.value, data_files=files, split="train", streaming=streaming)
+        return _quietly_load("text", data_files=files, sample_by="document", split="train", streaming=streaming)
+    ds = _quietly_load(fmt.value, data_files=files, split="train", streaming=streaming)
     columns = ds.column_names if not streaming else list(next(iter(ds)).keys())
     if data.text_field not in columns:
         raise ConfigError([f"data.text_field={data.text_field}: no such column in {data.path}; "
@@ -74,3 +72,17 @@ def load_documents(data: DataConfig, streaming: bool = False):
     if data.text_field != "text":
         ds = ds.rename_column(data.text_field, "text")
     return ds
+
+
+def _quietly_load(builder: str, **kwargs):
+    """datasets' load_dataset without its "Downloading data" and "Generating train split" bars: the files are
+    local, nothing downloads, and the preparation prints its own progress. Its other bars (tokenizing) stay."""
+    import datasets
+
+    shown = datasets.utils.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        return datasets.load_dataset(builder, **kwargs)
+    finally:
+        if shown:
+            datasets.enable_progress_bars()

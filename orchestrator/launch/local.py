@@ -19,6 +19,7 @@ import os
 import subprocess
 
 from orchestrator.config.schema import ClusterConfig
+from orchestrator.launch import worker_output
 from orchestrator.launch.worker_signals import SETUP_HOOK
 from orchestrator.machine import available_cpus, free_port, visible_gpus
 
@@ -85,6 +86,8 @@ def start(cluster: ClusterConfig, log_to_driver: bool = True, env_vars: dict[str
             ray.init(address=record["address"], logging_level=logging.WARNING, log_to_driver=log_to_driver,
                      runtime_env=job_env(record["address"]), configure_logging=True)
         _joined_warm = True
+        if log_to_driver:
+            worker_output.install()
         print(f"joined the warm local Ray cluster at {record['address']} (`orchestrator cluster down` ends it)",
               flush=True)
         return True
@@ -109,6 +112,8 @@ def start(cluster: ClusterConfig, log_to_driver: bool = True, env_vars: dict[str
             )
     finally:
         del os.environ["RAY_GCS_SERVER_PORT"]
+    if log_to_driver:
+        worker_output.install()
     from orchestrator.launch import reaper
 
     node = ray._private.worker._global_node

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 from orchestrator.config.schema import Backend, ClusterConfig
 from orchestrator.errors import ConfigError, TrainingError
+from orchestrator.launch import worker_output
 from orchestrator.launch.worker_signals import SETUP_HOOK
 
 STOP_GRACE_S = 300
@@ -43,6 +44,7 @@ def connect(cluster: ClusterConfig, nodes: int, workers: int, gpus_per_worker: i
             f"; cluster={cluster.name.value} jobs start with `orchestrator submit`")
         raise ConfigError([f"cluster.address={cluster.address}: cannot join a Ray cluster there "
                            f"({str(error).strip().splitlines()[0]}){hint}"]) from None
+    worker_output.install()
     wait_for_nodes(nodes, cluster.join_timeout_s)
     try:
         preflight(cluster, workers, gpus_per_worker)

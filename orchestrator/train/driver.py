@@ -55,6 +55,7 @@ def worker_env(cfg: Config, gpus_per_worker: int) -> dict[str, str]:
         "HF_DATASETS_OFFLINE": "1",
         "HF_TOKEN": "",  # never needed offline; keep it out of every worker
         "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # keep rank 0's progress lines single, not echoed twice
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' bars (loading, writing model shards) in a log
     }
     if cfg.logger.mode is not WandbMode.online:
         env["WANDB_API_KEY"] = ""  # offline runs need no key; it then cannot leak into W&B's files

@@ -84,7 +84,7 @@ def test_the_reference_is_no_copy_under_lora_and_half_a_copy_per_rank_at_zero3(t
     data.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}))
     reported = on_two_ranks(_dpo_on_rank, str(folder), str(data), timeout=240)
     for rank, cases in reported.items():
-        for name, (losses, held, report) in cases.items():
+        for name, (losses, _, _) in cases.items():
             assert losses[0] == pytest.approx(math.log(2), abs=1e-5), (rank, name)
             assert losses[-1] < losses[0], (rank, name, losses)
         _, lora, report = cases["lora-zero2"]

@@ -78,6 +78,21 @@ def test_plan_json_is_machine_readable():
     assert plan["deepspeed"]["train_batch_size"] == 8 * 2 * 4
 
 
+LIBRARY_NOISE = ("built successfully", "Token authentication is enabled", "Writing model shards", "Loading weights",
+                 "Generating train split", "Downloading data", "Ray deduplicates logs")
+"""Lines libraries print on every run that ask nothing of the user (launch/worker_output.py, library_logs.py)."""
+
+
+def test_output_to_a_file_or_pipe_has_what_a_user_reads_without_colour_codes_or_library_noise(reference):
+    """The reference run's output, captured through pipes as a scheduler's log file would be."""
+    output = reference.output
+    assert "\x1b[" not in output
+    assert [noise for noise in LIBRARY_NOISE if noise in output] == []
+    for needed in ("plan: world_size=2", "memory per rank:", "first step", f"step {REFERENCE_STEPS}/{REFERENCE_STEPS}",
+                   "run directory: "):
+        assert needed in output, needed
+
+
 def test_train_zero3_end_to_end(reference_zero3):
     """The documented check: a ZeRO-3 run from the command line (the session's, tests/e2e/conftest.py); loss falls;
     the run dir is printed."""
