@@ -10,6 +10,9 @@ log anything. Only these known lines are touched; everything else a library logs
   from the Hugging Face Hub, which the workers keep offline, and the Hub client saying it is offline.
 - Ray's notice that the local cluster it starts has token authentication on (the command wants it on; the
   warning that it is off stays).
+- Ray Train's "Attempting to start training worker group ..." (the line after it says where the ranks
+  started), logged by the controller, which a local run keeps in the driver (launch/worker_output.py drops
+  the same line when a controller actor prints it).
 - Ray Train's request to the autoscaling coordinator timing out on a loaded machine: Ray calls
   it "safe to ignore" and retries every 20 s, but logs a full traceback; one line stays.
 """
@@ -45,3 +48,5 @@ def install() -> None:
     logging.getLogger(_AUTOSCALING_CLIENT).addFilter(_NoTraceback())
     logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
         _Without("Token authentication is enabled for this Ray cluster"))
+    logging.getLogger("ray.train.v2._internal.execution.worker_group.worker_group").addFilter(
+        _Without("Attempting to start training worker group"))

@@ -258,7 +258,9 @@ class Watchdog:
             except Exception:  # Ray is shutting down, or busy: look again next time
                 continue
             overdue = start_overdue(controller, now, self._start_limit_s)
-            if overdue is not None and not self.ended_controller:
+            # A controller in this very process (a lean local run: train/ray_trainer.py) is left to Ray Train's
+            # own start timeout: ending it would end the command.
+            if overdue is not None and not self.ended_controller and controller.pid != os.getpid():
                 _ended(end, controller.node_id, controller.pid, controller.started)
                 self.ended_controller, self.last = True, overdue
                 print(f"watchdog: {overdue}", file=sys.stderr, flush=True)
