@@ -30,7 +30,7 @@ class Request:
 
     paths: list[str]
     metric: str | None = None  # None: what the sweep compared ranked by, else val_loss
-    mode: str | None = None  # None: the sweep's, else max for an accuracy or F1, min for the rest
+    mode: str | None = None  # None: the sweep's, else max for an accuracy, F1 or margin, min for the rest
     format: str = "table"
     png: str | None = None  # "" = --png without a file: the default place
     x: str = "step"

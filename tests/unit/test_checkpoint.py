@@ -105,3 +105,26 @@ def test_metrics_are_cut_back_to_the_resumed_step(tmp_path):
     path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 18)))
     run.truncate_metrics(15)
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == list(range(1, 16))
+
+
+def test_a_rewrite_that_fails_for_lack_of_space_leaves_the_old_file_whole_and_no_partial_copy(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    import pytest
+
+    run = RunDir(tmp_path)
+    before = "".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 18))
+    run.metrics.write_text(before)
+    real_write = Path.write_text
+
+    def full_disk(path, text, *args, **kwargs):
+        real_write(path, text[: len(text) // 2])  # a partial copy, as a full disk leaves it
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError):
+        run.truncate_metrics(15)
+    monkeypatch.undo()
+    assert run.metrics.read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [run.metrics.name]

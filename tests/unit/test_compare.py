@@ -132,6 +132,15 @@ def test_csv_has_one_line_per_run_with_the_exact_floats(sweep_dir):
     assert float(first["final_train_loss"]) == summaries(sweep_dir)[first["name"]]["final_train_loss"]
 
 
+@pytest.mark.parametrize(("metric", "mode"), [("val_accuracy", "max"), ("val_macro_f1", "max"),
+                                             ("val_reward_margin", "max"), ("val_preference_accuracy", "max"),
+                                             ("val_loss", "min"), ("val_ppl", "min")])
+def test_without_mode_an_accuracy_f1_or_margin_sorts_best_first(metric, mode):
+    from orchestrator.compare.command import Request, _with_defaults
+
+    assert _with_defaults(Request(paths=[], metric=metric), []).mode == mode
+
+
 def test_sort_by_another_metric_and_mode(sweep_dir):
     runs, sweeps = load([str(sweep_dir)])
     by_loss = compare(runs, sweeps, "loss", "max").runs
