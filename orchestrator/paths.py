@@ -59,7 +59,8 @@ def disk_full(error: BaseException) -> OSError | None:
 
 
 def human_bytes(value: float) -> str:
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+    """1.24 MB, 16.2 GB: three significant figures in decimal units; below a megabyte, bytes in full."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
         if value >= size:
             return f"{value / size:,.3g} {unit}"
     return f"{value:,.0f} B"

@@ -26,6 +26,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from orchestrator.config.schema import Config, Offload, Precision
+from orchestrator.paths import human_bytes as _bytes
 from orchestrator.plan import mfu
 from orchestrator.plan.hardware import Hardware, hardware_for
 from orchestrator.plan.memory import GB, model_states
@@ -223,13 +224,6 @@ def _count(value: float) -> str:
     if value >= 1e6:
         return f"{value / 1e6:.3g} M"
     return f"{value / 1e3:.3g}k" if value >= 1e4 else f"{value:,.0f}"
-
-
-def _bytes(value: float) -> str:
-    for unit, size in (("TB", 1e12), ("GB", GB), ("MB", 1e6)):
-        if value >= size:
-            return f"{value / size:,.3g} {unit}"
-    return f"{value:,.0f} B"
 
 
 def estimate(cfg: Config, plan: Plan, hardware: Hardware | None = None, mfu_value: float | None = None,

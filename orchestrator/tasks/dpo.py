@@ -21,7 +21,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from orchestrator.config.schema import Config, DpoLoss, PeftMethod
-from orchestrator.data.sft import ATTENDED, IGNORE, INPUT_IDS, LABELS, POSITIONS
+from orchestrator.data.sft import IGNORE, INPUT_IDS, LABELS, POSITIONS
+from orchestrator.tasks.sft import longest
 
 FIGURES = ("reward_margin", "preference_accuracy", "logp_chosen", "logp_rejected")
 """The figures logged beside the loss (and, prefixed val_, at each evaluation)."""
@@ -62,7 +63,7 @@ class DirectPreference:
     def model_inputs(self, batch) -> dict:
         """Both rows of every pair (chosen, rejected, chosen, ...), cut after the batch's last real token."""
         rows = batch.flatten(0, 1)
-        rows = rows[..., :int(rows[:, ATTENDED].any(dim=0).nonzero().max()) + 1]
+        rows = rows[..., :longest(rows)]
         return {"input_ids": rows[:, INPUT_IDS], "labels": rows[:, LABELS], "position_ids": rows[:, POSITIONS],
                 "use_cache": False}
 
@@ -76,7 +77,7 @@ class DirectPreference:
 
     def loss(self, engine, batch, normalizer):
         losses, figures = self._pairs(engine, batch)
-        sums = torch_sum(figures)
+        sums = _summed(figures)
         self.sums = sums if self.sums is None else self.sums + sums
         return losses.mean(), 1
 
@@ -96,7 +97,7 @@ class DirectPreference:
         with torch.no_grad():
             for batch in batches:
                 losses, figures = self._pairs(engine, batch.to(engine.device))
-                total += torch.cat([losses.sum().reshape(1), torch_sum(figures)]).to(torch.float64)
+                total += torch.cat([losses.sum().reshape(1), _summed(figures)]).to(torch.float64)
         dist.all_reduce(total)
         loss, *sums, pairs = total.tolist()
         return {"val_loss": loss / pairs, **{f"val_{name}": value / pairs for name, value in zip(FIGURES, sums,
@@ -134,7 +135,7 @@ class DirectPreference:
                                self.dpo.loss, self.dpo.label_smoothing)
 
 
-def torch_sum(figures):
+def _summed(figures):
     """FIGURES summed over the pairs, and the count of pairs: a [5] float32 tensor on their device."""
     import torch
 

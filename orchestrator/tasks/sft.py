@@ -48,7 +48,7 @@ class SupervisedFineTuning:
         import torch.distributed as dist
 
         counts = torch.stack([torch.stack([(batch[:, LABELS] != IGNORE).sum(), batch[:, ATTENDED].sum(),
-                                           torch.tensor(len(batch) * _longest(batch), device=batch.device)])
+                                           torch.tensor(len(batch) * longest(batch), device=batch.device)])
                               for batch in batches]).sum(dim=0).to(torch.float64)
         dist.all_reduce(counts)
         self.counted = counts if self.counted is None else self.counted + counts
@@ -62,7 +62,7 @@ class SupervisedFineTuning:
 
     def model_inputs(self, batch) -> dict:
         """The batch cut after its longest row's last real token (unpacked rows pad only to the batch's longest)."""
-        batch = batch[..., :_longest(batch)]
+        batch = batch[..., :longest(batch)]
         return {"input_ids": batch[:, INPUT_IDS], "labels": batch[:, LABELS], "position_ids": batch[:, POSITIONS],
                 "use_cache": False}
 
@@ -97,6 +97,6 @@ class SupervisedFineTuning:
         module.save_pretrained(str(folder), state_dict=state)
 
 
-def _longest(batch) -> int:
+def longest(batch) -> int:
     """Tokens up to the batch's longest row's last real one: what a step computes on."""
     return int(batch[:, ATTENDED].any(dim=0).nonzero().max()) + 1

@@ -19,7 +19,7 @@ def _pairs(rank: int):
     """Two pairs of [chosen, rejected] rows of 16 tokens, the second half of each row its response."""
     import torch
 
-    from orchestrator.data.sft import CHANNELS, IGNORE, INPUT_IDS, LABELS, POSITIONS
+    from orchestrator.data.sft import ATTENDED, CHANNELS, IGNORE, INPUT_IDS, LABELS, POSITIONS
 
     torch.manual_seed(rank)
     batch = torch.zeros(2, 2, len(CHANNELS), 16, dtype=torch.long)
@@ -27,7 +27,7 @@ def _pairs(rank: int):
     batch[:, :, LABELS] = batch[:, :, INPUT_IDS]
     batch[:, :, LABELS, :8] = IGNORE
     batch[:, :, POSITIONS] = torch.arange(16)
-    batch[:, :, len(CHANNELS) - 1] = 1
+    batch[:, :, ATTENDED] = 1
     return batch
 
 
