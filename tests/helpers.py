@@ -347,3 +347,17 @@ def sft_args(model: Path, data: Path, run_dir: Path, *extra: str) -> list[str]:
             "data.chat_template=chatml", "train.seq_len=64", "train.micro_batch_size=4", "train.max_steps=30",
             "optim.lr=3e-3", "optim.warmup_steps=2", "train.eval_every=10", "train.log_every=1",
             "train.ckpt_every=10", "train.eval_batches=2", "logger.mode=disabled", f"run_dir={run_dir}", *extra]
+
+
+def causal_lm_and_preferences(folder: Path) -> tuple[Path, Path]:
+    """A one-layer GPT-2 folder saved with `save_pretrained` (its BPE tokenizer beside it) and a one-pair
+    preference file: the least a `task=dpo` (or distillation teacher) config composes with."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from orchestrator.data.tokenizer import train_bpe
+
+    model = folder / "model"
+    GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=1, n_head=2)).save_pretrained(
+        str(model))
+    train_bpe(["a b c"] * 10, 300).save_pretrained(str(model))
+    return model, write_jsonl(folder / "prefs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}])

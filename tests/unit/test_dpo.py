@@ -94,17 +94,10 @@ def test_only_the_response_is_scored_not_the_assistant_turns_of_the_prompt():
 
 
 def test_the_plan_counts_both_rows_of_a_pair_and_the_reference(compose_tiny, tmp_path):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from orchestrator.data.tokenizer import train_bpe
     from orchestrator.plan.plan import make_plan
+    from tests.helpers import causal_lm_and_preferences
 
-    folder = tmp_path / "model"
-    GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=1, n_head=2)).save_pretrained(
-        str(folder))
-    train_bpe(["a b c"] * 10, 300).save_pretrained(str(folder))
-    data = tmp_path / "prefs.jsonl"
-    data.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}))
+    folder, data = causal_lm_and_preferences(tmp_path)
     common = [f"model.pretrained_path={folder}", "data=local", f"data.path={data}", "zero=3"]
     sft, dpo = make_plan(compose_tiny("task=sft", *common)), make_plan(compose_tiny("task=dpo", *common))
     assert dpo.tokens_per_step == 2 * sft.tokens_per_step

@@ -82,18 +82,9 @@ def test_the_lr_search_preset_is_a_valid_optuna_asha_sweep(compose_tiny):
 
 def test_distillation_and_preference_metrics_are_valid_sweep_metrics(compose_tiny, tmp_path):
     """Every task has its entry: a task=distill sweep once failed with a KeyError before checking anything."""
-    import json
+    from tests.helpers import causal_lm_and_preferences
 
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from orchestrator.data.tokenizer import train_bpe
-
-    folder = tmp_path / "model"
-    GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=1, n_head=2)).save_pretrained(
-        str(folder))
-    train_bpe(["a b c"] * 10, 300).save_pretrained(str(folder))
-    prefs = tmp_path / "prefs.jsonl"
-    prefs.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}))
+    folder, prefs = causal_lm_and_preferences(tmp_path)
     for task, metric in (("task=distill", "val_loss"), ("task=dpo", "val_preference_accuracy"),
                          ("task=dpo", "val_reward_margin")):
         extra = ([f"distill.teacher_path={folder}"] if task == "task=distill" else
