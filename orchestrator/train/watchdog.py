@@ -83,8 +83,12 @@ class ControllerReport:
 
 
 def start_overdue(controller: ControllerReport | None, now: float, limit_s: float) -> str | None:
-    """None unless the controller has been starting a worker group for longer than limit_s; else why it is ended."""
+    """None unless the controller has been starting a worker group for longer than limit_s; else why it is ended.
+    A controller in this very process (a lean local run: train/ray_trainer.py) is left to Ray Train's own start
+    timeout: ending it would end the command."""
     if controller is None or controller.state not in STARTING or now - controller.since <= limit_s:
+        return None
+    if controller.pid == os.getpid():
         return None
     return (f"Ray Train's controller was still starting the worker group {now - controller.since:.0f}s later "
             f"(in {controller.state}, limit {limit_s:g}s), so it was ended")
@@ -258,9 +262,7 @@ class Watchdog:
             except Exception:  # Ray is shutting down, or busy: look again next time
                 continue
             overdue = start_overdue(controller, now, self._start_limit_s)
-            # A controller in this very process (a lean local run: train/ray_trainer.py) is left to Ray Train's
-            # own start timeout: ending it would end the command.
-            if overdue is not None and not self.ended_controller and controller.pid != os.getpid():
+            if overdue is not None and not self.ended_controller:
                 _ended(end, controller.node_id, controller.pid, controller.started)
                 self.ended_controller, self.last = True, overdue
                 print(f"watchdog: {overdue}", file=sys.stderr, flush=True)

@@ -109,3 +109,17 @@ def test_a_controller_starting_a_worker_group_past_the_limit_is_overdue(monkeypa
     line = start_overdue(*board.controller_snapshot(), 80)
     assert line == ("Ray Train's controller was still starting the worker group 81s later "
                     "(in SchedulingState, limit 80s), so it was ended")
+
+
+def test_a_controller_in_this_process_is_never_overdue(monkeypatch):
+    """A local run keeps Ray Train's controller in the driver: ending it would end the command itself."""
+    import os
+
+    clock = [0.0]
+    board = board_at(clock, monkeypatch)
+    board.controller("SchedulingState", os.getpid(), 1.0, "n")
+    clock[0] = 500.0
+    assert start_overdue(*board.controller_snapshot(), 80) is None
+    board.controller("SchedulingState", os.getpid() + 1, 1.0, "n")  # another process: the same start is overdue
+    clock[0] = 1000.0
+    assert start_overdue(*board.controller_snapshot(), 80) is not None
