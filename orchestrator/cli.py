@@ -124,6 +124,12 @@ def _compare_parser(commands) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # a command line, not a call from Python: the resident launcher may run it
+        from orchestrator.launch.handover import hand_over
+
+        code = hand_over(sys.argv)
+        if code is not None:
+            return code
     parser = _parser()
     # Overrides may come after options (`submit --dry-run key=value`): argparse leaves those over.
     args, extra = parser.parse_known_args(argv)

@@ -22,6 +22,6 @@ def run(cfg: Config) -> Path:
     from orchestrator.train.startup import Startup
 
     with interrupt_on_signals():  # until training starts; then stop requests (train/preemption.py)
-        run_dir = train(cfg, hooks=standard_hooks(), startup=Startup.of_this_process())
+        run_dir = train(cfg, hooks=standard_hooks(), startup=Startup.of_this_command())
     print(f"run directory: {run_dir}")
     return run_dir

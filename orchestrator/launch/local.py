@@ -81,10 +81,15 @@ def start(cluster: ClusterConfig, log_to_driver: bool = True, env_vars: dict[str
 
     record = warm.running()
     if record:  # `orchestrator cluster up` keeps one running: no cluster to start
+        from orchestrator.launch import handover, resident
+
+        runtime_env = job_env(record["address"])
+        if resident.running():  # the job's worker processes start as copies of launchers that have imported
+            runtime_env["py_executable"] = handover.worker_command_prefix()
         warm.use_token(record["token"])
         with _our_signal_handlers():
             ray.init(address=record["address"], logging_level=logging.WARNING, log_to_driver=log_to_driver,
-                     runtime_env=job_env(record["address"]), configure_logging=True)
+                     runtime_env=runtime_env, configure_logging=True)
         _joined_warm = True
         if log_to_driver:
             worker_output.install()

@@ -14,17 +14,23 @@ import time
 WORKER_GROUP = "worker_group"
 
 
+
 class Startup:
     def __init__(self, process_start: float, marks: list[tuple[str, float]] | None = None):
         self.process_start = process_start
         self.marks = list(marks or [])
 
     @classmethod
-    def of_this_process(cls) -> Startup:
-        """Measured from when the OS started this process (interpreter start-up and imports included)."""
+    def of_this_command(cls) -> Startup:
+        """Measured from when the OS started the command's process (interpreter start-up and imports included):
+        this one, or the one a resident launcher's copy runs the command for (launch/resident.py)."""
+        import os
+
         import psutil
 
-        return cls(psutil.Process().create_time())
+        from orchestrator.launch.resident import COMMAND_STARTED_ENV
+
+        return cls(float(os.environ.get(COMMAND_STARTED_ENV) or psutil.Process().create_time()))
 
     def mark(self, phase: str) -> None:
         """`phase` has just ended."""

@@ -17,8 +17,8 @@ def test_phases_are_the_time_since_the_mark_before_and_add_up():
     assert worker.describe().startswith("first step 12.0s after the command started: prepare 0.5s, cluster 2.5s")
 
 
-def test_of_this_process_counts_from_the_process_start():
+def test_of_this_command_counts_from_the_process_start():
     import time
 
-    startup = Startup.of_this_process()
+    startup = Startup.of_this_command()
     assert startup.process_start < time.time()
