@@ -108,7 +108,7 @@ class Launcher:
             print(f"resident launcher: not starting one more for {key}: {MAX_LAUNCHERS} run", flush=True)
             return
         self.starting[key] = time.monotonic() + START_TIMEOUT_S
-        log = os.open(cache_root() / f"launcher-{key}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        log = os.open(cache_root() / f"launcher-{key}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         child = os.fork()
         if child == 0:  # fork twice: the new launcher is nobody's child to reap, and stays in this session
             try:
@@ -137,19 +137,19 @@ def serve(kind: str, first: bool) -> None:
 
     env = dict(os.environ)
     key = environment_key(kind, sys.executable, sys.path, env)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:  # first: the address is the lock that keeps one launcher per environment (a duplicate ends here)
+        listener.bind(address(key))
+    except OSError:
+        print(f"resident launcher: one for this environment ({key}) already runs", flush=True)
+        return
     for name in PRELOAD[kind]:
         importlib.import_module(name)
     if kind == "worker" and "ray" in sys.modules:
         print(f"resident launcher: not serving Ray workers: {PRELOAD[kind]} imported Ray", flush=True)
         return
     launcher = Launcher(kind, key, env, first)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        listener.bind(address(key))
-    except OSError:
-        print(f"resident launcher: one for this environment ({key}) already runs", flush=True)
-        return
-    listener.listen(16)
+    listener.listen(16)  # clients that came during the imports were refused, and ran as without a launcher
     if first:
         write_record(key)
     print(f"resident launcher {os.getpid()}: ready, environment {key} ({len(launcher.files)} source files)",
@@ -341,8 +341,9 @@ def _reopen_std_streams(env: dict[str, str]) -> None:
     encoding = env.get("PYTHONIOENCODING", "").split(":")[0] or sys.__stdout__.encoding
 
     def text(fd: int, errors: str = "strict"):
-        return io.TextIOWrapper(open(fd, "wb", closefd=False), encoding=encoding, errors=errors,
-                                line_buffering=fd == 2 or os.isatty(fd), write_through=unbuffered)
+        binary = open(fd, "wb", buffering=0 if unbuffered else -1, closefd=False)
+        return io.TextIOWrapper(binary, encoding=encoding, errors=errors, line_buffering=fd == 2 or os.isatty(fd),
+                                write_through=unbuffered)
 
     sys.stdin = sys.__stdin__ = open(0, encoding=encoding, closefd=False)
     sys.stdout = sys.__stdout__ = text(1)

@@ -107,6 +107,8 @@ def start() -> tuple[dict, bool]:
     if record:
         return record, False
     log = cache_root() / "launcher.log"
+    for earlier in cache_root().glob("launcher-*.log"):  # the other launchers' logs of an earlier `cluster up`
+        earlier.unlink()
     process = subprocess.Popen([sys.executable, "-m", "orchestrator.launch.fork_server", "command", "--first"],
                                stdin=subprocess.DEVNULL,
                                stdout=open(log, "w"), stderr=subprocess.STDOUT,

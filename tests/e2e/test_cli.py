@@ -125,31 +125,6 @@ def test_train_zero3_end_to_end(reference_zero3):
     assert f"calibrated from {run_dir}" in text.stdout and "at scale: cpu, 1 machine x 2 = 2 devices" in text.stdout
 
 
-def test_a_warm_cluster_is_joined_by_later_commands_until_it_is_stopped(tmp_path, monkeypatch):
-    """`orchestrator cluster up`, then a run that joins it instead of starting Ray, then `cluster down`."""
-    import os
-
-    import psutil
-
-    data_cache = os.environ["ORCHESTRATOR_CACHE"]  # the session's tokenized corpus (tests/conftest.py)
-    monkeypatch.setenv("ORCHESTRATOR_CACHE", str(tmp_path / "cache"))  # its own cluster record
-    up = orchestrator("cluster", "up", timeout=120)
-    assert up.returncode == 0 and "started local Ray cluster at 127.0.0.1:" in up.stdout, up.stderr
-    record = json.loads((tmp_path / "cache" / "local-cluster.json").read_text())
-    try:
-        assert oct(os.stat(tmp_path / "cache" / "local-cluster.json").st_mode & 0o777) == "0o600"  # holds the token
-        result = orchestrator("train", *TINY, "train.max_steps=3", "logger.mode=disabled", "cluster.num_workers=1",
-                              f"data.cache_dir={data_cache}", f"run_dir={tmp_path / 'x'}")
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert f"joined the warm local Ray cluster at {record['address']}" in result.stdout
-        assert psutil.pid_exists(record["pid"])  # the run left the cluster running
-    finally:
-        down = orchestrator("cluster", "down", timeout=60)
-    assert down.returncode == 0 and f"stopped the local Ray cluster at {record['address']}" in down.stdout
-    assert not psutil.pid_exists(record["pid"]) or psutil.Process(record["pid"]).status() == psutil.STATUS_ZOMBIE
-    assert "no local Ray cluster runs" in orchestrator("cluster", "status").stdout
-
-
 def test_rerun_into_a_run_dir_with_another_config_is_refused(tmp_path):
     run_dir = tmp_path / "done"
     run_dir.mkdir()
