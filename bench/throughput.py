@@ -9,8 +9,8 @@ default job does), (b) bench/bare_deepspeed.py under torchrun (same model, token
 config, seed and LR schedule), (c) `orchestrator train` run by the resident launchers of a warm cluster
 (`orchestrator cluster up`, started once before the pairs with a cache folder of its own, so the cold runs
 do not join it; then one job, not timed, whose Ray workers start the launchers of their environment: its
-time to the first step is reported apart as `first_job_after_up_s`). Per run: steady tokens/s (median of the 10-step windows
-after the first, so warm-up is left out), time from process start to the end of the first optimizer
+time to the first step is reported apart as `first_job_after_up_s`). Per run: steady tokens/s (median of
+the 10-step windows after the first, so warm-up is left out), time from process start to the end of the first optimizer
 step, the command's wall time, peak memory per rank, MFU. Prints a markdown table (medians with min and
 max, ratios orchestrated / bare) and the orchestrated runs' start-up breakdown; --out writes the JSON:
 ratio_steady_tokens_per_s, ratio_time_to_first_step (warm), ratio_time_to_first_step_cold, ratio_wall_s,
