@@ -22,8 +22,10 @@ from orchestrator.launch.resident import (
     address,
     cache_root,
     environment_key,
+    gpu_process,
     receive,
     send,
+    socket_name,
     write_record,
 )
 
@@ -45,6 +47,8 @@ PRELOAD = {
 """What a launcher imports before it serves: a command's driver, or a Ray worker process (a rank)."""
 
 MAX_LAUNCHERS = 4
+PARENT_CHECK_S = 1.0
+"""How often a job's own launcher checks that the command that started it still runs."""
 CLIENT_GONE_GRACE_S = 60
 """A command killed outright (SIGKILL): its copy gets SIGTERM (checkpoint and stop), then SIGKILL after this.
 A Ray worker's copy is SIGKILLed at once, as the worker process itself would have been."""
@@ -95,6 +99,8 @@ class Launcher:
                     break
         if self.stale:
             return self.stale
+        if request["kind"] == "worker" and gpu_process(request["env"]):
+            return "a process that sees a GPU starts fresh"
         if environment_key(request["kind"], request["executable"], request["path"], request["env"]) != self.key:
             return "the environment differs from the resident launcher's"
         return ""
@@ -102,7 +108,8 @@ class Launcher:
     def start_another(self, request: dict) -> None:
         """Start a launcher for the request's environment (the first launcher only), unless one runs or starts."""
         key = environment_key(request["kind"], request["executable"], request["path"], request["env"])
-        if not self.first or self.stale or key == self.key or time.monotonic() < self.starting.get(key, 0):
+        if not self.first or self.stale or key == self.key or time.monotonic() < self.starting.get(key, 0) or \
+                (request["kind"] == "worker" and gpu_process(request["env"])):
             return
         if len(self.starting) + 1 >= MAX_LAUNCHERS:
             print(f"resident launcher: not starting one more for {key}: {MAX_LAUNCHERS} run", flush=True)
@@ -130,19 +137,29 @@ class Launcher:
         print(f"resident launcher: started one for another environment ({key})", flush=True)
 
 
-def serve(kind: str, first: bool) -> None:
-    """A launcher's life: import, listen, fork a copy per process; restart itself once stale and idle."""
+def serve(kind: str, first: bool, at: str | None) -> None:
+    """A launcher's life: import, listen, fork a copy per process; restart itself once stale and idle.
+
+    `at`: a job's own launcher (resident.start_for_job) at this name: it listens before it imports, so that the
+    job's ranks wait for it rather than start cold, and it ends when the command that started it does."""
     import importlib
     import selectors
 
+    if at:  # in the command's process group: Ctrl-C and a scheduler's SIGTERM are for the command and its ranks,
+        for sig in (signal.SIGINT, signal.SIGTERM):  # which stop with a checkpoint; it ends when the command does
+            signal.signal(sig, signal.SIG_IGN)
+    else:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     env = dict(os.environ)
     key = environment_key(kind, sys.executable, sys.path, env)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:  # first: the address is the lock that keeps one launcher per environment (a duplicate ends here)
-        listener.bind(address(key))
+    try:  # first: the name is the lock that keeps one launcher per environment (a duplicate ends here)
+        listener.bind(socket_name(at or address(key)))
     except OSError:
         print(f"resident launcher: one for this environment ({key}) already runs", flush=True)
         return
+    if at:
+        listener.listen(16)
     for name in PRELOAD[kind]:
         importlib.import_module(name)
     if kind == "worker" and "ray" in sys.modules:
@@ -154,12 +171,15 @@ def serve(kind: str, first: bool) -> None:
         write_record(key)
     print(f"resident launcher {os.getpid()}: ready, environment {key} ({len(launcher.files)} source files)",
           flush=True)
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
-    while True:
+    parent = os.getppid()
+    while not at or os.getppid() == parent:
         due = [copy.kill_at for copy in launcher.copies.values() if copy.kill_at]
-        for selected, _ in selector.select(max(0.0, min(due) - time.monotonic()) if due else None):
+        wait = max(0.0, min(due) - time.monotonic()) if due else None
+        if at:
+            wait = PARENT_CHECK_S if wait is None else min(wait, PARENT_CHECK_S)
+        for selected, _ in selector.select(wait):
             try:
                 if selected.fileobj is listener:
                     _accept(launcher, listener, selector)
@@ -175,7 +195,7 @@ def serve(kind: str, first: bool) -> None:
             if copy.kill_at and time.monotonic() >= copy.kill_at:
                 os.kill(copy.pid, signal.SIGKILL)
                 copy.kill_at = None
-        if launcher.stale and not launcher.copies:
+        if launcher.stale and not launcher.copies and not at:
             print(f"resident launcher: {launcher.stale}", flush=True)
             listener.close()
             os.execve(sys.executable, [sys.executable, "-m", "orchestrator.launch.fork_server", *sys.argv[1:]],
@@ -351,4 +371,5 @@ def _reopen_std_streams(env: dict[str, str]) -> None:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1], first="--first" in sys.argv)
+    serve(sys.argv[1], first="--first" in sys.argv, at=sys.argv[sys.argv.index("--at") + 1] if "--at" in sys.argv
+          else None)

@@ -47,12 +47,14 @@ def _run_in_a_copy(argv: list[str], kind: str) -> int | None:
                "executable": sys.executable, "started": _process_start(), "kind": kind,
                "nice": os.getpriority(os.PRIO_PROCESS, 0)}
     key = resident.environment_key(kind, sys.executable, sys.path, request["env"])
+    own = os.environ.get(resident.JOB_LAUNCHER_ENV) if worker else None  # the job's own (it may be importing)
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        conn.connect(resident.address(key))
+        conn.connect(resident.socket_name(own or resident.address(key)))
     except OSError:  # none runs for this environment (or it is restarting)
         conn.close()
-        _ask_for_a_launcher(request, key, quiet=worker)
+        if not own:
+            _ask_for_a_launcher(request, key, quiet=worker)
         return None
     with conn:
         try:
@@ -76,7 +78,7 @@ def _ask_for_a_launcher(request: dict, key: str, quiet: bool) -> None:
         return
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.connect(resident.address(first))
+            conn.connect(resident.socket_name(resident.address(first)))
             resident.send(conn, {"start_for": {name: request[name] for name in ("kind", "executable", "path", "env")}})
     except OSError:
         return

@@ -20,11 +20,12 @@ import subprocess
 
 from orchestrator.config.schema import ClusterConfig
 from orchestrator.launch import worker_output
-from orchestrator.launch.worker_signals import SETUP_HOOK
+from orchestrator.launch.worker_process import SETUP_HOOK
 from orchestrator.machine import available_cpus, free_port, visible_gpus
 
 _reaper: subprocess.Popen | None = None
 _joined_warm = False
+_job_launcher: subprocess.Popen | None = None
 
 
 def preflight(cluster: ClusterConfig) -> list[str]:
@@ -56,7 +57,7 @@ def system_config(lean: bool) -> dict | None:
 
 
 def start(cluster: ClusterConfig, log_to_driver: bool = True, env_vars: dict[str, str] | None = None,
-          lean: bool = False) -> bool:
+          lean: bool = False, rank_env: dict[str, str] | None = None) -> bool:
     """Start Ray in this process, or join the warm cluster `orchestrator cluster up` keeps (launch/warm.py),
     unless Ray already runs here (a test session's shared cluster).
 
@@ -64,7 +65,9 @@ def start(cluster: ClusterConfig, log_to_driver: bool = True, env_vars: dict[str
     `lean` (a single training run): no dashboard and no prestarted workers, seconds sooner. A sweep's
     cluster keeps Ray's defaults: its trials failed without them (not understood yet, see docs/design.md).
     `log_to_driver` forwards workers' output (rank 0's progress lines) to this terminal;
-    `env_vars` go to every process of the job.
+    `env_vars` go to every process of the job. `rank_env` (CPU ranks only): what Ray Train adds to the ranks'
+    environment; given, a cluster started here comes with a launcher of its own for the ranks, which imports
+    their libraries while Ray starts (launch/resident.py), and they start as copies of it.
     """
     import ray
 
@@ -72,8 +75,8 @@ def start(cluster: ClusterConfig, log_to_driver: bool = True, env_vars: dict[str
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     if ray.is_initialized():
         return False
-    global _reaper, _joined_warm
-    from orchestrator.launch import warm
+    global _reaper, _joined_warm, _job_launcher
+    from orchestrator.launch import handover, resident, warm
 
     def job_env(address: str) -> dict:
         # Job-level only (Ray ignores it per actor): stop signals to a worker become checkpoint-and-stop.
@@ -81,8 +84,6 @@ def start(cluster: ClusterConfig, log_to_driver: bool = True, env_vars: dict[str
 
     record = warm.running()
     if record:  # `orchestrator cluster up` keeps one running: no cluster to start
-        from orchestrator.launch import handover, resident
-
         runtime_env = job_env(record["address"])
         if resident.running():  # the job's worker processes start as copies of launchers that have imported
             runtime_env["py_executable"] = handover.worker_command_prefix()
@@ -99,6 +100,11 @@ def start(cluster: ClusterConfig, log_to_driver: bool = True, env_vars: dict[str
     from ray._private.services import get_node_ip_address
 
     port = free_port()  # chosen here so the job's processes can be told the address up front
+    runtime_env = job_env(f"{get_node_ip_address()}:{port}")
+    if rank_env is not None:
+        _job_launcher, name = resident.start_for_job({**os.environ, **runtime_env["env_vars"], **rank_env})
+        runtime_env["env_vars"][resident.JOB_LAUNCHER_ENV] = name
+        runtime_env["py_executable"] = handover.worker_command_prefix()
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     try:
         with _our_signal_handlers():
@@ -111,7 +117,7 @@ def start(cluster: ClusterConfig, log_to_driver: bool = True, env_vars: dict[str
                 dashboard_host="127.0.0.1",
                 logging_level=logging.WARNING,
                 log_to_driver=log_to_driver,
-                runtime_env=job_env(f"{get_node_ip_address()}:{port}"),
+                runtime_env=runtime_env,
                 configure_logging=True,
                 _system_config=system_config(lean),
             )
@@ -122,7 +128,8 @@ def start(cluster: ClusterConfig, log_to_driver: bool = True, env_vars: dict[str
     from orchestrator.launch import reaper
 
     node = ray._private.worker._global_node
-    _reaper = reaper.watch([info.process.pid for infos in node.all_processes.values() for info in infos])
+    _reaper = reaper.watch([info.process.pid for infos in node.all_processes.values() for info in infos]
+                           + ([_job_launcher.pid] if _job_launcher else []))
     return True
 
 
@@ -195,7 +202,17 @@ def stop(timeout_s: float = 60.0) -> None:
               flush=True)
         if node is not None:
             node.kill_all_processes(check_alive=False, allow_graceful=False)
+    _end_job_launcher()
     _end_reaper()
+
+
+def _end_job_launcher() -> None:
+    """It ignores SIGTERM (launch/fork_server.py) and has nothing to clean up."""
+    global _job_launcher
+    if _job_launcher is not None:
+        _job_launcher.kill()
+        _job_launcher.wait()
+        _job_launcher = None
 
 
 def _end_reaper() -> None:

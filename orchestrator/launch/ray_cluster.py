@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 from orchestrator.config.schema import Backend, ClusterConfig
 from orchestrator.errors import ConfigError, TrainingError
 from orchestrator.launch import worker_output
-from orchestrator.launch.worker_signals import SETUP_HOOK
+from orchestrator.launch.worker_process import SETUP_HOOK
 
 STOP_GRACE_S = 300
 """How long `orchestrator stop` lets a job checkpoint after SIGTERM before Ray kills it."""

@@ -15,11 +15,16 @@ One launcher serves one environment: it imports with the environment it was star
 process a fresh start makes only while nothing that the imports read differs (`environment_key`: the
 Python, `sys.path`, the variables the preloaded libraries read as they import, `IMPORT_TIME_ENV`). A client
 finds the launcher of its own environment by that key. Where none runs yet, the first launcher (the one
-`cluster up` started, in the commands' environment) starts one for it, at most `MAX_LAUNCHERS` in all; that
-first process runs as without a launcher (launch/fork_server.py). So a job's Ray workers, whose environment Ray and the job set,
-start from copies from the second job on. A launcher also refuses, and the process runs as without it, when
-any source file it imported changed since it started (an edit, a `pip install`); it then restarts itself,
-as soon as no copy of its own runs, with the new code.
+`cluster up` started, in the commands' environment) starts one for it, at most four in all
+(launch/fork_server.py); that first process runs as without a launcher. So a job's Ray workers, whose
+environment Ray and the job set, start from copies from the second job on. A launcher also refuses, and the
+process runs as without it, when any source file it imported changed since it started (an edit, a `pip
+install`); it then restarts itself, as soon as no copy of its own runs, with the new code.
+
+Without `cluster up`, a command that starts its own cluster for CPU ranks starts a launcher for them too
+(`start_for_job`), in the ranks' environment, as Ray starts: it imports while Ray and the worker processes
+start, the ranks wait for it, and the one import serves both ranks instead of one each. It ends with the
+command. A process that sees a GPU always starts fresh (CUDA is not fork-safe).
 
 Launchers listen on abstract Unix sockets (no file, no path-length limit) named after the cache folder and
 serve only their own user (the peer's credentials are checked). All of them and their copies share the
@@ -33,6 +38,7 @@ import json
 import os
 import socket
 import struct
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,6 +56,9 @@ IMPORT_TIME_ENV = ("PYTHON", "LD_", "HF_", "HUGGINGFACE", "TRANSFORMERS", "TORCH
 PER_PROCESS_ENV = ("RAY_JOB_ID", "RAY_RAYLET_PID", "RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_OVERRIDE_NODE_ID_FOR_TESTING")
 """Set by Ray (or the job) per worker process and read only once Ray connects: not part of the key."""
 
+JOB_LAUNCHER_ENV = "ORCHESTRATOR_JOB_LAUNCHER"
+"""In a job's Ray workers: the name of the launcher of that job's own (`start_for_job`)."""
+
 COMMAND_STARTED_ENV = "ORCHESTRATOR_COMMAND_STARTED"
 """Set in a command's copy: when the command's own process started (its start-up is counted from then)."""
 
@@ -58,16 +67,46 @@ START_TIMEOUT_S = 120
 
 def environment_key(kind: str, executable: str, path: list[str], env: dict[str, str]) -> str:
     """What must be equal for a copy of a launcher to be the process a fresh start makes (path[0], the
-    script's own folder, is set per copy). `kind`: "command" or "worker"."""
-    read_on_import = sorted((key, value) for key, value in env.items()
-                            if key.startswith(IMPORT_TIME_ENV) and key not in PER_PROCESS_ENV)
-    blob = json.dumps([kind, os.path.realpath(executable), path[1:], read_on_import])
+    script's own folder, is set per copy). `kind`: "command" or "worker" (whose launchers import no Ray: no
+    RAY_* variable matters to them)."""
+
+    def read_on_import(name: str) -> bool:
+        if not name.startswith(IMPORT_TIME_ENV):
+            return False
+        return not name.startswith("RAY_") if kind == "worker" else name not in PER_PROCESS_ENV
+
+    blob = json.dumps([kind, os.path.realpath(executable), path[1:],
+                       sorted((name, value) for name, value in env.items() if read_on_import(name))])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def address(key: str) -> str:
+    """The name of the launcher of an environment (abstract: `socket_name` adds the leading NUL)."""
     folder = hashlib.sha256(str(cache_root().resolve()).encode()).hexdigest()[:12]
-    return f"\0orchestrator-launcher-{folder}-{key}"
+    return f"orchestrator-launcher-{folder}-{key}"
+
+
+def socket_name(name: str) -> str:
+    return f"\0{name}"
+
+
+def gpu_process(env: dict[str, str]) -> bool:
+    """A process that sees a GPU: never a copy (CUDA cannot be used in a process forked from one that
+    initialised it, and importing DeepSpeed probes the GPU)."""
+    return bool(env.get("CUDA_VISIBLE_DEVICES", "").strip())
+
+
+def start_for_job(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """A launcher for the ranks of one command's own cluster (`cluster=local` without `cluster up`), started in
+    the ranks' environment `env` as the command starts its cluster: it imports meanwhile, and ranks that come
+    sooner wait for it. It ends with the command (launch/local.py)."""
+    import secrets
+
+    name = f"orchestrator-launcher-job-{os.getpid()}-{secrets.token_hex(4)}"
+    process = subprocess.Popen([sys.executable, "-m", "orchestrator.launch.fork_server", "worker", "--at", name],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=env)
+    return process, name
 
 
 def _record_path() -> Path:
@@ -99,8 +138,6 @@ def running() -> dict | None:
 def start() -> tuple[dict, bool]:
     """Start the first launcher unless it runs; return once it serves. Returns (its record, whether this call
     started it)."""
-    import subprocess
-
     import psutil
 
     record = running()

@@ -1,8 +1,8 @@
 """Stop requests that reach a worker process directly (a scheduler signalling every process).
 
-The launchers that start or join Ray (launch/local.py, launch/ray_cluster.py) install it in every Ray
-worker process as Ray's job-level `worker_process_setup_hook` (signal handlers can only be set from a
-process's main thread, and Ray Train runs the loop in another one); the training loop reads `requested()`.
+Every Ray worker process of our jobs installs it as it starts (launch/worker_process.py, Ray's job-level
+`worker_process_setup_hook`: signal handlers can only be set from a process's main thread, and Ray Train runs
+the loop in another one); the training loop reads `requested()`.
 SIGUSR1 and SIGTERM set a flag; the loop shares it with all ranks at the next step, and they
 checkpoint and stop together. Ray installs its own SIGTERM handler (exit at once) when the
 worker's task loop starts, after this hook; we keep ours by re-installing it through the
@@ -22,8 +22,6 @@ import threading
 import time
 
 _requested = threading.Event()
-SETUP_HOOK = f"{__name__}.install"
-"""What ray.init's runtime_env names as `worker_process_setup_hook`."""
 
 
 def _on_signal(signum, frame) -> None:

@@ -9,6 +9,18 @@ from __future__ import annotations
 from orchestrator.config.schema import ActivationCheckpointing, Arch, ModelConfig
 
 
+def modeling_module(model: ModelConfig) -> str:
+    """transformers' module of the model's family (read without importing transformers: the driver's import
+    of it is what a rank's start-up overlaps, launch/worker_process.py)."""
+    family = model.arch.value
+    if model.pretrained_path:
+        import json
+        from pathlib import Path
+
+        family = json.loads((Path(model.pretrained_path) / "config.json").read_text()).get("model_type", family)
+    return f"transformers.models.{family}.modeling_{family}"
+
+
 def hf_config(model: ModelConfig, vocab_size: int, seq_len: int, eos_token_id: int):
     """The transformers config for these shapes (vocab from the model config, else the tokenizer)."""
     from transformers import GPT2Config, LlamaConfig

@@ -24,7 +24,9 @@ from orchestrator.config.compose import to_dict, to_yaml
 from orchestrator.config.schema import Backend, Config, WandbMode
 from orchestrator.errors import ConfigError, Preempted, TrainingError
 from orchestrator.launch import local
+from orchestrator.launch.worker_process import RANK_IMPORTS
 from orchestrator.machine import visible_gpus
+from orchestrator.models.registry import modeling_module
 from orchestrator.paths import unwritable
 from orchestrator.plan.job import Job, resolve
 from orchestrator.plan.plan import gpus_per_worker
@@ -57,6 +59,7 @@ def worker_env(cfg: Config, gpus_per_worker: int) -> dict[str, str]:
         "HF_TOKEN": "",  # never needed offline; keep it out of every worker
         "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # keep rank 0's progress lines single, not echoed twice
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' bars (loading, writing model shards) in a log
+        RANK_IMPORTS: ",".join(("deepspeed", "deepspeed.runtime.engine", "transformers", modeling_module(cfg.model))),
     }
     if cfg.logger.mode is not WandbMode.online:
         env["WANDB_API_KEY"] = ""  # offline runs need no key; it then cannot leak into W&B's files
@@ -190,7 +193,8 @@ def _fit(job: Job, run: RunDir, run_id: str, hooks: Sequence[HookFactory], callb
     # in this process (train/ray_trainer.py), others are actors of the job.
     os.environ.setdefault(HEALTH_CHECK, "1")
     started_local = cfg.cluster.name is Backend.local and local.start(
-        cfg.cluster, env_vars={HEALTH_CHECK: os.environ[HEALTH_CHECK]}, lean=True)
+        cfg.cluster, env_vars={HEALTH_CHECK: os.environ[HEALTH_CHECK]}, lean=True,
+        rank_env=worker_env(cfg, 0) if _cpu_workers(cfg) else None)
     if started_local:
         startup.mark("cluster")
     import ray
