@@ -165,10 +165,11 @@ def _join(cfg: Config) -> None:
     """Start the embedded cluster (workers' output stays in Ray's logs: trial lines speak), or join one."""
     from orchestrator.launch import local, ray_cluster
     from orchestrator.plan.plan import gpus_per_worker, world_and_ranks_per_node
-    from orchestrator.train.driver import ray_nodes
+    from orchestrator.train.driver import cpu_workers, ray_nodes, worker_env
 
-    if cfg.cluster.name is Backend.local:
-        local.start(cfg.cluster, log_to_driver=False, env_vars=TRIAL_ENV)
+    if cfg.cluster.name is Backend.local:  # every trial's CPU ranks start as copies of one launcher
+        local.start(cfg.cluster, log_to_driver=False, env_vars=TRIAL_ENV,
+                    rank_env=worker_env(cfg, 0) if cpu_workers(cfg) else None)
         return
     import torch  # noqa: F401  (before Ray joins: see train/driver.py)
 

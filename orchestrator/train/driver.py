@@ -125,7 +125,7 @@ def train(cfg: Config, hooks: Sequence[HookFactory] = (), callbacks: Sequence = 
     run_dir.mkdir(parents=True, exist_ok=True)
     run.config.write_text(redact_text(to_yaml(cfg)))
     run.clear_stop_request()  # a stop request belongs to the invocation that made it
-    if cfg.cluster.name is Backend.local and _cpu_workers(cfg):
+    if cfg.cluster.name is Backend.local and cpu_workers(cfg):
         engine.build_missing_ops(engine.ops_for(job.deepspeed))
     startup.mark("prepare")
     # A sweep's cluster outlives each trial, and a trial's controller can die with its Tune actor: its placement
@@ -154,7 +154,7 @@ def _steps_for_epochs(cfg: Config) -> Config:
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=steps))
 
 
-def _cpu_workers(cfg: Config) -> bool:
+def cpu_workers(cfg: Config) -> bool:
     gpus = gpus_per_worker(cfg)
     return (visible_gpus() if gpus is None else gpus) == 0
 
@@ -194,7 +194,7 @@ def _fit(job: Job, run: RunDir, run_id: str, hooks: Sequence[HookFactory], callb
     os.environ.setdefault(HEALTH_CHECK, "1")
     started_local = cfg.cluster.name is Backend.local and local.start(
         cfg.cluster, env_vars={HEALTH_CHECK: os.environ[HEALTH_CHECK]}, lean=True,
-        rank_env=worker_env(cfg, 0) if _cpu_workers(cfg) else None)
+        rank_env=worker_env(cfg, 0) if cpu_workers(cfg) else None)
     if started_local:
         startup.mark("cluster")
     import ray
