@@ -59,6 +59,10 @@ class Warm:
                 f"run_dir={run_dir}", *extra]
 
 
+def _ready(logs) -> list[Path]:
+    return [log for log in logs if ": ready, environment " in log.read_text(errors="replace")]
+
+
 def _session(pid: int) -> int | None:
     try:
         return os.getsid(pid)
@@ -91,10 +95,9 @@ def test_a_command_and_then_its_ray_workers_run_in_copies_of_launchers_that_impo
     # The job's Ray workers asked for launchers of their own environment (the job's and its ranks'): the next
     # job's ranks start from copies, their imports done (about 3 s of imports without).
     deadline = time.monotonic() + 120
-    while len(warm.launchers()) < 3 and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert len(warm.launchers()) == 3
-    time.sleep(8)  # their imports (at the lowest priority)
+    while len(_ready(warm.cache.glob("launcher-*.log"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)  # their imports, at the lowest priority
+    assert len(warm.launchers()) == 3 and len(_ready(warm.cache.glob("launcher-*.log"))) == 2
     second = warm.run(*warm.job(warm.folder / "second", "train.max_steps=2"))
     assert second.returncode == 0, second.stderr[-3000:]
     startup = summary(warm.folder / "second")["startup"]
