@@ -8,8 +8,8 @@ Each pair runs, one after another: (a) `orchestrator train` starting its own Ray
 default job does), (b) bench/bare_deepspeed.py under torchrun (same model, token blocks, DeepSpeed
 config, seed and LR schedule), (c) `orchestrator train` run by the resident launchers of a warm cluster
 (`orchestrator cluster up`, started once before the pairs with a cache folder of its own, so the cold runs
-do not join it; then one job, not timed, whose Ray workers start the launchers of their environment: its
-time to the first step is reported apart as `first_job_after_up_s`). Per run: steady tokens/s (median of
+do not join it; then one job, not timed, which has the launcher of its ranks' environment started and waits
+for it: its time to the first step is reported apart as `first_job_after_up_s`). Per run: steady tokens/s (median of
 the 10-step windows after the first, so warm-up is left out), time from process start to the end of the first optimizer
 step, the command's wall time, peak memory per rank, MFU. Prints a markdown table (medians with min and
 max, ratios orchestrated / bare) and the orchestrated runs' start-up breakdown; --out writes the JSON:
@@ -167,14 +167,13 @@ def main() -> int:
         try:
             first = run_orchestrated(args, work, "warm-first", warm_cache)
             print(f"first job after `cluster up`: {first['time_to_first_step_s']:.1f}s to the first step", flush=True)
-            time.sleep(15)  # the launchers it asked for finish their imports
             pairs = run_pairs(args, work, spec, known, warm_cache)
         finally:
             warm_cluster("down", warm_cache)
     report = summarize(pairs, args)
     report["first_job_after_up_s"] = first["time_to_first_step_s"]
     print(table(report))
-    print(f"first job after `cluster up` (its Ray workers start cold and ask for launchers): "
+    print(f"first job after `cluster up` (its ranks wait for the launcher it has started): "
           f"{first['time_to_first_step_s']:.1f}s to the first step")
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))

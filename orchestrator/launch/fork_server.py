@@ -76,8 +76,8 @@ class _Copy:
 
 
 class Launcher:
-    def __init__(self, kind: str, key: str, env: dict[str, str], first: bool):
-        self.kind, self.key, self.started_with, self.first = kind, key, env, first
+    def __init__(self, kind: str, key: str, env: dict[str, str], path: list[str], first: bool):
+        self.kind, self.key, self.started_with, self.path, self.first = kind, key, env, path, first
         # Ray adds variables of its own as it imports; a fresh process would have them too.
         self.set_by_imports = {name: value for name, value in os.environ.items() if env.get(name) != value}
         self.files = _loaded_files()
@@ -105,11 +105,19 @@ class Launcher:
             return "the environment differs from the resident launcher's"
         return ""
 
+    def start_for_ranks(self, env_vars: dict[str, str]) -> None:
+        """A launcher for the ranks of a job joining the warm cluster, before they start: their environment is
+        the cluster's (started with the first launcher's, by `cluster up`) and what the job adds to it."""
+        self.start_another({"kind": "worker", "executable": sys.executable, "path": self.path,
+                            "env": {**self.started_with, **env_vars}})
+
     def start_another(self, request: dict) -> None:
         """Start a launcher for the request's environment (the first launcher only), unless one runs or starts."""
         key = environment_key(request["kind"], request["executable"], request["path"], request["env"])
         if not self.first or self.stale or key == self.key or time.monotonic() < self.starting.get(key, 0) or \
                 (request["kind"] == "worker" and gpu_process(request["env"])):
+            return
+        if _listening(address(key)):
             return
         if len(self.starting) + 1 >= MAX_LAUNCHERS:
             print(f"resident launcher: not starting one more for {key}: {MAX_LAUNCHERS} run", flush=True)
@@ -121,9 +129,6 @@ class Launcher:
             try:
                 if os.fork() == 0:
                     os.setpgid(0, 0)
-                    # Its imports must not slow the job that asked for it: that job's processes start cold
-                    # meanwhile. Each copy takes its client's priority back (where the OS lets it).
-                    os.nice(19)
                     os.chdir(cache_root())
                     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
                     os.dup2(log, 1)
@@ -137,11 +142,21 @@ class Launcher:
         print(f"resident launcher: started one for another environment ({key})", flush=True)
 
 
+def _listening(name: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(socket_name(name))
+            return True
+        except OSError:
+            return False
+
+
 def serve(kind: str, first: bool, at: str | None) -> None:
     """A launcher's life: import, listen, fork a copy per process; restart itself once stale and idle.
 
-    `at`: a job's own launcher (resident.start_for_job) at this name: it listens before it imports, so that the
-    job's ranks wait for it rather than start cold, and it ends when the command that started it does."""
+    It listens before it imports: a client that comes meanwhile waits for it rather than start cold (the
+    imports are the same, and done once for all). `at`: a job's own launcher (resident.start_for_job), at this
+    name, which ends when the command that started it does."""
     import importlib
     import selectors
 
@@ -158,15 +173,14 @@ def serve(kind: str, first: bool, at: str | None) -> None:
     except OSError:
         print(f"resident launcher: one for this environment ({key}) already runs", flush=True)
         return
-    if at:
-        listener.listen(16)
+    listener.listen(16)
+    path = list(sys.path)
     for name in PRELOAD[kind]:
         importlib.import_module(name)
     if kind == "worker" and "ray" in sys.modules:
         print(f"resident launcher: not serving Ray workers: {PRELOAD[kind]} imported Ray", flush=True)
         return
-    launcher = Launcher(kind, key, env, first)
-    listener.listen(16)  # clients that came during the imports were refused, and ran as without a launcher
+    launcher = Launcher(kind, key, env, path, first)
     if first:
         write_record(key)
     print(f"resident launcher {os.getpid()}: ready, environment {key} ({len(launcher.files)} source files)",
@@ -209,6 +223,9 @@ def _accept(launcher: Launcher, listener: socket.socket, selector) -> None:
     request, fds = _request(conn)
     if request and request.get("start_for"):
         launcher.start_another(request["start_for"])
+        request = None
+    elif request and request.get("start_for_ranks"):
+        launcher.start_for_ranks(request["start_for_ranks"])
         request = None
     elif request and (why := launcher.refusal(request)):
         try:
@@ -300,7 +317,7 @@ def _become(request: dict, fds: list[int], set_by_imports: dict[str, str]) -> No
         os.setpgid(0, 0)  # a group of its own: Ray ends a worker by its process group, which must not be ours
         try:
             os.setpriority(os.PRIO_PROCESS, 0, request["nice"])
-        except PermissionError:  # only root may lower it
+        except PermissionError:  # the client's niceness (`nice orchestrator train`); only root may lower it
             pass
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)

@@ -7,8 +7,9 @@ a scheduler's SIGUSR1) to the copy that runs it, and exits with the copy's statu
 its environment, it asks the first launcher to start one for the next time and runs as without it.
 
 A Ray worker reaches this module through the job's runtime environment (`py_executable`, launch/local.py):
-the raylet runs `python -m orchestrator.launch.handover <Ray's default_worker.py> <its arguments>`. Its client
-also ends itself when the raylet that started it is gone, and its copy goes with it.
+the raylet runs `python -m orchestrator.launch.handover <Ray's default_worker.py> <its arguments>`. Only
+ranks are handed over; their client also ends itself when the raylet that started it is gone, and its copy
+goes with it.
 """
 
 from __future__ import annotations
@@ -73,19 +74,34 @@ def _ask_for_a_launcher(request: dict, key: str, quiet: bool) -> None:
     """Ask the first launcher (`cluster up`'s) to start one for this environment, for the next process."""
     from orchestrator.launch import resident
 
-    first = resident.first_launcher_key()
-    if first is None or first == key:
-        return
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.connect(resident.socket_name(resident.address(first)))
-            resident.send(conn, {"start_for": {name: request[name] for name in ("kind", "executable", "path", "env")}})
-    except OSError:
+    if resident.first_launcher_key() == key or not _tell_the_first_launcher(
+            {"start_for": {name: request[name] for name in ("kind", "executable", "path", "env")}}):
         return
     if not quiet:
         print("note: the resident launcher was started in another environment (a variable that torch, Ray or "
               "transformers read as they import differs); one for this environment starts for the next command",
               file=sys.stderr, flush=True)
+
+
+def ask_for_a_rank_launcher(env_vars: dict[str, str]) -> None:
+    """A job joining the warm cluster: have the launcher for its ranks start (or found running) before they do,
+    so they wait for it instead of starting cold. `env_vars`: what the job adds to the cluster's environment."""
+    _tell_the_first_launcher({"start_for_ranks": env_vars})
+
+
+def _tell_the_first_launcher(message: dict) -> bool:
+    from orchestrator.launch import resident
+
+    first = resident.first_launcher_key()
+    if first is None:
+        return False
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.connect(resident.socket_name(resident.address(first)))
+            resident.send(conn, message)
+    except OSError:
+        return False
+    return True
 
 
 def _wait(conn: socket.socket, copy: int, watch_parent: bool) -> int:
@@ -121,8 +137,11 @@ def _process_start() -> float:
 
 
 def _ray_worker(argv: list[str]) -> None:
-    """`python -m orchestrator.launch.handover default_worker.py ...`: in a copy, or exec'd as Python would."""
-    code = _run_in_a_copy([sys.executable, *argv], "worker")
+    """`python -m orchestrator.launch.handover default_worker.py ...`: a rank in a copy, or exec'd as Python
+    would (the job's other processes, the progress board and Ray Train's helpers, import little)."""
+    from orchestrator.launch.worker_process import RANK_IMPORTS
+
+    code = _run_in_a_copy([sys.executable, *argv], "worker") if os.environ.get(RANK_IMPORTS) else None
     if code is None:
         os.execv(sys.executable, [sys.executable, *argv])
     sys.stdout.flush()

@@ -67,7 +67,8 @@ def start(cluster: ClusterConfig, log_to_driver: bool = True, env_vars: dict[str
     `log_to_driver` forwards workers' output (rank 0's progress lines) to this terminal;
     `env_vars` go to every process of the job. `rank_env` (CPU ranks only): what Ray Train adds to the ranks'
     environment; given, a cluster started here comes with a launcher of its own for the ranks, which imports
-    their libraries while Ray starts (launch/resident.py), and they start as copies of it.
+    their libraries while Ray starts (launch/resident.py), and they start as copies of it; joining the warm
+    cluster, the launcher of the ranks' environment is started now unless it runs.
     """
     import ray
 
@@ -85,8 +86,10 @@ def start(cluster: ClusterConfig, log_to_driver: bool = True, env_vars: dict[str
     record = warm.running()
     if record:  # `orchestrator cluster up` keeps one running: no cluster to start
         runtime_env = job_env(record["address"])
-        if resident.running():  # the job's worker processes start as copies of launchers that have imported
+        if resident.running():  # the job's ranks start as copies of launchers that have imported
             runtime_env["py_executable"] = handover.worker_command_prefix()
+            if rank_env is not None:
+                handover.ask_for_a_rank_launcher({**runtime_env["env_vars"], **rank_env})
         warm.use_token(record["token"])
         with _our_signal_handlers():
             ray.init(address=record["address"], logging_level=logging.WARNING, log_to_driver=log_to_driver,

@@ -16,8 +16,10 @@ process a fresh start makes only while nothing that the imports read differs (`e
 Python, `sys.path`, the variables the preloaded libraries read as they import, `IMPORT_TIME_ENV`). A client
 finds the launcher of its own environment by that key. Where none runs yet, the first launcher (the one
 `cluster up` started, in the commands' environment) starts one for it, at most four in all
-(launch/fork_server.py); that first process runs as without a launcher. So a job's Ray workers, whose
-environment Ray and the job set, start from copies from the second job on. A launcher also refuses, and the
+(launch/fork_server.py); that first process runs as without a launcher. A command joining the warm cluster
+has the launcher of its ranks' environment (the cluster's, and what the job adds) started before they come,
+and they wait for it. A launcher listens before it imports, so a client that comes meanwhile waits for it
+rather than import the same itself. A launcher also refuses, and the
 process runs as without it, when any source file it imported changed since it started (an edit, a `pip
 install`); it then restarts itself, as soon as no copy of its own runs, with the new code.
 
