@@ -45,7 +45,7 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator.launch.warm import cache_root
+from orchestrator.launch.warm import alive, cache_root
 
 SERVED = ("train", "plan", "compress", "predict", "chat")
 """The commands handed to a launcher: those that import torch (`cluster`, `compare`, `submit` start fast)."""
@@ -125,16 +125,11 @@ def first_launcher_key() -> str | None:
 
 def running() -> dict | None:
     """The first launcher's record ({pid, started, log, key}) if it runs and has finished its imports."""
-    import psutil
-
     try:
         record = json.loads(_record_path().read_text())
-        process = psutil.Process(record["pid"])
-        if abs(process.create_time() - record["started"]) < 1 and process.status() != psutil.STATUS_ZOMBIE:
-            return record
-    except (FileNotFoundError, json.JSONDecodeError, KeyError, psutil.NoSuchProcess):
-        pass
-    return None
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return record if alive(record) else None
 
 
 def start() -> tuple[dict, bool]:

@@ -43,13 +43,14 @@ def _answers(address: str) -> bool:
         return False
 
 
-def _alive(record: dict) -> bool:
+def alive(record: dict) -> bool:
+    """The process a record names ({pid, started}) still runs: the same process, not a reused pid."""
     import psutil
 
     try:
         process = psutil.Process(record["pid"])
         return abs(process.create_time() - record["started"]) < 1 and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
+    except (psutil.NoSuchProcess, KeyError):
         return False
 
 
@@ -60,7 +61,7 @@ def running() -> dict | None:
         record = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-    if _alive(record) and _answers(record["address"]):
+    if alive(record) and _answers(record["address"]):
         return record
     path.unlink(missing_ok=True)  # its cluster is gone
     return None
