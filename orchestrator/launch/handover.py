@@ -26,9 +26,9 @@ ORPHAN_CHECK_S = 1.0
 
 def hand_over(argv: list[str]) -> int | None:
     """A command line's exit status once a launcher ran it, or None when this process must run it."""
-    from orchestrator.launch.resident import SERVED
+    from orchestrator.launch.resident import NO_LAUNCHER_ENV, SERVED
 
-    if len(argv) < 2 or argv[1] not in SERVED or os.environ.get("ORCHESTRATOR_NO_LAUNCHER"):
+    if len(argv) < 2 or argv[1] not in SERVED or os.environ.get(NO_LAUNCHER_ENV):
         return None
     return _run_in_a_copy(argv, "command")
 

@@ -79,6 +79,9 @@ def start(cluster: ClusterConfig, log_to_driver: bool = True, env_vars: dict[str
     global _reaper, _joined_warm, _job_launcher
     from orchestrator.launch import handover, resident, warm
 
+    if os.environ.get(resident.NO_LAUNCHER_ENV):
+        rank_env = None
+
     def job_env(address: str) -> dict:
         # Job-level only (Ray ignores it per actor): stop signals to a worker become checkpoint-and-stop.
         return {"worker_process_setup_hook": SETUP_HOOK, "env_vars": {**(env_vars or {}), "RAY_ADDRESS": address}}
@@ -86,10 +89,9 @@ def start(cluster: ClusterConfig, log_to_driver: bool = True, env_vars: dict[str
     record = warm.running()
     if record:  # `orchestrator cluster up` keeps one running: no cluster to start
         runtime_env = job_env(record["address"])
-        if resident.running():  # the job's ranks start as copies of launchers that have imported
+        if rank_env is not None and resident.running():  # the ranks start as copies of a launcher's
             runtime_env["py_executable"] = handover.worker_command_prefix()
-            if rank_env is not None:
-                handover.ask_for_a_rank_launcher({**runtime_env["env_vars"], **rank_env})
+            handover.ask_for_a_rank_launcher({**runtime_env["env_vars"], **rank_env})
         warm.use_token(record["token"])
         with _our_signal_handlers():
             ray.init(address=record["address"], logging_level=logging.WARNING, log_to_driver=log_to_driver,

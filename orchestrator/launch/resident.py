@@ -58,6 +58,9 @@ IMPORT_TIME_ENV = ("PYTHON", "LD_", "HF_", "HUGGINGFACE", "TRANSFORMERS", "TORCH
 PER_PROCESS_ENV = ("RAY_JOB_ID", "RAY_RAYLET_PID", "RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_OVERRIDE_NODE_ID_FOR_TESTING")
 """Set by Ray (or the job) per worker process and read only once Ray connects: not part of the key."""
 
+NO_LAUNCHER_ENV = "ORCHESTRATOR_NO_LAUNCHER"
+"""Set (to anything): commands, and the ranks of the jobs they start, run without launchers."""
+
 JOB_LAUNCHER_ENV = "ORCHESTRATOR_JOB_LAUNCHER"
 """In a job's Ray workers: the name of the launcher of that job's own (`start_for_job`)."""
 
