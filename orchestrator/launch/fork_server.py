@@ -1,8 +1,9 @@
 """A resident launcher's process (launch/resident.py says what they are for): import, listen, fork a copy of
 itself per process handed to it, and make each copy the process it replaces.
 
-`python -m orchestrator.launch.fork_server command|worker [--first]`: the first launcher (`cluster up` starts
-it) serves commands and starts the others, one per environment its clients come with, at most `MAX_LAUNCHERS`.
+`python -m orchestrator.launch.fork_server command|worker [--first | --at NAME]`: the first launcher (`cluster
+up` starts it) serves commands and starts the others, one per environment its clients come with, at most
+`MAX_LAUNCHERS`; `--at`: the launcher of one command's own cluster, for its ranks (resident.start_for_job).
 One loop watches everything without threads (threads and fork do not mix): the listening socket, each
 client's connection (closed: the client is gone) and each copy's pidfd (readable: the copy exited).
 """
