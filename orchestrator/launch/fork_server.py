@@ -77,8 +77,8 @@ class _Copy:
 
 
 class Launcher:
-    def __init__(self, kind: str, key: str, env: dict[str, str], path: list[str], first: bool):
-        self.kind, self.key, self.started_with, self.path, self.first = kind, key, env, path, first
+    def __init__(self, key: str, env: dict[str, str], path: list[str], first: bool):
+        self.key, self.started_with, self.path, self.first = key, env, path, first
         # Ray adds variables of its own as it imports; a fresh process would have them too.
         self.set_by_imports = {name: value for name, value in os.environ.items() if env.get(name) != value}
         self.files = _loaded_files()
@@ -181,7 +181,7 @@ def serve(kind: str, first: bool, at: str | None) -> None:
     if kind == "worker" and "ray" in sys.modules:
         print(f"resident launcher: not serving Ray workers: {PRELOAD[kind]} imported Ray", flush=True)
         return
-    launcher = Launcher(kind, key, env, path, first)
+    launcher = Launcher(key, env, path, first)
     if first:
         write_record(key)
     print(f"resident launcher {os.getpid()}: ready, environment {key} ({len(launcher.files)} source files)",
