@@ -109,6 +109,8 @@ def test_train_zero3_end_to_end(reference_zero3):
     # the start-up breakdown is printed, counted from the command's process start
     assert "first step " in output and "s after the command started: prepare " in output
     assert summary["startup"]["cluster_s"] > 0 and summary["startup"]["time_to_first_step_s"] > 3
+    # its CPU ranks started as copies of the launcher its own cluster came with: their imports were done
+    assert summary["startup"]["imports_s"] < 1.0, summary["startup"]
     assert (run_dir / "model" / "config.json").is_file()
     assert len(list((run_dir / "checkpoints" / f"step_{REFERENCE_STEPS:08d}").glob("*optim_states.pt"))) == 2
 

@@ -151,6 +151,7 @@ def test_hydra_multirun_is_a_grid_with_one_run_and_one_wandb_run_per_member(lr_g
         summary = json.loads((run / "summary.json").read_text())
         assert summary["status"] in ("completed", "early_stopped")
         assert len(list((run / "wandb").glob("offline-run-*"))) == 1
+        assert summary["startup"]["imports_s"] < 1.0  # every trial's ranks are copies of the sweep's launcher
 
 
 def test_trials_that_fail_are_recorded_with_their_root_cause_and_the_sweep_exits_1(tmp_path):
