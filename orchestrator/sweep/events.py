@@ -65,10 +65,12 @@ class EarlyStopByRequest(AsyncHyperBandScheduler):
                    grace_period=cfg.sweep.asha.grace_steps, reduction_factor=cfg.sweep.asha.reduction_factor)
 
     def on_trial_result(self, tune_controller, trial, result):
+        """Never Tune's STOP, which kills the trial: a trial at its last step ends by itself (stopping it there
+        raced its final evaluation and summary, leaving a `failed` trial with no error), any other is asked."""
         decision = super().on_trial_result(tune_controller, trial, result)
-        if decision != TrialScheduler.STOP or result.get("step", self._max_steps) >= self._max_steps:
+        if decision != TrialScheduler.STOP:
             return decision
-        if trial.trial_id not in self._requested:
+        if result.get("step", self._max_steps) < self._max_steps and trial.trial_id not in self._requested:
             self._requested.add(trial.trial_id)
             self._sweep_dir.trial(trial.trial_id).request_stop(EARLY_STOP)
             TrialLines.asked_to_stop(trial.trial_id, result["step"])

@@ -43,7 +43,8 @@ def trial_record(run_dir: Path, outcome: dict, metric: str, maximize: bool) -> d
         "wall_s": run.trial_record_field("wall_s", outcome.get("time_total_s")),
         "run_dir": str(run_dir),
         "wandb_run_id": run.recorded_run_id(),
-        "error": outcome.get("error") if status == "failed" else None,
+        "error": (outcome.get("error") or "it ended without a summary (its Ray logs say why)")
+        if status == "failed" else None,
     }
 
 
