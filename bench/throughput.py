@@ -14,8 +14,10 @@ the 10-step windows after the first, so warm-up is left out), time from process 
 step, the command's wall time, peak memory per rank, MFU. Prints a markdown table (medians with min and
 max, ratios orchestrated / bare) and the orchestrated runs' start-up breakdown; --out writes the JSON:
 ratio_steady_tokens_per_s, ratio_time_to_first_step (warm), ratio_time_to_first_step_cold, ratio_wall_s,
-and `pairs` with every run's figures. Targets (issue 13): steady ratio >= 0.99, warm start <= 1.5,
-cold start <= 2.0; the exit code is 1 when one is missed.
+exit_after_finished_s_cold and _warm (from the run's `finished` event, written after its final evaluation,
+checkpoint and export, to the command's exit), and `pairs` with every run's figures. Targets (issues 13 and 31):
+steady ratio >= 0.99, warm start <= 1.5, cold start <= 2.0, exit within 2 s of the last step's work; the exit
+code is 1 when one is missed.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"ratio_steady_tokens_per_s": (">=", 0.99), "ratio_time_to_first_step": ("<=", 1.5),
-           "ratio_time_to_first_step_cold": ("<=", 2.0)}
+           "ratio_time_to_first_step_cold": ("<=", 2.0), "exit_after_finished_s_cold": ("<=", 2.0),
+           "exit_after_finished_s_warm": ("<=", 2.0)}
 METRICS = [("steady_tokens_per_s", "steady tokens/s", "{:,.0f}"), ("time_to_first_step_s", "time to first step (s)",
            "{:.1f}"), ("wall_s", "whole command (s)", "{:.1f}"), ("peak_memory_gb", "peak memory per rank (GB)",
            "{:.2f}"), ("mfu", "MFU", "{:.1%}")]
@@ -89,7 +92,8 @@ def run_orchestrated(args, work: Path, name: str, warm_cache: Path | None = None
     done = subprocess.run([sys.executable, "-m", "orchestrator", "train", *overrides(args), f"run_dir={run_dir}",
                            f"data.cache_dir={cache_root()}"],  # both kinds read the same prepared data
                           capture_output=True, text=True, cwd=ROOT, env=env)
-    wall = time.time() - started
+    ended = time.time()
+    wall = ended - started
     if done.returncode != 0:
         raise SystemExit(f"{name} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -99,7 +103,13 @@ def run_orchestrated(args, work: Path, name: str, warm_cache: Path | None = None
             "peak_memory_gb": max(summary["peak_memory_bytes_per_rank"]) / 1e9,
             "mfu": summary["mfu"],
             "peak_flops_per_device": summary["peak_flops_per_device"],
-            "startup": summary["startup"]}
+            "startup": summary["startup"],
+            "exit_after_finished_s": ended - _finished_at(run_dir)}
+
+
+def _finished_at(run_dir: Path) -> float:
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    return next(event["time"] for event in reversed(events) if event["event"] == "finished")
 
 
 def run_bare(args, spec: Path, known: dict, peak_flops: float) -> dict:
@@ -219,6 +229,8 @@ def summarize(pairs: list[dict], args) -> dict:
         "ratio_time_to_first_step_cold": median_of("orchestrated_cold", "time_to_first_step_s")
         / median_of("bare", "time_to_first_step_s"),
         "ratio_wall_s": median_of("orchestrated_cold", "wall_s") / median_of("bare", "wall_s"),
+        "exit_after_finished_s_cold": median_of("orchestrated_cold", "exit_after_finished_s"),
+        "exit_after_finished_s_warm": median_of("orchestrated_warm", "exit_after_finished_s"),
         "figures": figures,
         "startup_breakdown_s": breakdown,
         "pairs": pairs,
@@ -240,6 +252,8 @@ def table(report: dict) -> str:
     lines += ["", "start-up breakdown, orchestrated (median s): "]
     for kind, phases in report["startup_breakdown_s"].items():
         lines.append(f"- {kind.split('_')[1]}: " + ", ".join(f"{k[:-2]} {v:.1f}" for k, v in phases.items()))
+    lines.append(f"exit after the `finished` event (median s): cold {report['exit_after_finished_s_cold']:.1f}, "
+                 f"warm {report['exit_after_finished_s_warm']:.1f}")
     return "\n".join(lines)
 
 

@@ -202,6 +202,8 @@ def stop(timeout_s: float = 60.0) -> None:
         shutdown_within(timeout_s)
         return
     node = ray._private.worker._global_node
+    if node is not None:
+        _end_autoscaler_monitor(node)
     if not shutdown_within(timeout_s):
         print(f"warning: ray.shutdown() did not return in {timeout_s:.0f}s; killing the local Ray processes",
               flush=True)
@@ -209,6 +211,17 @@ def stop(timeout_s: float = 60.0) -> None:
             node.kill_all_processes(check_alive=False, allow_graceful=False)
     _end_job_launcher()
     _end_reaper()
+
+
+def _end_autoscaler_monitor(node) -> None:
+    """Ray's autoscaler monitor answers SIGTERM by reporting to the GCS, which ray.shutdown() has ended by then,
+    so Ray SIGKILLs it after a second's wait: a second of every command's exit (issue 31's 2 s). It keeps
+    nothing that outlives the cluster, so it is killed first."""
+    from ray._private import ray_constants
+
+    for info in node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []):
+        info.process.kill()
+        info.process.wait()
 
 
 def _end_job_launcher() -> None:
