@@ -2,6 +2,7 @@
 
 import atexit
 import threading
+from types import SimpleNamespace
 
 import ray
 
@@ -11,18 +12,28 @@ from orchestrator.launch import local
 def test_a_hanging_ray_shutdown_is_bounded_and_the_cluster_killed(monkeypatch):
     killed, release = [], threading.Event()
 
+    class FakeMonitor:  # Ray's autoscaler monitor, which Ray's own shutdown waits a second on
+        def kill(self):
+            killed.append("monitor")
+
+        def wait(self):
+            pass
+
     class FakeNode:
+        all_processes = {"monitor": [SimpleNamespace(process=FakeMonitor())]}
+
         def kill_all_processes(self, check_alive, allow_graceful):
             killed.append((check_alive, allow_graceful))
 
     monkeypatch.setattr(ray, "is_initialized", lambda: True)
     monkeypatch.setattr(ray._private.worker, "_global_node", FakeNode())
-    monkeypatch.setattr(ray, "shutdown", lambda: release.wait(30))  # stands in for Ray's stuck close()
+    # stands in for Ray's stuck close()
+    monkeypatch.setattr(ray, "shutdown", lambda: (killed.append("shutdown"), release.wait(30)))
     unregistered = []
     monkeypatch.setattr(atexit, "unregister", unregistered.append)
     local.stop(timeout_s=0.2)
     release.set()
-    assert killed == [(False, False)]
+    assert killed == ["monitor", "shutdown", (False, False)]
     assert unregistered  # Ray's exit hook would wait on the same lock
 
 
