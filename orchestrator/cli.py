@@ -124,12 +124,18 @@ def _compare_parser(commands) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:  # a command line, not a call from Python: the resident launcher may run it
-        from orchestrator.launch.handover import hand_over
+    """`argv` None: a command line, not a call from Python. The resident launcher may run it, and the process
+    ends without Python's second of teardown (launch/process_exit.py)."""
+    if argv is not None:
+        return _command(argv)
+    from orchestrator.launch.handover import hand_over
+    from orchestrator.launch.process_exit import end_process
 
-        code = hand_over(sys.argv)
-        if code is not None:
-            return code
+    code = hand_over(sys.argv)
+    end_process(_command(None) if code is None else code)
+
+
+def _command(argv: list[str] | None) -> int:
     parser = _parser()
     # Overrides may come after options (`submit --dry-run key=value`): argparse leaves those over.
     args, extra = parser.parse_known_args(argv)

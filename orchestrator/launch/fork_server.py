@@ -308,10 +308,10 @@ def _copy_ended(launcher: Launcher, copy: _Copy, selector) -> None:
 def _become(request: dict, fds: list[int], set_by_imports: dict[str, str]) -> None:
     """In the forked copy: take the process's streams, directory, environment and arguments, run it, exit as a
     fresh process would (non-daemon threads joined, exit hooks run, streams flushed)."""
-    import atexit
     import importlib
-    import threading
     import traceback
+
+    from orchestrator.launch.process_exit import end_process
 
     code = 1
     try:
@@ -340,13 +340,7 @@ def _become(request: dict, fds: list[int], set_by_imports: dict[str, str]) -> No
     except BaseException:
         traceback.print_exc()
     finally:
-        try:
-            threading._shutdown()
-            atexit._run_exitfuncs()
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code if isinstance(code, int) else 1)
+        end_process(code if isinstance(code, int) else 1)
 
 
 def _run_command(request: dict) -> int:
