@@ -108,8 +108,9 @@ def run_orchestrated(args, work: Path, name: str, warm_cache: Path | None = None
 
 
 def _finished_at(run_dir: Path) -> float:
-    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
-    return next(event["time"] for event in reversed(events) if event["event"] == "finished")
+    from orchestrator.rundir import RunDir
+
+    return next(event["time"] for event in reversed(RunDir(run_dir).events()) if event["event"] == "finished")
 
 
 def run_bare(args, spec: Path, known: dict, peak_flops: float) -> dict:
